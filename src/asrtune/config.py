@@ -1,0 +1,214 @@
+"""Run configuration: frozen dataclasses with complete defaults, read from and written to YAML.
+
+Unknown keys are errors; ``--set section.key=value`` overrides are parsed as YAML scalars; relative
+data paths are resolved against the YAML file's folder; the resolved config is what a run records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from asrtune.errors import AsrtuneError
+
+__all__ = ["DataConfig", "OptimConfig", "LoopConfig", "RunConfig", "load_config", "apply_overrides",
+           "config_to_dict", "config_from_dict", "save_config", "config_hash"]
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    train: str = _help("training manifest (JSONL: audio, text, optional language, id)", "")
+    eval: str = _help("held-out manifest scored by WER during training", "")
+    eval_limit: int | None = _help("score at most this many eval rows during training (None: all)", None)
+
+    def __post_init__(self) -> None:
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise AsrtuneError("data.eval_limit must be >= 1 or null")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    learning_rate: float | None = _help("peak learning rate; null takes the strategy's default", None)
+    weight_decay: float = _help("AdamW weight decay", 0.0)
+    betas: tuple[float, float] = _help("AdamW betas", (0.9, 0.999))
+    eps: float = _help("AdamW epsilon", 1e-8)
+    max_grad_norm: float | None = _help("clip the gradient norm to this (null: no clipping)", 1.0)
+
+    def __post_init__(self) -> None:
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise AsrtuneError("optim.learning_rate must be > 0")
+        if self.weight_decay < 0:
+            raise AsrtuneError("optim.weight_decay must be >= 0")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise AsrtuneError("optim.max_grad_norm must be > 0 or null")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoopConfig:
+    max_steps: int = _help("optimizer steps to train", 200)
+    batch_size: int = _help("utterances per forward pass", 8)
+    grad_accum_steps: int = _help("forward passes per optimizer step", 1)
+    warmup_ratio: float = _help("share of max_steps spent warming the learning rate up linearly", 0.1)
+    eval_every: int = _help("score WER on the eval set every this many optimizer steps", 50)
+    patience: int | None = _help("stop after this many evaluations without a better WER (null: never)", None)
+    eval_batch_size: int = _help("utterances per batch when decoding", 16)
+    max_new_tokens: int = _help("longest hypothesis decoded, in tokens", 128)
+    log_every: int = _help("write training loss to TensorBoard every this many steps", 5)
+    mixed_precision: str = _help("accelerate mixed precision: no, fp16 or bf16", "no")
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_every", "eval_batch_size",
+                     "max_new_tokens", "log_every"):
+            if getattr(self, name) < 1:
+                raise AsrtuneError(f"loop.{name} must be >= 1")
+        if not 0 <= self.warmup_ratio < 1:
+            raise AsrtuneError("loop.warmup_ratio must be in [0, 1)")
+        if self.patience is not None and self.patience < 1:
+            raise AsrtuneError("loop.patience must be >= 1 or null")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise AsrtuneError("loop.mixed_precision must be one of no, fp16, bf16")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    model: str = _help("HF id or folder, CTranslate2 folder, or bundled:tiny.en / bundled:base", "bundled:tiny.en")
+    strategy: str = _help("fine-tuning strategy spec, e.g. full, lora:r=32,alpha=64", "lora:r=32,alpha=64")
+    language: str | None = _help("language code for multilingual models (null: English)", None)
+    task: str = _help("transcribe or translate", "transcribe")
+    seed: int = _help("seed for weights, data order and augmentation", 0)
+    data: DataConfig = _help("data", factory=DataConfig)
+    optim: OptimConfig = _help("optimizer", factory=OptimConfig)
+    loop: LoopConfig = _help("training loop", factory=LoopConfig)
+
+    def __post_init__(self) -> None:
+        if self.task not in ("transcribe", "translate"):
+            raise AsrtuneError("task must be transcribe or translate")
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against a type hint, building nested dataclasses from mappings."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise AsrtuneError(f"{where}: expected a mapping, got {value!r}")
+        return _build(hint, value, where)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, where)
+            except AsrtuneError as error:
+                errors.append(str(error))
+        raise AsrtuneError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(typing.get_args(hint)):
+            raise AsrtuneError(f"{where}: expected a list of {len(typing.get_args(hint))}, got {value!r}")
+        return tuple(_convert(v, h, where) for v, h in zip(value, typing.get_args(hint)))
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-5 as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if isinstance(hint, type) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise AsrtuneError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _build(cls: type, values: dict, where: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise AsrtuneError(f"unknown config key(s): {', '.join(prefix + k for k in unknown)} "
+                           f"(known: {', '.join(sorted(names))})")
+    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict) -> RunConfig:
+    """Build and validate a :class:`RunConfig` from plain data."""
+    return _build(RunConfig, values)
+
+
+def config_to_dict(config: Any) -> dict:
+    """Plain, YAML-ready data (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _resolve_paths(values: dict, base: Path) -> dict:
+    data = dict(values.get("data") or {})
+    for key in ("train", "eval"):
+        if data.get(key):
+            path = Path(data[key]).expanduser()
+            data[key] = str(path if path.is_absolute() else (base / path).resolve())
+    return {**values, "data": data} if data else values
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` strings (values parsed as YAML) to nested plain data."""
+    result = json.loads(json.dumps(values))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise AsrtuneError(f"--set expects key=value, got {item!r}")
+        node = result
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise AsrtuneError(f"--set {key}: {part} is not a section")
+        node[leaf] = yaml.safe_load(raw) if raw else ""
+    return result
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML run config (or defaults when ``path`` is None), then apply ``--set`` overrides."""
+    values: dict = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise AsrtuneError(f"config file not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise AsrtuneError(f"{path}: not valid YAML ({error})") from error
+        if not isinstance(values, dict):
+            raise AsrtuneError(f"{path}: expected a mapping at the top level")
+        base = path.resolve().parent
+    values = _resolve_paths(values, base)
+    values = apply_overrides(values, list(overrides))
+    values = _resolve_paths(values, Path.cwd())
+    return config_from_dict(values)
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def config_hash(config: RunConfig) -> str:
+    """Short stable hash of the resolved config, recorded in results.json."""
+    blob = json.dumps(config_to_dict(config), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]

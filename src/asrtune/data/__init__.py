@@ -1,0 +1,1 @@
+"""Data: manifests, audio decoding, synthesis, features and batching."""

@@ -1,0 +1,99 @@
+"""Manifests: JSONL, one utterance per line (``audio``, ``text``, optional ``language``, ``id``).
+
+``audio`` is a path relative to the manifest's folder, or absolute. Rows round-trip: reading a
+manifest and writing it elsewhere keeps every row pointing at the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from asrtune.errors import AsrtuneError
+
+__all__ = ["Utterance", "read_manifest", "write_manifest"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Utterance:
+    """One labelled recording. ``audio`` is always absolute once read."""
+
+    id: str
+    audio: str
+    text: str
+    language: str | None = None
+    duration: float | None = None
+
+    def to_row(self, relative_to: Path | None = None) -> dict:
+        audio = self.audio
+        if relative_to is not None:
+            try:
+                audio = os.path.relpath(self.audio, relative_to)
+            except ValueError:  # another drive on Windows
+                pass
+        row = {"id": self.id, "audio": audio, "text": self.text}
+        if self.language:
+            row["language"] = self.language
+        if self.duration is not None:
+            row["duration"] = round(self.duration, 4)
+        return row
+
+
+def _row_to_utterance(row: object, line: int, folder: Path, source: Path) -> Utterance:
+    if not isinstance(row, dict):
+        raise AsrtuneError(f"{source}:{line}: expected a JSON object")
+    missing = [key for key in ("audio", "text") if key not in row]
+    if missing:
+        raise AsrtuneError(f"{source}:{line}: missing {', '.join(missing)}")
+    if not isinstance(row["audio"], str) or not isinstance(row["text"], str):
+        raise AsrtuneError(f"{source}:{line}: audio and text must be strings")
+    audio = Path(row["audio"]).expanduser()
+    audio = audio if audio.is_absolute() else folder / audio
+    duration = row.get("duration")
+    return Utterance(
+        id=str(row.get("id") or f"{source.stem}-{line}"),
+        audio=str(audio),
+        text=row["text"],
+        language=row.get("language") or None,
+        duration=float(duration) if isinstance(duration, (int, float)) else None,
+    )
+
+
+def read_manifest(path: str | Path) -> list[Utterance]:
+    """Read a JSONL manifest.
+
+    Raises:
+        AsrtuneError: the file is missing, or a line is not a valid row (with its line number).
+            ``asrtune prepare`` is the forgiving route that drops bad rows with reasons.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AsrtuneError(f"manifest not found: {path}")
+    folder = path.resolve().parent
+    rows: list[Utterance] = []
+    with path.open(encoding="utf-8") as handle:
+        for line, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as error:
+                raise AsrtuneError(f"{path}:{line}: not valid JSON ({error.msg})") from error
+            rows.append(_row_to_utterance(row, line, folder, path))
+    if not rows:
+        raise AsrtuneError(f"manifest is empty: {path}")
+    return rows
+
+
+def write_manifest(utterances: list[Utterance], path: str | Path) -> None:
+    """Write rows with audio paths relative to the manifest's folder (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = path.resolve().parent
+    staging = path.with_name(path.name + ".tmp")
+    with staging.open("w", encoding="utf-8") as handle:
+        for utterance in utterances:
+            handle.write(json.dumps(utterance.to_row(folder), ensure_ascii=False) + "\n")
+    os.replace(staging, path)

@@ -1,0 +1,1 @@
+"""The training recipe, its schedule and its checkpoints."""
