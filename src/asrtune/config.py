@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,7 +21,24 @@ import yaml
 from asrtune.errors import AsrtuneError
 
 __all__ = ["DataConfig", "OptimConfig", "LoopConfig", "RunConfig", "load_config", "apply_overrides",
-           "config_to_dict", "config_from_dict", "save_config", "config_hash"]
+           "config_to_dict", "config_from_dict", "save_config", "config_hash", "parse_yaml", "absolute_model"]
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML with 1.2 booleans: only true/false are booleans, so ``no`` (Norwegian; mixed_precision) stays text."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML text with 1.2 booleans."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
@@ -69,6 +87,7 @@ class LoopConfig:
     max_new_tokens: int = _help("longest hypothesis decoded, in tokens", 128)
     log_every: int = _help("write training loss to TensorBoard every this many steps", 5)
     mixed_precision: str = _help("accelerate mixed precision: no, fp16 or bf16", "no")
+    encoder_cache_mb: int = _help("when the encoder is frozen, cache its outputs up to this many MB", 4096)
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_every", "eval_batch_size",
@@ -157,7 +176,18 @@ def config_to_dict(config: Any) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
+def absolute_model(model: str, base: Path) -> str:
+    """A model source that names an existing local path, made absolute (a run must load from anywhere)."""
+    if model.startswith("bundled:"):
+        return model
+    local = Path(model).expanduser()
+    local = local if local.is_absolute() else base / local
+    return str(local.resolve()) if local.exists() else model
+
+
 def _resolve_paths(values: dict, base: Path) -> dict:
+    if isinstance(values.get("model"), str):
+        values = {**values, "model": absolute_model(values["model"], base)}
     data = dict(values.get("data") or {})
     for key in ("train", "eval"):
         if data.get(key):
@@ -179,7 +209,7 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise AsrtuneError(f"--set {key}: {part} is not a section")
-        node[leaf] = yaml.safe_load(raw) if raw else ""
+        node[leaf] = parse_yaml(raw) if raw else ""
     return result
 
 
@@ -192,7 +222,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         if not path.is_file():
             raise AsrtuneError(f"config file not found: {path}")
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            values = parse_yaml(path.read_text()) or {}
         except yaml.YAMLError as error:
             raise AsrtuneError(f"{path}: not valid YAML ({error})") from error
         if not isinstance(values, dict):

@@ -30,7 +30,8 @@ class Evaluation:
 @torch.no_grad()
 def transcribe_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: str | None = None,
                        task: str = "transcribe", batch_size: int = 16, max_new_tokens: int = 128,
-                       progress: bool = True, device: torch.device | None = None) -> list[str]:
+                       progress: bool = True, device: torch.device | None = None,
+                       desc: str = "decode") -> list[str]:
     """Greedy transcripts of every utterance, in order.
 
     Batches group utterances of one language, since ``generate`` takes one language per call.
@@ -42,7 +43,7 @@ def transcribe_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language
     dtype = next(model.parameters()).dtype
     order = sorted(range(len(dataset)), key=lambda i: (dataset.utterances[i].language or language or ""))
     hypotheses: dict[int, str] = {}
-    bar = tqdm(total=len(order), desc="decode", disable=not progress, unit="utt", leave=False)
+    bar = tqdm(total=len(order), desc=desc, disable=not progress, unit="utt", leave=False)
     start = 0
     while start < len(order):
         lang = dataset.utterances[order[start]].language or language
@@ -66,10 +67,10 @@ def transcribe_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language
 
 def evaluate_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: str | None = None,
                      task: str = "transcribe", batch_size: int = 16, max_new_tokens: int = 128,
-                     progress: bool = True) -> Evaluation:
+                     progress: bool = True, desc: str = "decode") -> Evaluation:
     """Decode and score; the normaliser follows the utterances' language (English when unset)."""
     hypotheses = transcribe_dataset(loaded, dataset, language=language, task=task, batch_size=batch_size,
-                                    max_new_tokens=max_new_tokens, progress=progress)
+                                    max_new_tokens=max_new_tokens, progress=progress, desc=desc)
     references = [u.text for u in dataset.utterances]
     languages = {u.language or language for u in dataset.utterances}
     scoring_language = languages.pop() if len(languages) == 1 else "multi"

@@ -50,18 +50,25 @@ class _Reader:
         self.data = data
         self.offset = 0
 
+    def _need(self, count: int) -> None:
+        if self.offset + count > len(self.data):
+            raise ValueError(f"truncated: needs {count} bytes at offset {self.offset}, file has {len(self.data)}")
+
     def unpack(self, fmt: str):
+        self._need(struct.calcsize("<" + fmt))
         values = struct.unpack_from("<" + fmt, self.data, self.offset)
         self.offset += struct.calcsize("<" + fmt)
         return values[0] if len(values) == 1 else values
 
     def string(self) -> str:
         length = self.unpack("H")
+        self._need(length)
         raw = self.data[self.offset : self.offset + length]
         self.offset += length
         return raw.rstrip(b"\0").decode("utf-8")
 
     def array(self, dtype_code: int, dims: list[int], nbytes: int) -> np.ndarray:
+        self._need(nbytes)
         raw = self.data[self.offset : self.offset + nbytes]
         self.offset += nbytes
         dtype = _DTYPES.get(dtype_code)
@@ -90,7 +97,7 @@ def read_model_bin(path: str | Path) -> Ct2Model:
     try:
         version = reader.unpack("I")
         if version < 5:
-            raise ValueError(f"{path}: CTranslate2 binary version {version} is too old (need >= 5)")
+            raise ValueError(f"binary version {version} is too old (need >= 5)")
         spec = reader.string()
         revision = reader.unpack("I")
         count = reader.unpack("I")
@@ -104,9 +111,14 @@ def read_model_bin(path: str | Path) -> Ct2Model:
             variables[name] = reader.array(dtype_code, dims, nbytes)
         for _ in range(reader.unpack("I")):
             alias, target = reader.string(), reader.string()
-            variables[alias] = variables[target]
-    except struct.error as error:
-        raise ValueError(f"{path}: truncated or not a CTranslate2 model file ({error})") from error
+            if target not in variables:
+                raise ValueError(f"alias {alias!r} points at unknown variable {target!r}")
+            # A copy: HF parameters built from aliases must not share storage.
+            variables[alias] = variables[target].copy()
+        if reader.offset != len(data):
+            raise ValueError(f"{len(data) - reader.offset} unexpected trailing bytes")
+    except (struct.error, ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a readable CTranslate2 model file ({error})") from error
     return Ct2Model(spec=spec, revision=revision, variables=variables)
 
 
@@ -216,7 +228,8 @@ def ct2_to_hf_state_dict(model: Ct2Model, dtype: torch.dtype = torch.float32) ->
         _linear(out, v, f"{src}/ffn/linear_1", f"{dst}.fc2")
         _layer_norm(out, v, f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm")
     _layer_norm(out, v, "decoder/layer_norm", f"{dec}.layer_norm")
-    return {name: torch.from_numpy(np.ascontiguousarray(a)).to(dtype) for name, a in out.items()}
+    # torch.tensor copies, so no two parameters share memory even where the file stored one array.
+    return {name: torch.tensor(a, dtype=dtype) for name, a in out.items()}
 
 
 def read_ct2_config(directory: Path) -> dict:

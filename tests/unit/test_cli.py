@@ -1,0 +1,160 @@
+"""The command line: exit codes, one-line errors, --json output."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import espeak_or_skip, read_jsonl
+
+from asrtune.cli import main
+from asrtune.data.manifest import read_manifest
+from asrtune.evaluation.metrics import score
+
+
+def _error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err  # one clear line, no traceback
+    assert lines[0].startswith("asrtune: error: ")
+    return lines[0]
+
+
+def test_evaluate_json_prints_scores_as_the_last_line(tiny_model_dir, tiny_data, tmp_path, capsys):
+    _, eval_manifest = tiny_data
+    code = main(
+        [
+            "evaluate",
+            str(tiny_model_dir),
+            "--data",
+            str(eval_manifest),
+            "--json",
+            "--batch-size",
+            "2",
+            "--predictions",
+            str(tmp_path / "pred.jsonl"),
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0
+    result = json.loads(captured.out.strip().splitlines()[-1])
+    assert (
+        result["n"] == 3 and result["model"] == str(tiny_model_dir) and result["data"] == str(eval_manifest)
+    )
+    assert {"wer", "cer", "raw_wer", "substitutions", "deletions", "insertions"} <= set(result)
+    assert "WER (normalised)" in captured.err  # with --json the table goes to stderr
+    predictions = read_jsonl(tmp_path / "pred.jsonl")
+    assert [p["reference"] for p in predictions] == [u.text for u in read_manifest(eval_manifest)]
+    rescored = score([p["reference"] for p in predictions], [p["hypothesis"] for p in predictions])
+    assert (result["wer"], result["cer"]) == (rescored.wer, rescored.cer)
+
+
+def test_evaluate_without_json_prints_a_table(tiny_model_dir, tiny_data, capsys):
+    assert main(["evaluate", str(tiny_model_dir), "--data", str(tiny_data[1])]) == 0
+    out = capsys.readouterr().out
+    assert "| WER (normalised)" in out and "| utterances" in out and "| 3 " in out
+
+
+def test_evaluate_missing_manifest(tiny_model_dir, tmp_path, capsys):
+    code = main(["evaluate", str(tiny_model_dir), "--data", str(tmp_path / "missing.jsonl"), "--json"])
+    assert code == 2
+    assert "manifest not found" in _error_line(capsys)
+    assert capsys.readouterr().out == ""
+
+
+def test_evaluate_missing_model(tiny_data, tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "no-model"), "--data", str(tiny_data[1])]) == 2
+    assert "model not found" in _error_line(capsys)
+
+
+def test_train_unknown_config_key(tmp_path, capsys):
+    (tmp_path / "run.yaml").write_text("loop:\n  max_steps: 2\n  epochs: 3\n")
+    code = main(["train", str(tmp_path / "run.yaml"), "--output-dir", str(tmp_path / "out")])
+    assert code == 2
+    assert "unknown config key(s): loop.epochs" in _error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_bad_set_value(tmp_path, capsys):
+    (tmp_path / "run.yaml").write_text("seed: 1\n")
+    code = main(
+        [
+            "train",
+            str(tmp_path / "run.yaml"),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--set",
+            "loop.max_steps=0",
+        ]
+    )
+    assert code == 2
+    assert "loop.max_steps must be >= 1" in _error_line(capsys)
+
+
+def test_train_through_the_cli(tiny_model_dir, tiny_data, tmp_path, capsys):
+    train_manifest, eval_manifest = tiny_data
+    (tmp_path / "run.yaml").write_text(
+        f"model: {tiny_model_dir}\nstrategy: lora:r=2,alpha=4\n"
+        f"data:\n  train: {train_manifest}\n  eval: {eval_manifest}\n"
+        "loop:\n  max_steps: 50\n  batch_size: 2\n  eval_every: 1\n  max_new_tokens: 3\n"
+    )
+    out_dir = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            str(tmp_path / "run.yaml"),
+            "--output-dir",
+            str(out_dir),
+            "--set",
+            "loop.max_steps=1",
+            "--set",
+            "strategy=full",
+            "--set",
+            "optim.learning_rate=1e-4",
+        ]
+    )
+    assert code == 0
+    results = json.loads((out_dir / "results.json").read_text())
+    assert (results["steps"], results["strategy"], results["learning_rate"]) == (1, "full", 1e-4)
+    assert "final WER (best ckpt)" in capsys.readouterr().out
+    # A second run into the same folder is refused with a one-line error.
+    assert main(["train", str(tmp_path / "run.yaml"), "--output-dir", str(out_dir)]) == 2
+    assert "already holds a run" in _error_line(capsys)
+
+
+def test_synth_through_the_cli(tmp_path, capsys):
+    espeak_or_skip()
+    (tmp_path / "lines.txt").write_text("Hello there.\n\nGood night.\n")
+    code = main(
+        [
+            "synth",
+            str(tmp_path / "lines.txt"),
+            "--out",
+            str(tmp_path / "out"),
+            "--prefix",
+            "med",
+            "--language",
+            "en",
+        ]
+    )
+    assert code == 0
+    manifest = capsys.readouterr().out.strip()
+    rows = read_manifest(manifest)
+    assert [(r.id, r.text, r.language) for r in rows] == [
+        ("med-00000", "Hello there.", "en"),
+        ("med-00001", "Good night.", "en"),
+    ]
+
+
+def test_synth_missing_text_file(tmp_path, capsys):
+    espeak_or_skip()
+    assert main(["synth", str(tmp_path / "none.txt"), "--out", str(tmp_path / "out")]) == 2
+    assert "text file not found" in _error_line(capsys)
+
+
+def test_argparse_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["evaluate", "bundled:tiny.en"])  # --data is required
+    assert info.value.code == 2
+    assert "--data" in capsys.readouterr().err
