@@ -16,7 +16,7 @@ import torch
 from asrtune.errors import AsrtuneError
 from asrtune.registry import Registry
 
-__all__ = ["Strategy", "STRATEGIES", "parse_spec", "apply_strategy", "default_learning_rate",
+__all__ = ["Strategy", "STRATEGIES", "parse_spec", "apply_strategy", "merge_strategy", "default_learning_rate",
            "whisper_core", "freeze_positional_embeddings"]
 
 
@@ -30,6 +30,15 @@ class Strategy:
     def apply(self, model: torch.nn.Module) -> torch.nn.Module:
         """Change ``model`` in place or wrap it; return the model to train."""
         raise NotImplementedError
+
+    def merge(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Fold this strategy's changes into plain Whisper weights (for export).
+
+        The default suits strategies that only choose which weights train (full, freeze, reinit,
+        decoder): the model is already plain. Strategies that add modules override this, or raise
+        :class:`AsrtuneError` when their modules cannot be folded into Whisper's weights.
+        """
+        return model
 
     def spec(self) -> str:
         defaults = type(self)()
@@ -122,6 +131,13 @@ def apply_strategy(model: torch.nn.Module, spec: str) -> torch.nn.Module:
     for strategy in parse_spec(spec):
         model = strategy.apply(model)
     freeze_positional_embeddings(model)
+    return model
+
+
+def merge_strategy(model: torch.nn.Module, spec: str) -> torch.nn.Module:
+    """Undo the wrapping of every strategy in ``spec``, right to left, leaving a plain Whisper model."""
+    for strategy in reversed(parse_spec(spec)):
+        model = strategy.merge(model)
     return model
 
 

@@ -37,3 +37,7 @@ class Lora(Strategy):
         config = LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
                             target_modules=list(self.targets), bias="none")
         return get_peft_model(model, config)
+
+    def merge(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Fold the low-rank updates into the base weights (PEFT ``merge_and_unload``)."""
+        return model.merge_and_unload()

@@ -1,0 +1,48 @@
+"""``asrtune evaluate MODEL --data MANIFEST [--json]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from asrtune.commands import COMMANDS
+
+
+@COMMANDS.register("evaluate")
+def add(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("evaluate", help="WER/CER of a model or run on a manifest")
+    parser.add_argument("model", help="bundled:NAME, HF id or folder, CTranslate2 folder, or run folder")
+    parser.add_argument("--data", required=True, type=Path, help="manifest JSONL")
+    parser.add_argument("--language", default=None, help="language for rows without one")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="longest hypothesis, in tokens")
+    parser.add_argument("--predictions", type=Path, help="write per-utterance hypotheses here (JSONL)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from asrtune.data.features import FeatureDataset
+    from asrtune.data.manifest import read_manifest
+    from asrtune.evaluation.decode import evaluate_dataset, write_predictions
+    from asrtune.models.load import load_model
+    from asrtune.report import print_table
+
+    loaded = load_model(args.model)
+    rows = read_manifest(args.data)
+    dataset = FeatureDataset(rows, loaded.processor, multilingual=loaded.multilingual, language=args.language)
+    evaluation = evaluate_dataset(loaded, dataset, language=args.language, batch_size=args.batch_size,
+                                  max_new_tokens=args.max_new_tokens)
+    if args.predictions:
+        write_predictions(evaluation, args.predictions)
+    s = evaluation.scores
+    print_table(["metric", "value"], [
+        ["WER (normalised)", f"{s.wer:.4f}"], ["CER (normalised)", f"{s.cer:.4f}"],
+        ["WER (raw)", f"{s.raw_wer:.4f}"], ["subs / dels / ins", f"{s.substitutions} / {s.deletions} / {s.insertions}"],
+        ["utterances", str(s.n)],
+    ], file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps({"model": args.model, "data": str(args.data), **s.as_dict()}))
+    return 0
