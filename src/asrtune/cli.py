@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from asrtune.commands import COMMANDS, load_all
 from asrtune.errors import AsrtuneError
@@ -18,6 +19,8 @@ __all__ = ["main", "build_parser"]
 def _quiet_libraries() -> None:
     """Keep the terminal for asrtune's own bars and tables."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # PEFT calls a transformers property deprecated in v5; not the user's concern.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

@@ -117,3 +117,38 @@ def train_quietly(config, run_dir):
     from asrtune.training.recipe import train
 
     return train(config, run_dir, progress=False)
+
+
+def _whisper_base_counts() -> dict[str, int]:
+    """Whisper base by hand: d=512, 6+6 layers, ffn 2048, vocab 51865, 80 mels, 1500/448 positions."""
+    d, ffn, layers, vocab, mels = 512, 2048, 6, 51865, 80
+    linear = lambda i, o, bias=True: i * o + (o if bias else 0)  # noqa: E731
+    attention = 3 * linear(d, d) + linear(d, d, bias=False)  # q, v, out with bias; k without
+    norm = 2 * d
+    ffn_block = linear(d, ffn) + linear(ffn, d)
+    encoder = (mels * d * 3 + d) + (d * d * 3 + d) + 1500 * d + layers * (attention + ffn_block + 2 * norm) + norm
+    decoder = vocab * d + 448 * d + layers * (2 * attention + ffn_block + 3 * norm) + norm
+    return {
+        "total": encoder + decoder,
+        "positions": 1500 * d,
+        "lora_r32": (layers * 2 + layers * 4) * 32 * (d + d),  # q,v in encoder self, decoder self and cross
+        "adapter_d64": (2 * layers) * (norm + linear(d, 64) + linear(64, d)),
+    }
+
+
+@pytest.mark.integration
+def test_parameter_counts_on_bundled_base_match_hand_arithmetic():
+    from asrtune.inspection import count_parameters
+    from asrtune.strategies import apply_strategy
+
+    expected = _whisper_base_counts()
+    assert expected["total"] == 72_593_920
+    loaded = load_model("bundled:base")
+    assert count_parameters(loaded.model)[1] == expected["total"]
+    for spec, trainable in [
+        ("full", expected["total"] - expected["positions"]),
+        ("lora:r=32,alpha=64", expected["lora_r32"]),
+        ("adapter:d=64", expected["adapter_d64"]),
+    ]:
+        model = apply_strategy(load_model("bundled:base").model, spec)
+        assert count_parameters(model)[0] == trainable, spec

@@ -158,3 +158,22 @@ def test_argparse_usage_errors_exit_2(capsys):
         main(["evaluate", "bundled:tiny.en"])  # --data is required
     assert info.value.code == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_inspect_json_reports_trainable_and_total(tiny_model_dir, capsys):
+    code = main(["inspect", str(tiny_model_dir), "--strategy", "lora:r=4,alpha=8", "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # tiny model: 2 encoder layers x (q, v) + 2 decoder layers x (self q, v + cross q, v) = 12 targets,
+    # each 32 -> 32 Linear with r = 4: 4 * (32 + 32) = 256 parameters.
+    assert summary["trainable"] == 12 * 256
+    assert summary["added"] == 12 * 256
+    assert summary["total"] > summary["trainable"]
+    layer_rows = [m for m in summary["modules"] if m["module"] == "encoder.layers.0"]
+    assert layer_rows and layer_rows[0]["trainable"] == 2 * 256
+
+
+def test_inspect_rejects_a_contradictory_spec_in_one_line(tiny_model_dir, capsys):
+    assert main(["inspect", str(tiny_model_dir), "--strategy", "full+lora"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "full cannot be combined with lora" in err[0]

@@ -12,7 +12,7 @@ POSITIONS = "model.encoder.embed_positions.weight"
 
 
 def test_registered_strategies():
-    assert {"full", "lora"} <= set(STRATEGIES.names())
+    assert {"full", "freeze", "reinit", "adapter", "lora", "decoder"} <= set(STRATEGIES.names())
     assert STRATEGIES.names() == sorted(STRATEGIES.names())
 
 
@@ -24,7 +24,10 @@ def test_registered_strategies():
         ("lora:r=8,alpha=16", [("lora", {"r": 8, "alpha": 16})]),
         (" lora : r = 4 , dropout=0 ", [("lora", {"r": 4, "dropout": 0.0})]),
         ("lora:targets=q_proj|k_proj", [("lora", {"targets": ("q_proj", "k_proj")})]),
-        ("full+lora:r=2", [("full", {}), ("lora", {"r": 2})]),
+        ("freeze:n=2+lora:r=2", [("freeze", {"n": 2}), ("lora", {"r": 2})]),
+        ("reinit:m=3", [("reinit", {"m": 3})]),
+        ("adapter:d=16,encoder_layers=top-2", [("adapter", {"d": 16, "encoder_layers": "top-2"})]),
+        ("decoder+adapter:encoder_layers=none+lora", [("decoder", {}), ("adapter", {}), ("lora", {})]),
     ],
 )
 def test_parse_valid_specs(spec, expected):
@@ -39,7 +42,17 @@ def test_parse_valid_specs(spec, expected):
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ("freeze:n=2+lora:r=8", "unknown strategy 'freeze'"),
+        ("frozen:n=2", "unknown strategy 'frozen'"),
+        ("full+lora", "full cannot be combined with lora"),
+        ("reinit:m=1+adapter", "reinit cannot be combined with adapter"),
+        ("freeze:n=1+reinit:m=1", "combines freeze and reinit"),
+        ("full+decoder", "combines full and decoder"),
+        ("lora+freeze:n=1", "freeze must come first"),
+        ("freeze:n=-1", "n must be >= 0"),
+        ("reinit:m=0", "m must be >= 1"),
+        ("adapter:d=0", "d must be >= 1"),
+        ("adapter:encoder_layers=top-0", "encoder_layers must be all, none or top-P"),
+        ("adapter:encoder_layers=bottom-2", "encoder_layers must be all, none or top-P"),
         ("adapters", "unknown strategy 'adapters'"),
         ("lora:rank=8", "unknown option 'rank'"),
         ("full:x=1", "unknown option 'x'"),
@@ -76,7 +89,10 @@ def test_spec_string_round_trips(spec):
 def test_default_learning_rates():
     assert default_learning_rate("full") == 1e-5
     assert default_learning_rate("lora:r=4") == 1e-3
-    assert default_learning_rate("full+lora") == 1e-3  # the last strategy's
+    assert default_learning_rate("freeze:n=1") == 1e-5
+    assert default_learning_rate("reinit:m=1") == 1e-5
+    assert default_learning_rate("adapter") == 3e-4
+    assert default_learning_rate("freeze:n=1+lora") == 1e-3  # the last strategy's
 
 
 def test_full_trains_everything_but_the_encoder_positions(tiny_loaded):

@@ -1,4 +1,4 @@
-"""``full``: every parameter trains (the paper's vanilla fine-tuning, FT)."""
+"""``full``: every weight trains (the paper's vanilla fine-tuning, FT), but the fixed encoder positions."""
 
 from __future__ import annotations
 
@@ -6,16 +6,18 @@ from dataclasses import dataclass
 
 import torch
 
-from asrtune.strategies.base import STRATEGIES, Strategy
+from asrtune.strategies.base import STRATEGIES, Strategy, set_trainable
 
 
 @STRATEGIES.register("full")
 @dataclass(frozen=True, kw_only=True)
 class Full(Strategy):
     name = "full"
+    kind = "select"
     default_lr = 1e-5  # seed 002, section 3.2
 
-    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+    def apply(self, model: torch.nn.Module, frozen: frozenset[str] = frozenset()) -> torch.nn.Module:
         for parameter in model.parameters():
             parameter.requires_grad_(True)
+        set_trainable(model, frozen)
         return model

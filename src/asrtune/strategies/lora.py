@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from peft import LoraConfig, get_peft_model
 
-from asrtune.strategies.base import STRATEGIES, Strategy
+from asrtune.errors import AsrtuneError
+from asrtune.strategies.base import STRATEGIES, Strategy, qualified_modules, whisper_core
 
 
 @STRATEGIES.register("lora")
@@ -15,10 +16,13 @@ from asrtune.strategies.base import STRATEGIES, Strategy
 class Lora(Strategy):
     """LoRA on q and v of every attention (encoder self, decoder self and cross), r=32, alpha=64.
 
-    The default learning rate, 1e-3, is the one in PEFT's Whisper int8 training example.
+    The default learning rate, 1e-3, is the one in PEFT's Whisper int8 training example. After a
+    ``select`` strategy, modules it froze whole get no LoRA (``freeze:n=4+lora`` adapts the layers
+    above the fourth and the decoder).
     """
 
     name = "lora"
+    kind = "add"
     default_lr = 1e-3
     r: int = 32
     alpha: int = 64
@@ -33,11 +37,31 @@ class Lora(Strategy):
         if not self.targets:
             raise ValueError("targets must name at least one module")
 
-    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+    def apply(self, model: torch.nn.Module, frozen: frozenset[str] = frozenset()) -> torch.nn.Module:
+        prefix = _core_prefix(model)
+        names = [prefix + name for name, module in qualified_modules(model, frozen).items()
+                 if name.rsplit(".", 1)[-1] in self.targets and isinstance(module, torch.nn.Linear)]
+        if not names:
+            raise AsrtuneError(f"lora: no {'/'.join(self.targets)} modules outside the frozen ones")
         config = LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                            target_modules=list(self.targets), bias="none")
-        return get_peft_model(model, config)
+                            target_modules=names, bias="none")
+        added = [p for p in model.parameters() if getattr(p, "asrtune_added", False)]
+        model = get_peft_model(model, config)
+        for parameter in model.parameters():
+            if parameter.requires_grad:  # the LoRA weights: later additions must leave them training
+                parameter.asrtune_added = True
+        for parameter in added:  # PEFT freezes everything but LoRA; earlier additions keep training
+            parameter.requires_grad_(True)
+        return model
 
     def merge(self, model: torch.nn.Module) -> torch.nn.Module:
         """Fold the low-rank updates into the base weights (PEFT ``merge_and_unload``)."""
         return model.merge_and_unload()
+
+
+def _core_prefix(model: torch.nn.Module) -> str:
+    core = whisper_core(model)
+    for name, module in model.named_modules():
+        if module is core:
+            return f"{name}." if name else ""
+    raise AsrtuneError("lora: Whisper core not found")

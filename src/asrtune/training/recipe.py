@@ -30,12 +30,13 @@ from asrtune.data.manifest import read_manifest
 from asrtune.data.sampler import batch_indices
 from asrtune.errors import AsrtuneError
 from asrtune.evaluation.decode import Evaluation, evaluate_dataset, write_predictions
+from asrtune.inspection import count_parameters
 from asrtune.models.load import LoadedModel, load_model
 from asrtune.strategies import apply_strategy, default_learning_rate
 from asrtune.training.checkpoint import BEST, LAST, load_trainable, save_trainable, write_dir_atomically
 from asrtune.training.encoder_cache import cache_bytes, encode_dataset, encoder_is_frozen
 
-__all__ = ["train", "count_parameters"]
+__all__ = ["train"]
 
 
 @dataclass
@@ -47,19 +48,6 @@ class _State:
     best_step: int = -1
     evals_without_improvement: int = 0
     baseline: dict | None = None
-
-
-def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts, each shared tensor counted once."""
-    seen: set[int] = set()
-    trainable = total = 0
-    for parameter in model.parameters():
-        if id(parameter) in seen:
-            continue
-        seen.add(id(parameter))
-        total += parameter.numel()
-        trainable += parameter.numel() if parameter.requires_grad else 0
-    return trainable, total
 
 
 def _git_sha() -> str | None:
