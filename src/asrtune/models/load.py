@@ -37,7 +37,7 @@ from asrtune.paths import cache_dir
 
 __all__ = ["LoadedModel", "load_model", "resolve_source", "convert_ct2_dir", "is_run_dir"]
 
-_CONVERSION_FORMAT = 1  # bump when the conversion changes, so stale caches are rebuilt
+_CONVERSION_FORMAT = 2  # bump when the conversion changes, so stale caches are rebuilt
 _SPECIAL = ("<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>", "<|transcribe|>", "<|translate|>")
 
 
@@ -119,8 +119,6 @@ def _tokenizer_from_ct2(directory: Path, no_timestamps_id: int | None = None) ->
 def _generation_config(config: WhisperConfig, tokenizer: WhisperTokenizerFast, ct2_config: dict) -> GenerationConfig:
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in _SPECIAL}
     multilingual = config.vocab_size >= 51865
-    lang_ids = ct2_config.get("lang_ids") or []
-    lang_to_id = {tokenizer.convert_ids_to_tokens(i): i for i in lang_ids} if multilingual else {}
     generation = GenerationConfig(
         decoder_start_token_id=ids["<|startoftranscript|>"],
         bos_token_id=ids["<|endoftext|>"],
@@ -132,11 +130,15 @@ def _generation_config(config: WhisperConfig, tokenizer: WhisperTokenizerFast, c
         begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin") or [220, ids["<|endoftext|>"]]),
         alignment_heads=[list(h) for h in ct2_config.get("alignment_heads") or []],
         is_multilingual=multilingual,
-        lang_to_id=lang_to_id,
-        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
         prev_sot_token_id=tokenizer.convert_tokens_to_ids("<|startofprev|>"),
         return_timestamps=False,
     )
+    if multilingual:
+        # Only multilingual models carry these: transformers runs language detection (a second
+        # encoder pass per batch) whenever lang_to_id exists and no language is given.
+        lang_ids = ct2_config.get("lang_ids") or []
+        generation.lang_to_id = {tokenizer.convert_ids_to_tokens(i): i for i in lang_ids}
+        generation.task_to_id = {"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]}
     return generation
 
 
