@@ -1,1 +1,1 @@
-"""Data: manifests, audio decoding, synthesis, features and batching."""
+"""Data: corpus formats, cleaning (``asrtune prepare``), manifests, audio, augmentation, features, batching."""

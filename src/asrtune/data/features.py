@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from tqdm import tqdm
 from transformers import WhisperProcessor
 
-from asrtune.data.audio import SAMPLE_RATE, load_audio
+from asrtune.data.audio import SAMPLE_RATE
+from asrtune.data.feature_cache import FeatureCache, extract_features
 from asrtune.data.manifest import Utterance
 from asrtune.errors import AsrtuneError
 
@@ -50,20 +50,25 @@ class FeatureDataset(torch.utils.data.Dataset):
         multilingual: whether the model takes language and task tokens.
         language: default language for rows without one.
         task: transcribe or translate.
+        cache: an on-disk feature cache to read from and fill (None: always extract).
+
+    Attributes:
+        durations: each utterance's audio length in seconds (for duration-bucketed batches).
     """
 
     def __init__(self, utterances: Sequence[Utterance], processor: WhisperProcessor, *, multilingual: bool,
                  language: str | None = None, task: str = "transcribe", progress: bool = True,
-                 desc: str = "features") -> None:
+                 desc: str = "features", cache: FeatureCache | None = None) -> None:
         self.utterances = list(utterances)
         self.processor = processor
         extractor = processor.feature_extractor
         self.features: list[torch.Tensor] = []
         self.labels: list[list[int]] = []
+        self.durations: list[float] = []
         for utterance in tqdm(self.utterances, desc=desc, disable=not progress, unit="utt"):
-            samples = load_audio(utterance.audio)
-            features = extractor(samples, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features[0]
-            self.features.append(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)))
+            features, n_samples = extract_features(utterance.audio, extractor, cache)
+            self.features.append(torch.from_numpy(features))
+            self.durations.append(n_samples / SAMPLE_RATE)
             prefix = prefix_ids(processor, multilingual=multilingual, language=utterance.language or language,
                                 task=task)
             labels = label_ids(processor, utterance.text, prefix)
@@ -79,6 +84,7 @@ class FeatureDataset(torch.utils.data.Dataset):
         subset.utterances = self.utterances[:count]
         subset.features = self.features[:count]
         subset.labels = self.labels[:count]
+        subset.durations = self.durations[:count]
         return subset
 
     def __len__(self) -> int:
