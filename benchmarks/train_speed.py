@@ -1,0 +1,147 @@
+"""Training throughput: asrtune's recipe against the plain transformers ``Seq2SeqTrainer`` recipe.
+
+Both sides: bundled tiny.en, the demo's medical training sentences (the first ``--utterances``),
+batch 8, the same steps, AdamW with 10% warm-up and linear decay, the same frozen parameters (the
+strategy is applied to the model the Trainer gets too), no evaluation, no checkpoints. Each side runs
+in its own process so its peak RSS is its own. asrtune's time includes building its encoder-prefix
+cache, which is charged to it; samples/s = steps x batch / (cache seconds + loop seconds). The
+baseline's is the Trainer's own ``train_samples_per_second``.
+
+    python benchmarks/train_speed.py [--steps 24] [--utterances 64] [--json]
+
+``--json``: the last line is {"results": [{"strategy", "asrtune_sps", "baseline_sps", "ratio",
+"peak_rss_mb", "baseline_peak_rss_mb"}]}. Numbers only; nothing here asserts on seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+STRATEGIES = ["full", "freeze:n=3", "adapter:d=64,encoder_layers=top-1", "lora:r=32,alpha=64"]
+MODEL = "bundled:tiny.en"
+
+
+def _data(work: Path, utterances: int) -> tuple[Path, Path]:
+    from asrtune.data.manifest import read_manifest, write_manifest
+    from asrtune.data.synth import SynthSettings, synthesise_lines
+    from asrtune.demo import demo_splits
+
+    splits = demo_splits()
+    train = synthesise_lines(splits["train"][:utterances], work / "train", settings=SynthSettings(seed=0),
+                             prefix="train", language="en", progress=False)
+    evaluation = work / "eval.jsonl"  # the recipe wants an eval set; the benchmark never evaluates
+    write_manifest(read_manifest(train)[:2], evaluation)
+    return train, evaluation
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_asrtune(strategy: str, steps: int, train: Path, evaluation: Path, out: Path) -> dict:
+    from asrtune.config import DataConfig, LoopConfig, OptimConfig, RunConfig
+    from asrtune.training.recipe import train as train_run
+
+    config = RunConfig(model=MODEL, strategy=strategy, data=DataConfig(train=str(train), eval=str(evaluation)),
+                       optim=OptimConfig(learning_rate=1e-5),
+                       loop=LoopConfig(max_steps=steps, batch_size=8, eval_every=steps + 1, eval_at_start=False))
+    results = train_run(config, out, progress=False, final_evaluation=False)
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    loop_seconds = sum(m["seconds"] for m in metrics if "seconds" in m)
+    cache_seconds = (results.get("encoder_cache") or {}).get("seconds", 0.0)
+    return {"sps": steps * 8 / (loop_seconds + cache_seconds), "cache_seconds": cache_seconds,
+            "loop_seconds": loop_seconds, "peak_rss_mb": _peak_rss_mb()}
+
+
+def run_baseline(strategy: str, steps: int, train: Path, out: Path) -> dict:
+    import torch
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    from asrtune.data.features import FeatureDataset, collate
+    from asrtune.data.manifest import read_manifest
+    from asrtune.models.load import load_model
+    from asrtune.strategies import apply_strategy
+
+    loaded = load_model(MODEL)
+    model = apply_strategy(loaded.model, strategy)
+    dataset = FeatureDataset(read_manifest(train), loaded.processor, multilingual=False, progress=False)
+
+    def collator(items: list[dict]) -> dict[str, torch.Tensor]:
+        batch = collate(items)
+        return {"input_features": batch["input_features"], "labels": batch["labels"]}
+
+    arguments = Seq2SeqTrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=8, max_steps=steps, learning_rate=1e-5,
+        warmup_steps=0.1, lr_scheduler_type="linear",  # a float < 1 is a ratio in transformers 5 optim="adamw_torch", weight_decay=0.0, max_grad_norm=1.0,
+        save_strategy="no", eval_strategy="no", logging_strategy="no", report_to=[], dataloader_num_workers=0,
+        remove_unused_columns=False, seed=0, disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = Seq2SeqTrainer(model=model, args=arguments, train_dataset=dataset, data_collator=collator)
+    metrics = trainer.train().metrics
+    return {"sps": metrics["train_samples_per_second"], "peak_rss_mb": _peak_rss_mb()}
+
+
+def _child(args: argparse.Namespace) -> int:
+    out = Path(tempfile.mkdtemp(prefix=f"bench-{args.side}-"))
+    train, evaluation = Path(args.train), Path(args.eval)
+    if args.side == "asrtune":
+        result = run_asrtune(args.strategy, args.steps, train, evaluation, out / "run")
+    else:
+        result = run_baseline(args.strategy, args.steps, train, out)
+    print(json.dumps(result))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--utterances", type=int, default=64)
+    parser.add_argument("--strategies", nargs="*", default=STRATEGIES)
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-train-speed"))
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--side", choices=["asrtune", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--strategy", help=argparse.SUPPRESS)
+    parser.add_argument("--train", help=argparse.SUPPRESS)
+    parser.add_argument("--eval", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        return _child(args)
+
+    train, evaluation = _data(args.work_dir, args.utterances)
+    rows = []
+    for strategy in args.strategies:
+        measured = {}
+        for side in ("baseline", "asrtune"):
+            command = [sys.executable, __file__, "--side", side, "--strategy", strategy, "--steps", str(args.steps),
+                       "--train", str(train), "--eval", str(evaluation)]
+            output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            measured[side] = json.loads(output.strip().splitlines()[-1])
+        rows.append({
+            "strategy": strategy,
+            "asrtune_sps": round(measured["asrtune"]["sps"], 3),
+            "baseline_sps": round(measured["baseline"]["sps"], 3),
+            "ratio": round(measured["asrtune"]["sps"] / measured["baseline"]["sps"], 2),
+            "peak_rss_mb": round(measured["asrtune"]["peak_rss_mb"]),
+            "baseline_peak_rss_mb": round(measured["baseline"]["peak_rss_mb"]),
+            "asrtune_cache_seconds": round(measured["asrtune"].get("cache_seconds", 0.0), 1),
+        })
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+
+    from asrtune.report import print_table
+
+    print_table(["strategy", "asrtune samples/s", "Seq2SeqTrainer samples/s", "ratio", "peak RSS MB (asrtune / HF)"],
+                [[r["strategy"], f"{r['asrtune_sps']:.2f}", f"{r['baseline_sps']:.2f}", f"{r['ratio']:.2f}x",
+                  f"{r['peak_rss_mb']} / {r['baseline_peak_rss_mb']}"] for r in rows])
+    if args.json:
+        print(json.dumps({"results": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The frozen-prefix activation cache: which prefix is cached, and exactness against the uncached path."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from test_training import make_config
+
+from asrtune.strategies import apply_strategy
+from asrtune.training.encoder_cache import CachePlan, cache_plan, encode_prefix, encode_top, encoder_is_frozen
+from asrtune.training.recipe import train
+
+from conftest import read_jsonl, tiny_whisper
+
+
+class _Features:
+    """The slice of FeatureDataset that encode_prefix reads."""
+
+    def __init__(self, features: torch.Tensor) -> None:
+        self.features = list(features)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("full", None),
+    ("decoder", CachePlan(layers=3, whole=True)),
+    ("decoder+lora:r=2", CachePlan(layers=3, whole=True)),
+    ("freeze:n=2", CachePlan(layers=2, whole=False)),
+    ("reinit:m=1", CachePlan(layers=2, whole=False)),
+    ("adapter:d=4,encoder_layers=top-1", CachePlan(layers=2, whole=False)),
+    ("lora:r=2", CachePlan(layers=0, whole=False)),
+])
+def test_the_cached_prefix_is_the_largest_frozen_one(spec, expected):
+    model = apply_strategy(tiny_whisper(encoder_layers=3), spec)
+    assert cache_plan(model) == expected
+    assert encoder_is_frozen(model) == (expected is not None and expected.whole)
+
+
+def test_dropout_turns_the_cache_off():
+    assert cache_plan(apply_strategy(tiny_whisper(dropout=0.1), "decoder")) is None
+
+
+@pytest.mark.parametrize("spec", ["decoder", "freeze:n=1", "reinit:m=1", "lora:r=4", "adapter:d=8,encoder_layers=top-1",
+                                  "freeze:n=1+lora:r=4"])
+def test_loss_and_gradients_equal_the_uncached_path(spec):
+    torch.manual_seed(0)
+    model = apply_strategy(tiny_whisper(seed=3, perturb=0.05, encoder_layers=2), spec)
+    with torch.no_grad():  # trained-looking additions, so the comparison is not between zeros
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad and ("lora_B" in name or ".up." in name):
+                parameter.normal_(0, 0.05)
+    model.train()
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(3, 80, 100, generator=generator)
+    labels = torch.randint(0, 50000, (3, 5), generator=generator)
+
+    torch.manual_seed(7)  # LoRA dropout draws masks: the same draws on both paths
+    loss = model(input_features=features, labels=labels).loss
+    loss.backward()
+    uncached = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+
+    plan = cache_plan(model)
+    prefix = torch.stack(encode_prefix(model, _Features(features), plan, batch_size=2, device=torch.device("cpu"),
+                                       progress=False))
+    model.train()
+    torch.manual_seed(7)
+    cached_loss = model(encoder_outputs=(encode_top(model, prefix, plan),), labels=labels).loss
+    cached_loss.backward()
+    assert torch.allclose(cached_loss, loss, atol=1e-6, rtol=0)
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            assert torch.allclose(parameter.grad, uncached[name], atol=1e-6, rtol=1e-5), name
+
+
+def test_the_recipe_trains_the_same_with_and_without_the_cache(tiny_model_dir, tiny_data, tmp_path):
+    config = dataclasses.replace(make_config(tiny_model_dir, tiny_data, max_steps=3, eval_every=3), strategy="freeze:n=1")
+    train(config, tmp_path / "cached", progress=False)
+    off = dataclasses.replace(config, loop=dataclasses.replace(config.loop, encoder_cache_mb=0))
+    train(off, tmp_path / "uncached", progress=False)
+    losses = lambda run: [r["loss"] for r in read_jsonl(tmp_path / run / "metrics.jsonl") if "loss" in r]  # noqa: E731
+    assert losses("cached") == pytest.approx(losses("uncached"), abs=1e-5)
+    assert len(losses("cached")) == 3
