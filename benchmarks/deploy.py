@@ -100,6 +100,13 @@ def cmd_prompt(args: argparse.Namespace) -> None:
                          f"{found}/{total}", f"{stats.rtf:.3f}"])
             report[f"{source} | {label}"] = {"wer": scores.wer, "cer": scores.cer, "term_hits": [found, total],
                                              "rtf": stats.rtf}
+            if args.predictions:
+                args.predictions.mkdir(parents=True, exist_ok=True)
+                name = re.sub(r"[^\w.-]+", "_", f"{source}-{label}") + ".jsonl"
+                with (args.predictions / name).open("w", encoding="utf-8") as handle:
+                    for utterance, hypothesis in zip(test, hypotheses):
+                        handle.write(json.dumps({"id": utterance.id, "reference": utterance.text,
+                                                 "hypothesis": hypothesis}) + "\n")
         print(f"prompt for {source} ({len(loaded.processor.get_prompt_ids(prompt)) - 1} tokens; "
               f"{len(test_rare)} of its terms occur in the test references): {prompt}", file=sys.stderr)
     print_table(["model", "prompt", "WER", "CER", "prompt terms right", "RTF"], rows)
@@ -198,6 +205,7 @@ def main() -> int:
     prompt.add_argument("--fallback", action="store_true",
                         help="temperature fallback as `asrtune transcribe` by default (sampling; slower, noisier "
                              "A/B); default here is greedy, as `--no-fallback`")
+    prompt.add_argument("--predictions", type=Path, default=None, help="write hypotheses here (JSONL per run)")
     prompt.add_argument("--json", action="store_true")
     longform = sub.add_parser("longform")
     longform.add_argument("--models", nargs="+", required=True)
