@@ -1,0 +1,1 @@
+"""Evidence beyond WER: layer-wise CKA, sweep tables, plots and reports."""

@@ -1,0 +1,321 @@
+"""A run's evaluation sets and the evidence written into ``results.json``.
+
+Sets and their roles:
+
+* ``eval`` (target): the validation manifest; it also chooses the checkpoint.
+* ``test`` (target): an optional held-out manifest, never used for any choice.
+* one set per ``data.general`` entry (general): forgetting is the WER change on these.
+* ``nonspeech``: generated silence and noise clips; every word emitted there is invented.
+
+The base model (the run's ``model``, no strategy) is decoded once on every set; its transcripts
+are kept in ``base_transcripts.json`` so a resumed run, or a sweep's other strategies, reuse them.
+Per set the evidence holds WER, CER, S/I/D, a bootstrap 95% CI, the base's numbers, the change
+(with a paired-bootstrap CI) and the hallucination shares.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from asrtune.config import RunConfig
+from asrtune.data.feature_cache import FeatureCache
+from asrtune.data.features import FeatureDataset
+from asrtune.data.manifest import read_manifest
+from asrtune.evaluation.bootstrap import bootstrap_wer, paired_bootstrap_delta, utterance_counts
+from asrtune.evaluation.decode import Evaluation, transcribe_dataset
+from asrtune.evaluation.forgetting import Transcripts
+from asrtune.evaluation.hallucination import hallucination_stats, nonspeech_stats, write_nonspeech_clips
+from asrtune.evaluation.metrics import score
+from asrtune.models.load import LoadedModel, load_model
+
+__all__ = [
+    "EvalSet",
+    "TARGET",
+    "GENERAL",
+    "NONSPEECH_SET",
+    "build_eval_sets",
+    "scoring_language",
+    "transcripts_of",
+    "decode_sets",
+    "base_transcripts",
+    "save_transcripts",
+    "load_transcripts",
+    "set_report",
+    "evidence",
+    "write_set_predictions",
+    "BASE_TRANSCRIPTS",
+]
+
+TARGET, GENERAL, NONSPEECH_SET = "target", "general", "nonspeech"
+BASE_TRANSCRIPTS = "base_transcripts.json"
+
+
+@dataclass(frozen=True, eq=False)
+class EvalSet:
+    """A named set of utterances with its role (target, general or nonspeech) and features."""
+
+    name: str
+    role: str
+    dataset: FeatureDataset
+
+
+def scoring_language(dataset: FeatureDataset, language: str | None) -> str | None:
+    """The language a set is scored in, as :func:`~asrtune.evaluation.decode.evaluate_dataset` decides."""
+    languages = {u.language or language for u in dataset.utterances}
+    return languages.pop() if len(languages) == 1 else "multi"
+
+
+def transcripts_of(evaluation: Evaluation, dataset: FeatureDataset, language: str | None) -> Transcripts:
+    return Transcripts(
+        evaluation.ids, evaluation.references, evaluation.hypotheses, scoring_language(dataset, language)
+    )
+
+
+def build_eval_sets(
+    config: RunConfig,
+    loaded: LoadedModel,
+    nonspeech_dir: Path,
+    *,
+    eval_set: FeatureDataset | None = None,
+    progress: bool = False,
+) -> dict[str, EvalSet]:
+    """Features for every evaluation set of a run, in report order (eval, test, general..., nonspeech).
+
+    Args:
+        config: the run config (``data.eval``, ``data.test``, ``data.general``, language, task).
+        loaded: a model whose processor extracts the features.
+        nonspeech_dir: where the generated non-speech clips are written.
+        eval_set: the eval set when the caller already has it (the recipe does).
+    """
+    cache = (
+        FeatureCache.for_extractor(loaded.processor.feature_extractor) if config.data.feature_cache else None
+    )
+    common = dict(
+        processor=loaded.processor,
+        multilingual=loaded.multilingual,
+        language=config.language,
+        task=config.task,
+        progress=progress,
+        cache=cache,
+    )
+    sets = {}
+    if eval_set is not None or config.data.eval:
+        dataset = eval_set
+        if dataset is None:
+            dataset = FeatureDataset(read_manifest(config.data.eval), desc="features eval", **common)
+        sets["eval"] = EvalSet("eval", TARGET, dataset)
+    if config.data.test:
+        sets["test"] = EvalSet(
+            "test", TARGET, FeatureDataset(read_manifest(config.data.test), desc="features test", **common)
+        )
+    for general in config.data.general:
+        sets[general.name] = EvalSet(
+            general.name,
+            GENERAL,
+            FeatureDataset(read_manifest(general.manifest), desc=f"features {general.name}", **common),
+        )
+    clips = write_nonspeech_clips(nonspeech_dir, language=config.language)
+    sets["nonspeech"] = EvalSet(
+        "nonspeech",
+        NONSPEECH_SET,
+        FeatureDataset(clips, desc="features nonspeech", **{**common, "cache": None}),
+    )
+    return sets
+
+
+def decode_sets(
+    loaded: LoadedModel,
+    sets: dict[str, EvalSet],
+    config: RunConfig,
+    *,
+    progress: bool = False,
+    device: torch.device | None = None,
+) -> dict[str, Transcripts]:
+    """Greedy transcripts of every set by one model."""
+    out = {}
+    for name, item in sets.items():
+        hypotheses = transcribe_dataset(
+            loaded,
+            item.dataset,
+            language=config.language,
+            task=config.task,
+            batch_size=config.loop.eval_batch_size,
+            max_new_tokens=config.loop.max_new_tokens,
+            progress=progress,
+            device=device,
+            desc=f"decode {name}",
+        )
+        utterances = item.dataset.utterances
+        out[name] = Transcripts(
+            [u.id for u in utterances],
+            [u.text for u in utterances],
+            hypotheses,
+            scoring_language(item.dataset, config.language),
+        )
+    return out
+
+
+def save_transcripts(transcripts: dict[str, Transcripts], path: Path, model: str) -> None:
+    path.write_text(
+        json.dumps(
+            {"model": model, "sets": {k: v.as_dict() for k, v in transcripts.items()}},
+            ensure_ascii=False,
+            indent=1,
+        )
+    )
+
+
+def load_transcripts(path: Path) -> dict[str, Transcripts]:
+    return {k: Transcripts.from_dict(v) for k, v in json.loads(path.read_text())["sets"].items()}
+
+
+def _matches(transcripts: Transcripts | None, item: EvalSet) -> bool:
+    return (
+        transcripts is not None
+        and transcripts.ids == tuple(u.id for u in item.dataset.utterances)
+        and transcripts.references == tuple(u.text for u in item.dataset.utterances)
+    )
+
+
+def base_transcripts(
+    config: RunConfig,
+    sets: dict[str, EvalSet],
+    path: Path,
+    *,
+    given: dict[str, Transcripts] | None = None,
+    device: torch.device | None = None,
+    progress: bool = False,
+    base: LoadedModel | None = None,
+) -> dict[str, Transcripts]:
+    """The base model's transcripts of every set: from ``path``, from ``given``, or decoded now.
+
+    Only sets with no stored transcripts (same ids and texts) are decoded, by ``base`` when given,
+    else by ``config.model`` loaded afresh (the run's own copy already carries its strategy), used
+    and freed. The result is written to ``path``.
+    """
+    known = load_transcripts(path) if path.is_file() else {}
+    known = {**(given or {}), **known}
+    found = {name: known[name] for name, item in sets.items() if _matches(known.get(name), item)}
+    missing = {name: item for name, item in sets.items() if name not in found}
+    if missing:
+        model = base or load_model(config.model)
+        if device is not None:
+            model.model.to(device)
+        found.update(decode_sets(model, missing, config, progress=progress, device=device))
+        del model
+        gc.collect()
+    ordered = {name: found[name] for name in sets}
+    save_transcripts(ordered, path, config.model)
+    return ordered
+
+
+def _scores(transcripts: Transcripts, resamples: int) -> tuple[dict, object]:
+    refs, hyps = list(transcripts.references), list(transcripts.hypotheses)
+    scores = score(refs, hyps, transcripts.language)
+    counts = utterance_counts(refs, hyps, transcripts.language)
+    low, high = bootstrap_wer(counts, resamples=resamples)
+    summary = {
+        "wer": scores.wer,
+        "cer": scores.cer,
+        "raw_wer": scores.raw_wer,
+        "substitutions": scores.substitutions,
+        "insertions": scores.insertions,
+        "deletions": scores.deletions,
+        "reference_words": scores.reference_words,
+        "n": scores.n,
+        "wer_ci95": [low, high],
+        "hallucination": hallucination_stats(refs, hyps, transcripts.language).as_dict(),
+    }
+    return summary, counts
+
+
+def set_report(role: str, tuned: Transcripts, base: Transcripts | None, *, resamples: int = 1000) -> dict:
+    """Scores of one set, the base's, and the change (tuned - base, with a paired bootstrap CI)."""
+    if role == NONSPEECH_SET:
+        report = {
+            "role": role,
+            **nonspeech_stats(list(tuned.ids), list(tuned.hypotheses), tuned.language).as_dict(),
+        }
+        if base is not None:
+            before = nonspeech_stats(list(base.ids), list(base.hypotheses), base.language)
+            report["base"] = before.as_dict()
+            report["delta_words_per_clip"] = report["words_per_clip"] - before.words_per_clip
+        return report
+    summary, counts = _scores(tuned, resamples)
+    report = {"role": role, **summary}
+    if base is not None:
+        base = base.subset(tuned.ids)
+        base_summary, base_counts = _scores(base, resamples)
+        report["base"] = base_summary
+        report["delta_wer"] = summary["wer"] - base_summary["wer"]
+        report["delta_wer_ci95"] = list(paired_bootstrap_delta(base_counts, counts, resamples=resamples))
+        report["relative_wer_change"] = (
+            report["delta_wer"] / base_summary["wer"] if base_summary["wer"] else None
+        )
+        report["delta_cer"] = summary["cer"] - base_summary["cer"]
+    return report
+
+
+def evidence(
+    sets: dict[str, EvalSet],
+    tuned: dict[str, Transcripts],
+    base: dict[str, Transcripts] | None,
+    *,
+    resamples: int = 1000,
+) -> dict:
+    """Everything ``results.json`` reports beyond the eval WER: per-set scores, forgetting, hallucination.
+
+    Returns:
+        ``{"main_set": "test" (or the first target set), "sets": {name: set_report},
+        "forgetting": {"per_set", "max", "mean"} | None, "hallucination": the main set's shares}``;
+        words on non-speech are ``sets["nonspeech"]``.
+    """
+    reports = {
+        name: set_report(item.role, tuned[name], (base or {}).get(name), resamples=resamples)
+        for name, item in sets.items()
+        if name in tuned
+    }
+    general = {
+        name: r["delta_wer"] for name, r in reports.items() if r["role"] == GENERAL and "delta_wer" in r
+    }
+    targets = [name for name, r in reports.items() if r["role"] == TARGET]
+    main = "test" if "test" in reports else (targets[0] if targets else None)
+    hallucination = None
+    if main:
+        hallucination = {
+            "set": main,
+            **{k: reports[main]["hallucination"][k] for k in ("rate", "loop_rate", "long_rate")},
+        }
+        if "base" in reports[main]:
+            hallucination["base_rate"] = reports[main]["base"]["hallucination"]["rate"]
+    return {
+        "main_set": main,
+        "sets": reports,
+        "forgetting": {
+            "per_set": general,
+            "max": max(general.values()),
+            "mean": sum(general.values()) / len(general),
+        }
+        if general
+        else None,
+        "hallucination": hallucination,
+    }
+
+
+def write_set_predictions(
+    folder: Path, tuned: dict[str, Transcripts], base: dict[str, Transcripts] | None
+) -> None:
+    """``folder/<set>.jsonl``: id, reference, the base model's hypothesis and the tuned one's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, transcripts in tuned.items():
+        before = (base or {}).get(name)
+        before_by_id = dict(zip(before.ids, before.hypotheses)) if before else {}
+        with (folder / f"{name}.jsonl").open("w", encoding="utf-8") as handle:
+            for utt_id, ref, hyp in zip(transcripts.ids, transcripts.references, transcripts.hypotheses):
+                row = {"id": utt_id, "reference": ref, "base": before_by_id.get(utt_id), "hypothesis": hyp}
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")

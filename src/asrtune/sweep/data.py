@@ -1,0 +1,134 @@
+"""A sweep's datasets on disk: packaged corpora spoken by espeak-ng, split by sentence, or manifests.
+
+A corpus dataset is split by *sentence* (as :func:`asrtune.demo.demo_splits` does), with the
+dataset's own seed, so no test sentence is ever trained on and every run seed sees the same data.
+These are synthetic-voice benchmarks: they show the mechanics and a real model/domain gap, not
+accuracy on human speech. Real corpora go through ``asrtune prepare`` and are named by manifest.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from asrtune.config import GeneralSet
+from asrtune.data.synth import SynthSettings, synthesise_lines
+from asrtune.errors import AsrtuneError
+from asrtune.sweep.config import DatasetSpec, SplitSizes
+
+__all__ = [
+    "DatasetFiles",
+    "available_corpora",
+    "corpus_sentences",
+    "split_sentences",
+    "materialise",
+    "materialise_general",
+]
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetFiles:
+    """Manifests of one target dataset."""
+
+    name: str
+    language: str | None
+    train: str
+    eval: str
+    test: str
+
+
+def available_corpora() -> list[str]:
+    """Names of the packaged sentence lists (``asrtune/data/corpora/*.txt``)."""
+    folder = resources.files("asrtune.data.corpora")
+    return sorted(p.name.removesuffix(".txt") for p in folder.iterdir() if p.name.endswith(".txt"))
+
+
+def corpus_sentences(name: str) -> list[str]:
+    """A packaged corpus, one sentence per non-empty line.
+
+    Raises:
+        AsrtuneError: no such corpus.
+    """
+    path = resources.files("asrtune.data.corpora").joinpath(f"{name}.txt")
+    if not path.is_file():
+        raise AsrtuneError(f"no packaged corpus {name!r} (available: {', '.join(available_corpora())})")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def split_sentences(sentences: list[str], sizes: SplitSizes | None, seed: int) -> dict[str, list[str]]:
+    """Shuffle with ``seed`` and cut into train / validation / test.
+
+    Without sizes: 10% validation, 25% test, the rest train. Duplicate sentences are dropped first,
+    so the same sentence can never land on both sides of a split.
+    """
+    unique = list(dict.fromkeys(sentences))
+    random.Random(seed).shuffle(unique)
+    if sizes is None:
+        n_val, n_test = max(1, len(unique) // 10), max(1, len(unique) // 4)
+        sizes = SplitSizes(train=len(unique) - n_val - n_test, validation=n_val, test=n_test)
+    n_test = sizes.test if sizes.test is not None else len(unique) - sizes.train - sizes.validation
+    if min(sizes.train, sizes.validation, n_test) < 1 or sizes.train + sizes.validation + n_test > len(
+        unique
+    ):
+        raise AsrtuneError(
+            f"split {sizes.train}/{sizes.validation}/{n_test} does not fit {len(unique)} sentences"
+        )
+    first, second = sizes.train, sizes.train + sizes.validation
+    return {
+        "train": unique[:first],
+        "validation": unique[first:second],
+        "test": unique[second : second + n_test],
+    }
+
+
+def _speak(lines: list[str], folder: Path, spec: DatasetSpec, split: str, index: int, progress: bool) -> str:
+    settings = SynthSettings(voice=spec.voice, seed=spec.seed * 100 + index)
+    return str(
+        synthesise_lines(
+            lines,
+            folder,
+            settings=settings,
+            prefix=f"{spec.name}-{split}",
+            language=spec.language,
+            progress=progress,
+        )
+    )
+
+
+def materialise(spec: DatasetSpec, folder: Path, *, progress: bool = True) -> DatasetFiles:
+    """Train / eval / test manifests of a target dataset, synthesising a corpus into ``folder`` if needed.
+
+    Speech already on disk is reused, so an interrupted sweep does not speak it twice.
+    """
+    if not spec.corpus:
+        if not (spec.train and spec.eval):
+            raise AsrtuneError(f"sweep dataset {spec.name}: give a corpus, or train and eval manifests")
+        return DatasetFiles(
+            name=spec.name, language=spec.language, train=spec.train, eval=spec.eval, test=spec.test
+        )
+    splits = split_sentences(corpus_sentences(spec.corpus), spec.split, spec.seed)
+    manifests = {
+        split: _speak(splits[split], folder / split, spec, split, i, progress)
+        for i, split in enumerate(SPLITS)
+    }
+    return DatasetFiles(
+        name=spec.name,
+        language=spec.language,
+        train=manifests["train"],
+        eval=manifests["validation"],
+        test=manifests["test"],
+    )
+
+
+def materialise_general(spec: DatasetSpec, folder: Path, *, progress: bool = True) -> GeneralSet:
+    """A general set's manifest: the first ``sentences`` of a corpus, spoken, or the given manifest."""
+    if not spec.corpus:
+        if not spec.manifest:
+            raise AsrtuneError(f"sweep general set {spec.name}: give a corpus or a manifest")
+        return GeneralSet(name=spec.name, manifest=spec.manifest)
+    lines = corpus_sentences(spec.corpus)[: spec.sentences]
+    return GeneralSet(name=spec.name, manifest=_speak(lines, folder, spec, "general", 9, progress))

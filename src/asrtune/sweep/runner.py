@@ -1,0 +1,238 @@
+"""``asrtune sweep``: every (dataset, strategy, seed) of a grid as its own run folder, then the report.
+
+Layout of the output folder::
+
+    data/<dataset>/{train,validation,test}/   spoken corpora (or nothing: manifests are used in place)
+    data/general/<name>/                       spoken general sets
+    base/<dataset>/base_transcripts.json       the base model on every set, decoded once per dataset
+    base/<dataset>/evidence.json               its scores (the PT row); ``--report-only`` reads them
+    runs/<dataset>/<strategy>/seed-<k>/        ordinary run folders (asrtune train), plus cka.json
+    sweep.json  report.md  report.html  plots/*.png
+
+A run with ``results.json`` is skipped and one with a last checkpoint is resumed, so an interrupted
+sweep picks up where it stopped. A failed run is reported and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from asrtune.analysis.cka import layer_cka
+from asrtune.analysis.report import ReportInputs, write_report
+from asrtune.analysis.tables import BaseRecord, Row, RunRecord, aggregate, read_run
+from asrtune.config import GeneralSet, RunConfig, apply_overrides, config_from_dict
+from asrtune.errors import AsrtuneError
+from asrtune.evaluation.sets import BASE_TRANSCRIPTS, base_transcripts, build_eval_sets, evidence
+from asrtune.models.load import LoadedModel, load_model
+from asrtune.sweep.config import StrategyEntry, SweepConfig
+from asrtune.sweep.data import DatasetFiles, materialise, materialise_general
+from asrtune.training.checkpoint import LAST
+from asrtune.training.recipe import train
+
+__all__ = ["SweepOutcome", "RunPlan", "run_config", "plan_runs", "run_sweep"]
+
+SYNTHETIC_NOTE = (
+    "Datasets built from packaged corpora are synthetic-voice benchmarks (espeak-ng reading "
+    "sentences written for asrtune): they show the mechanics and a real model/domain gap, not "
+    "accuracy on human speech. Real corpora go through `asrtune prepare` and are named by manifest."
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepOutcome:
+    """What a sweep produced: per-run records, rows averaged over seeds, the base model per dataset."""
+
+    records: list[RunRecord]
+    rows: list[Row]
+    bases: dict[str, BaseRecord]
+    failures: list[str]
+    report_md: Path
+    report_html: Path
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunPlan:
+    dataset: DatasetFiles
+    strategy: StrategyEntry
+    seed: int
+    run_dir: Path
+    config: RunConfig
+
+
+def run_config(
+    sweep: SweepConfig,
+    dataset: DatasetFiles,
+    strategy: StrategyEntry,
+    seed: int,
+    general: tuple[GeneralSet, ...],
+) -> RunConfig:
+    """The run config of one grid cell: the grid's ``run`` keys, the cell, then the strategy's overrides."""
+    values = json.loads(json.dumps(sweep.run))
+    values.update(model=sweep.model, strategy=strategy.spec, seed=seed, language=dataset.language)
+    values["data"] = {
+        **values.get("data", {}),
+        "train": dataset.train,
+        "eval": dataset.eval,
+        "test": dataset.test,
+        "general": [{"name": g.name, "manifest": g.manifest} for g in general],
+    }
+    values = apply_overrides(values, [f"{key}={json.dumps(value)}" for key, value in strategy.overrides])
+    return config_from_dict(values)
+
+
+def plan_runs(
+    sweep: SweepConfig, datasets: list[DatasetFiles], general: tuple[GeneralSet, ...], output_dir: Path
+) -> list[RunPlan]:
+    """Every cell of the grid, datasets outermost (so a dataset's runs share its base transcripts)."""
+    return [
+        RunPlan(
+            dataset=d,
+            strategy=s,
+            seed=seed,
+            run_dir=output_dir / "runs" / d.name / s.slug / f"seed-{seed}",
+            config=run_config(sweep, d, s, seed, general),
+        )
+        for d in datasets
+        for s in sweep.strategies
+        for seed in sweep.seeds
+    ]
+
+
+def _base_record(name: str, report: dict) -> BaseRecord:
+    main = report["sets"][report["main_set"]]
+    nonspeech = report["sets"].get("nonspeech")
+    return BaseRecord(
+        dataset=name,
+        wer=main["wer"],
+        wer_ci=tuple(main["wer_ci95"]),
+        hallucination=main["hallucination"]["rate"],
+        nonspeech_words=nonspeech["words_per_clip"] if nonspeech else None,
+        general={k: v["wer"] for k, v in report["sets"].items() if v["role"] == "general"},
+    )
+
+
+def _train_one(plan: RunPlan, baseline: dict, progress: bool) -> str:
+    """Run, resume or skip one cell; returns what happened."""
+    if (plan.run_dir / "results.json").is_file():
+        return "skipped (has results)"
+    resume = (plan.run_dir / "checkpoints" / LAST / "state.json").is_file()
+    train(plan.config, plan.run_dir, resume=resume, progress=progress, baseline_transcripts=baseline)
+    return "resumed" if resume else "trained"
+
+
+def _cka(plan: RunPlan, sweep: SweepConfig, base: LoadedModel, sets: dict, progress: bool) -> None:
+    path = plan.run_dir / "cka.json"
+    if not sweep.cka.enabled or path.is_file() or not (plan.run_dir / "results.json").is_file():
+        return
+    target = sets.get("test") or sets["eval"]
+    tuned = load_model(str(plan.run_dir))
+    result = layer_cka(
+        base,
+        tuned,
+        target.dataset,
+        decoder=sweep.cka.decoder,
+        batch_size=sweep.cka.batch_size,
+        utterances=sweep.cka.utterances,
+        progress=progress,
+    )
+    path.write_text(
+        json.dumps(
+            {
+                **result.as_json(),
+                "utterances": result.utterances,
+                "frames": result.frames,
+                "tokens": result.tokens,
+                "set": target.name,
+            },
+            indent=1,
+        )
+    )
+
+
+def run_sweep(
+    sweep: SweepConfig, output_dir: str | Path, *, progress: bool = True, report_only: bool = False
+) -> SweepOutcome:
+    """Run (or resume) the whole grid, write the report and ``sweep.json``."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    general = tuple(
+        materialise_general(g, output_dir / "data" / "general" / g.name, progress=progress)
+        for g in sweep.general
+    )
+    datasets = [materialise(d, output_dir / "data" / d.name, progress=progress) for d in sweep.datasets]
+    plans = plan_runs(sweep, datasets, general, output_dir)
+    base = load_model(sweep.model)  # decodes the base transcripts and is CKA's reference
+    bases: dict[str, BaseRecord] = {}
+    failures: list[str] = []
+    records: list[RunRecord] = []
+    bar = tqdm(total=len(plans), desc="sweep", unit="run", disable=not progress)
+    for dataset in datasets:
+        mine = [p for p in plans if p.dataset.name == dataset.name]
+        config = mine[0].config
+        folder = output_dir / "base" / dataset.name
+        folder.mkdir(parents=True, exist_ok=True)
+        if report_only and (folder / "evidence.json").is_file():  # decode nothing: the base as the runs saw it
+            bases[dataset.name] = _base_record(dataset.name, json.loads((folder / "evidence.json").read_text()))
+            sets, baseline = {}, {}
+        else:
+            sets = build_eval_sets(config, base, folder / "nonspeech", progress=progress)
+            baseline = base_transcripts(config, sets, folder / BASE_TRANSCRIPTS, base=base, progress=progress)
+            base_evidence = evidence(sets, baseline, None)
+            (folder / "evidence.json").write_text(json.dumps(base_evidence, indent=1))
+            bases[dataset.name] = _base_record(dataset.name, base_evidence)
+        for plan in mine:
+            where = f"{dataset.name} / {plan.strategy.label} / seed {plan.seed}"
+            if not report_only:
+                try:
+                    outcome = _train_one(plan, baseline, progress)
+                    _cka(plan, sweep, base, sets, progress)
+                    tqdm.write(f"sweep: {where}: {outcome}")
+                except (AsrtuneError, RuntimeError, ValueError, OSError) as error:
+                    failures.append(f"{where}: {type(error).__name__}: {error}")
+                    tqdm.write(f"sweep: {where} failed:\n{traceback.format_exc()}")
+            record = read_run(
+                plan.run_dir,
+                dataset=dataset.name,
+                label=plan.strategy.label,
+                spec=plan.strategy.spec,
+                seed=plan.seed,
+            )
+            if record:
+                records.append(record)
+            bar.update(1)
+    bar.close()
+    rows = aggregate(records)
+    inputs = ReportInputs(
+        title="asrtune sweep",
+        model=sweep.model,
+        datasets=[d.name for d in datasets],
+        bases=bases,
+        rows=rows,
+        seeds=list(sweep.seeds),
+        failures=failures,
+        notes=[SYNTHETIC_NOTE] if any(d.corpus for d in sweep.datasets + sweep.general) else [],
+    )
+    report_md, report_html = write_report(inputs, output_dir)
+    summary = {
+        "model": sweep.model,
+        "runs": [dataclasses.asdict(r) for r in records],
+        "base": {k: dataclasses.asdict(v) for k, v in bases.items()},
+        "failures": failures,
+        "report": str(report_md),
+        "report_html": str(report_html),
+    }
+    (output_dir / "sweep.json").write_text(json.dumps(summary, indent=1))
+    return SweepOutcome(
+        records=records,
+        rows=rows,
+        bases=bases,
+        failures=failures,
+        report_md=report_md,
+        report_html=report_html,
+    )

@@ -1,0 +1,95 @@
+"""The recipe keeps the best target checkpoint among those within the forgetting budget."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from conftest import read_jsonl, write_tiny_manifest
+
+import asrtune.training.recipe as recipe
+from asrtune.config import DataConfig, GeneralSet, LoopConfig, OptimConfig, RunConfig
+from asrtune.evaluation.decode import Evaluation
+from asrtune.evaluation.forgetting import Transcripts
+from asrtune.evaluation.metrics import score
+from asrtune.training.recipe import train
+
+GENERAL_TEXT = "apple banana cherry grape lemon"
+WRONG = ["melon", "peach", "plum", "kiwi", "fig"]
+
+
+def with_errors(errors: int) -> str:
+    words = GENERAL_TEXT.split()
+    return " ".join(WRONG[:errors] + words[errors:])
+
+
+class Script:
+    """Scripted evaluations: eval WERs by call, general hypotheses with a scripted number of wrong words."""
+
+    def __init__(self, eval_wers, general_errors):
+        self.eval_wers, self.general_errors = iter(eval_wers), iter(general_errors)
+
+    def __call__(self, loaded, dataset, config):
+        refs = [u.text for u in dataset.utterances]
+        if refs[0] == GENERAL_TEXT:
+            hyps = [with_errors(next(self.general_errors))] * len(refs)
+            scores = score(refs, hyps)
+        else:
+            wer = next(self.eval_wers)
+            hyps = ["x"] * len(refs)
+            scores = dataclasses.replace(score(refs, hyps), wer=wer)
+        return Evaluation(
+            scores=scores, hypotheses=hyps, references=refs, ids=[u.id for u in dataset.utterances]
+        )
+
+
+@pytest.mark.parametrize(("budget", "best_step"), [(0.03, 3), (1.0, 2)])
+def test_budget_decides_the_kept_checkpoint(
+    tiny_model_dir, tiny_data, tmp_path, monkeypatch, budget, best_step
+):
+    general = write_tiny_manifest(tmp_path / "general", [GENERAL_TEXT, GENERAL_TEXT], "general.jsonl")
+    # Steps 0..3: target WER best at step 2, but there the general WER rose by 2 words in 5 (+0.4).
+    monkeypatch.setattr(recipe, "_evaluate", Script([0.9, 0.5, 0.3, 0.4, 0.4], [1, 1, 3, 1]))
+    config = RunConfig(
+        model=str(tiny_model_dir),
+        strategy="decoder",
+        seed=0,
+        data=DataConfig(
+            train=str(tiny_data[0]),
+            eval=str(tiny_data[1]),
+            general=(GeneralSet(name="fruit", manifest=str(general)),),
+        ),
+        optim=OptimConfig(learning_rate=1e-4),
+        loop=LoopConfig(
+            max_steps=3,
+            batch_size=2,
+            eval_every=1,
+            eval_batch_size=4,
+            max_new_tokens=4,
+            warmup_ratio=0.0,
+            forgetting_budget=budget,
+        ),
+    )
+    # The base model's general transcripts: one wrong word in five (WER 0.2) on both utterances.
+    base = {"fruit": Transcripts(["u0", "u1"], [GENERAL_TEXT] * 2, [with_errors(1)] * 2, "en")}
+    results = train(config, tmp_path / "run", progress=False, baseline_transcripts=base)
+
+    evals = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval_wer" in r]
+    assert [r["general_wer_rise"]["fruit"] for r in evals] == pytest.approx([0.0, 0.0, 0.4, 0.0])
+    assert [r["within_budget"] for r in evals] == [True, True, budget >= 0.4, True]
+    assert results["best_step"] == best_step
+    assert results["best_subset_wer"] == {3: 0.4, 2: 0.3}[best_step]
+    assert results["best_general_wer_rise"] == pytest.approx({3: 0.0, 2: 0.4}[best_step])
+    assert results["best_within_budget"] is True and results["forgetting_budget"] == budget
+    meta = json.loads((tmp_path / "run" / "checkpoints" / "best" / "meta.json").read_text())
+    assert meta["step"] == best_step
+    # The given base transcripts were used (not re-decoded) and the run reports forgetting on the set.
+    stored = json.loads((tmp_path / "run" / "base_transcripts.json").read_text())["sets"]
+    assert stored["fruit"]["hypotheses"] == [with_errors(1)] * 2
+    assert list(stored) == ["eval", "fruit", "nonspeech"]
+    evidence = results["evaluation"]
+    assert evidence["sets"]["fruit"]["role"] == "general"
+    assert evidence["sets"]["fruit"]["base"]["wer"] == pytest.approx(0.2)
+    assert evidence["forgetting"]["max"] == pytest.approx(evidence["sets"]["fruit"]["delta_wer"])
+    assert (tmp_path / "run" / "evaluation" / "fruit.jsonl").is_file()

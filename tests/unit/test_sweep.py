@@ -1,0 +1,283 @@
+"""``asrtune sweep``: grid parsing, sentence splits, run configs, tables, and a tiny end-to-end sweep."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import espeak_or_skip, write_tiny_manifest
+
+import asrtune.sweep.runner as runner
+from asrtune.analysis.tables import (
+    BaseRecord,
+    RunRecord,
+    aggregate,
+    dataset_table,
+    paper_orderings,
+    sweep_points,
+)
+from asrtune.cli import main
+from asrtune.config import GeneralSet
+from asrtune.errors import AsrtuneError
+from asrtune.sweep import load_sweep, sweep_from_dict
+from asrtune.sweep.config import SplitSizes
+from asrtune.sweep.data import DatasetFiles, available_corpora, corpus_sentences, materialise, split_sentences
+from asrtune.sweep.runner import run_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_grid_parsing_and_errors(tmp_path):
+    grid = sweep_from_dict(
+        {
+            "model": "bundled:tiny.en",
+            "strategies": [
+                "full",
+                {"spec": "freeze:n=2", "label": "freeze-2", "set": {"optim.learning_rate": 1e-4}},
+            ],
+            "datasets": [{"name": "mine", "train": "t.jsonl", "eval": "e.jsonl", "language": "sw"}],
+            "seeds": [0, 1],
+            "cka": False,
+        },
+        tmp_path,
+    )
+    assert [s.label for s in grid.strategies] == ["full", "freeze-2"]
+    assert grid.strategies[1].overrides == (("optim.learning_rate", 1e-4),)
+    assert grid.datasets[0].train == str(tmp_path / "t.jsonl") and grid.seeds == (0, 1)
+    assert grid.cka.enabled is False
+    assert (
+        sweep_from_dict(
+            {"strategies": ["lora:r=8,alpha=16"], "datasets": [{"name": "d", "train": "a", "eval": "b"}]}
+        )
+        .strategies[0]
+        .slug
+        == "lora_r8_alpha16"
+    )
+    for bad, message in [
+        ({"strategy": ["full"]}, "unknown key"),
+        ({"strategies": ["nope"], "datasets": [{"name": "d"}]}, "unknown strategy"),
+        ({"strategies": ["full", "full"], "datasets": [{"name": "d"}]}, "given twice"),
+        ({"strategies": ["full"], "datasets": [{"name": "d", "corpus": "x"}]}, "voice"),
+        ({"strategies": ["full"], "datasets": [{"name": "d"}], "run": {"seed": 3}}, "run.seed"),
+    ]:
+        with pytest.raises(AsrtuneError, match=message):
+            sweep_from_dict(bad)
+
+
+@pytest.mark.parametrize("name", ["sweep-smoke.yaml", "paper-lowres.yaml"])
+def test_shipped_grids_load(name):
+    grid = load_sweep(CONFIGS / name)
+    assert len(grid.strategies) >= 3 and {"full"} <= {s.spec for s in grid.strategies}
+    for dataset in grid.datasets + grid.general:
+        assert dataset.corpus in available_corpora() or not dataset.corpus, dataset.corpus
+
+
+def test_paper_grid_covers_the_seven_languages():
+    grid = load_sweep(CONFIGS / "paper-lowres.yaml")
+    assert sorted(d.language for d in grid.datasets) == ["af", "be", "is", "kk", "mr", "ne", "sw"]
+    assert grid.model == "bundled:base"
+
+
+def test_sentence_splits_are_disjoint_and_seeded():
+    sentences = [f"sentence {i}" for i in range(40)] + ["sentence 3"]  # a duplicate is dropped first
+    splits = split_sentences(sentences, SplitSizes(train=20, validation=5, test=10), seed=1)
+    assert [len(splits[k]) for k in ("train", "validation", "test")] == [20, 5, 10]
+    sets = [set(splits[k]) for k in ("train", "validation", "test")]
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    assert split_sentences(sentences, SplitSizes(train=20, validation=5, test=10), seed=1) == splits
+    assert split_sentences(sentences, SplitSizes(train=20, validation=5, test=10), seed=2) != splits
+    default = split_sentences(sentences, None, 0)
+    assert [len(default[k]) for k in ("train", "validation", "test")] == [26, 4, 10]
+    assert len(split_sentences(sentences, SplitSizes(train=30, validation=5), 0)["test"]) == 5
+    with pytest.raises(AsrtuneError, match="does not fit"):
+        split_sentences(sentences, SplitSizes(train=40, validation=5), 0)
+
+
+def test_corpus_dataset_is_spoken_and_split(tmp_path):
+    espeak_or_skip()
+    grid = sweep_from_dict(
+        {
+            "strategies": ["full"],
+            "datasets": [
+                {
+                    "name": "med",
+                    "corpus": "medical_en",
+                    "voice": "en-us",
+                    "language": "en",
+                    "split": {"train": 2, "validation": 1, "test": 1},
+                }
+            ],
+        }
+    )
+    files = materialise(grid.datasets[0], tmp_path / "med", progress=False)
+    rows = {
+        k: [json.loads(line) for line in Path(getattr(files, k)).read_text().splitlines()]
+        for k in ("train", "eval", "test")
+    }
+    assert [len(rows[k]) for k in ("train", "eval", "test")] == [2, 1, 1]
+    assert {r["text"] for k in rows for r in rows[k]} <= set(corpus_sentences("medical_en"))
+    assert all(
+        r["language"] == "en" and (Path(files.train).parent / r["audio"]).is_file() for r in rows["train"]
+    )
+    with pytest.raises(AsrtuneError, match="no packaged corpus"):
+        corpus_sentences("klingon")
+
+
+def test_run_config_applies_the_grid_then_the_strategy(tmp_path):
+    grid = sweep_from_dict(
+        {
+            "model": "bundled:base",
+            "strategies": [{"spec": "lora", "set": {"optim.learning_rate": 3e-4, "loop.max_steps": 7}}],
+            "datasets": [{"name": "d", "train": "a", "eval": "b"}],
+            "run": {"loop": {"max_steps": 20, "batch_size": 4}, "data": {"eval_limit": 5}},
+        }
+    )
+    files = DatasetFiles(name="d", language="sw", train="/t.jsonl", eval="/e.jsonl", test="/x.jsonl")
+    config = run_config(grid, files, grid.strategies[0], 3, (GeneralSet(name="g", manifest="/g.jsonl"),))
+    assert (config.model, config.strategy, config.seed, config.language) == ("bundled:base", "lora", 3, "sw")
+    assert (config.loop.max_steps, config.loop.batch_size, config.optim.learning_rate) == (7, 4, 3e-4)
+    assert (config.data.train, config.data.test, config.data.eval_limit) == ("/t.jsonl", "/x.jsonl", 5)
+    assert config.data.general == (GeneralSet(name="g", manifest="/g.jsonl"),)
+
+
+def _record(label, spec, wer, seed=0, dataset="d", trainable=10, seconds=10.0, forgetting=0.01):
+    return RunRecord(
+        dataset=dataset,
+        label=label,
+        spec=spec,
+        seed=seed,
+        wer=wer,
+        wer_ci=(wer - 0.1, wer + 0.1),
+        eval_wer=wer,
+        base_wer=0.8,
+        trainable=trainable,
+        total=1000,
+        train_seconds=seconds,
+        forgetting=forgetting,
+        hallucination=0.0,
+        nonspeech_words=0.5,
+    )
+
+
+def test_tables_by_hand():
+    records = [
+        _record("full", "full", 0.4, seed=0, trainable=1000, seconds=100),
+        _record("full", "full", 0.2, seed=1, trainable=1000, seconds=60),
+        _record("lora", "lora", 0.35, trainable=10, seconds=20),
+    ]
+    rows = aggregate(records)
+    full = rows[0]
+    assert (full.seeds, full.wer, full.train_seconds) == (2, pytest.approx(0.3), 80)
+    assert full.wer_sd == pytest.approx(0.1414213, rel=1e-5)  # sample sd of 0.4 and 0.2
+    base = BaseRecord(dataset="d", wer=0.6, wer_ci=(0.5, 0.7), hallucination=0.1, nonspeech_words=1.0)
+    header, table = dataset_table("d", base, rows)
+    cells = {row[0]: dict(zip(header, row)) for row in table}
+    assert cells["PT (base)"]["WER %"] == "60.0" and cells["PT (base)"]["vs full"] == "+100.0%"
+    assert cells["full"]["WER %"] == "30.0 ± 14.1" and cells["full"]["vs PT"] == "-50.0%"
+    assert cells["lora"]["vs full"] == "+16.7%" and cells["lora"]["% of base"] == "1.00"
+    assert cells["lora"]["speed-up vs full"] == "4.0x" and cells["full"]["speed-up vs full"] == "1.0x"
+    assert cells["lora"]["forgetting (ΔWER general, pts)"] == "+1.0"
+
+
+def test_sweep_points_and_orderings():
+    rows = aggregate(
+        [
+            _record("full", "full", 0.30),
+            _record("f1", "freeze:n=1", 0.28),
+            _record("f2", "freeze:n=2", 0.35),
+            _record("a1", "adapter:encoder_layers=top-1", 0.4),
+            _record("a2", "adapter:d=8,encoder_layers=top-2", 0.33),
+            _record("all", "adapter", 0.32),
+            _record("r1", "reinit:m=1", 0.25),
+            _record("lo", "lora", 0.33, trainable=10),
+        ]
+    )
+    assert sweep_points(rows, "freeze") == {"d": {1: 0.28, 2: 0.35}}
+    assert sweep_points(rows, "adapter") == {"d": {1: 0.4, 2: 0.33}}
+    bases = {"d": BaseRecord(dataset="d", wer=0.8, wer_ci=(0.7, 0.9), hallucination=0.0, nonspeech_words=0.0)}
+    verdicts = {claim.split(" ")[0]: verdict for claim, verdict, _ in paper_orderings(bases, rows)}
+    assert verdicts == {
+        "FT": "reproduced",
+        "freeze": "reproduced",
+        "re-init": "not reproduced",
+        "adapter": "reproduced",
+        "lora": "reproduced",
+    }
+    assert paper_orderings(bases, rows[1:])[0][1] == "not in this grid"
+
+
+def test_tiny_sweep_end_to_end_and_resume(tiny_model_dir, tiny_data, tmp_path, monkeypatch, capsys):
+    general = write_tiny_manifest(tmp_path / "g", ["good morning", "blue sky today"], "general.jsonl")
+    grid = {
+        "model": str(tiny_model_dir),
+        "strategies": ["full", "freeze:n=1", "freeze:n=2"],
+        "datasets": [
+            {
+                "name": "tones",
+                "train": str(tiny_data[0]),
+                "eval": str(tiny_data[1]),
+                "test": str(tiny_data[1]),
+                "language": "en",
+            }
+        ],
+        "general": [{"name": "gen", "manifest": str(general)}],
+        "run": {
+            "optim": {"learning_rate": 1e-4},
+            "loop": {
+                "max_steps": 1,
+                "batch_size": 2,
+                "eval_every": 1,
+                "eval_batch_size": 8,
+                "max_new_tokens": 3,
+            },
+        },
+        "cka": {"utterances": 2},
+    }
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(path), "--output-dir", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "PT (base)" in printed and "freeze:n=2" in printed
+    report = (out / "report.md").read_text()
+    for label in ("full", "freeze:n=1", "freeze:n=2"):
+        assert f"| {label} " in report
+        run = out / "runs" / "tones" / label.replace(":", "_").replace("=", "") / "seed-0"
+        assert (run / "results.json").is_file() and (run / "cka.json").is_file()
+    cka = json.loads((out / "runs" / "tones" / "freeze_n2" / "seed-0" / "cka.json").read_text())
+    assert cka["encoder"] == {"0": pytest.approx(1.0), "1": pytest.approx(1.0)}  # encoder frozen whole
+    assert "<table>" in (out / "report.html").read_text()
+    for png in ("wer_by_strategy.png", "cka_tones.png", "freeze_sweep.png"):
+        assert (out / "plots" / png).read_bytes()[:4] == b"\x89PNG", png
+    summary = json.loads((out / "sweep.json").read_text())
+    assert [r["label"] for r in summary["runs"]] == ["full", "freeze:n=1", "freeze:n=2"]
+
+    # A second sweep trains nothing: every run has results.
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(runner, "train", refuse)
+    assert main(["sweep", str(path), "--output-dir", str(out), "--no-progress"]) == 0
+    assert (out / "report.md").read_text() == report
+    # --report-only decodes nothing either: the base model's scores are read back.
+    monkeypatch.setattr(runner, "base_transcripts", refuse)
+    assert main(["sweep", str(path), "--output-dir", str(out), "--no-progress", "--report-only"]) == 0
+    assert (out / "report.md").read_text() == report
+
+
+def test_a_run_is_skipped_resumed_or_started(tmp_path, monkeypatch):
+    grid = sweep_from_dict({"strategies": ["full"], "datasets": [{"name": "d", "train": "a", "eval": "b"}]})
+    files = DatasetFiles(name="d", language=None, train="/t.jsonl", eval="/e.jsonl", test="")
+    plan = runner.plan_runs(grid, [files], (), tmp_path)[0]
+    assert plan.run_dir == tmp_path / "runs" / "d" / "full" / "seed-0"
+    calls = []
+    monkeypatch.setattr(runner, "train", lambda config, run_dir, resume, **kw: calls.append(resume))
+    assert runner._train_one(plan, {}, False) == "trained"
+    (plan.run_dir / "checkpoints" / "last").mkdir(parents=True)
+    (plan.run_dir / "checkpoints" / "last" / "state.json").write_text("{}")
+    assert runner._train_one(plan, {}, False) == "resumed"
+    (plan.run_dir / "results.json").write_text("{}")
+    assert runner._train_one(plan, {}, False) == "skipped (has results)"
+    assert calls == [False, True]
