@@ -20,7 +20,7 @@ import yaml
 
 from asrtune.errors import AsrtuneError
 
-__all__ = ["DataConfig", "OptimConfig", "LoopConfig", "RunConfig", "load_config", "apply_overrides",
+__all__ = ["GeneralSet", "DataConfig", "OptimConfig", "LoopConfig", "RunConfig", "load_config", "apply_overrides",
            "config_to_dict", "config_from_dict", "save_config", "config_hash", "parse_yaml", "absolute_model"]
 
 
@@ -48,14 +48,45 @@ def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclas
 
 
 @dataclass(frozen=True, kw_only=True)
+class GeneralSet:
+    name: str = _help("name of the set in results and reports", "")
+    manifest: str = _help("manifest of general speech whose WER must not rise much (forgetting)", "")
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.manifest:
+            raise AsrtuneError("data.general: every set needs a name and a manifest")
+        if self.name in ("eval", "test", "nonspeech"):
+            raise AsrtuneError(f"data.general: {self.name!r} is a reserved set name")
+
+
+@dataclass(frozen=True, kw_only=True)
 class DataConfig:
     train: str = _help("training manifest (JSONL: audio, text, optional language, id)", "")
     eval: str = _help("held-out manifest scored by WER during training", "")
     eval_limit: int | None = _help("score at most this many eval rows during training (None: all)", None)
+    test: str = _help("held-out target manifest scored before and after training, never used to choose the "
+                      "checkpoint ('': none)", "")
+    general: tuple[GeneralSet, ...] = _help("named general sets ({name, manifest}) scored for forgetting; with "
+                                            "any, the kept checkpoint respects loop.forgetting_budget", ())
+    augment: str = _help("training-time augmentation spec, e.g. speed+noise:min_snr_db=5+gain+specaugment "
+                         "('': none; see asrtune.data.augment)", "")
+    duration_buckets: int = _help("draw each training batch from one of this many duration buckets "
+                                  "(1: one shuffled pool)", 1)
+    feature_cache: bool = _help("keep log-mel features on disk under the asrtune cache, keyed by audio content "
+                                "and extractor settings", True)
 
     def __post_init__(self) -> None:
         if self.eval_limit is not None and self.eval_limit < 1:
             raise AsrtuneError("data.eval_limit must be >= 1 or null")
+        if self.duration_buckets < 1:
+            raise AsrtuneError("data.duration_buckets must be >= 1")
+        names = [g.name for g in self.general]
+        if len(set(names)) != len(names):
+            raise AsrtuneError(f"data.general: set names must be unique, got {names}")
+        if self.augment:
+            from asrtune.data.augment import parse_augment
+
+            parse_augment(self.augment)  # an unknown augmentation or option is an error now, not at step 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,11 +95,15 @@ class OptimConfig:
     weight_decay: float = _help("AdamW weight decay", 0.0)
     betas: tuple[float, float] = _help("AdamW betas", (0.9, 0.999))
     eps: float = _help("AdamW epsilon", 1e-8)
+    encoder_learning_rate: float | None = _help("the encoder's own peak LR (null: learning_rate)", None)
+    learning_rate_source: str | None = _help("where the learning rate came from (set by lr-search)", None)
     max_grad_norm: float | None = _help("clip the gradient norm to this (null: no clipping)", 1.0)
 
     def __post_init__(self) -> None:
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            raise AsrtuneError("optim.learning_rate must be > 0")
+        for name in ("learning_rate", "encoder_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise AsrtuneError(f"optim.{name} must be > 0")
         if self.weight_decay < 0:
             raise AsrtuneError("optim.weight_decay must be >= 0")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
@@ -88,6 +123,13 @@ class LoopConfig:
     log_every: int = _help("write training loss to TensorBoard every this many steps", 5)
     mixed_precision: str = _help("accelerate mixed precision: no, fp16 or bf16", "no")
     encoder_cache_mb: int = _help("when the encoder is frozen, cache its outputs up to this many MB", 4096)
+    forgetting_budget: float = _help("with data.general sets, keep only checkpoints whose general WER rose by at "
+                                     "most this much (absolute, 0.03 = 3 points) over the base model's", 0.03)
+    schedule: str = _help("after warm-up: linear (decay to 0 at max_steps) or constant", "linear")
+    eval_at_start: bool = _help("score the untouched model at step 0 (the checkpoint to beat)", True)
+    plateau_factor: float | None = _help("multiply the LR by this when eval WER stalls or worsens (null: off)", None)
+    plateau_patience: int = _help("evaluations without a better WER before the LR is reduced", 1)
+    min_learning_rate: float = _help("WER-driven reductions stop at this LR", 1e-7)
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_every", "eval_batch_size",
@@ -98,8 +140,16 @@ class LoopConfig:
             raise AsrtuneError("loop.warmup_ratio must be in [0, 1)")
         if self.patience is not None and self.patience < 1:
             raise AsrtuneError("loop.patience must be >= 1 or null")
+        if self.schedule not in ("linear", "constant"):
+            raise AsrtuneError("loop.schedule must be linear or constant")
+        if self.plateau_factor is not None and not 0 < self.plateau_factor < 1:
+            raise AsrtuneError("loop.plateau_factor must be in (0, 1) or null")
+        if self.plateau_patience < 1:
+            raise AsrtuneError("loop.plateau_patience must be >= 1")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise AsrtuneError("loop.mixed_precision must be one of no, fp16, bf16")
+        if not self.forgetting_budget >= 0:
+            raise AsrtuneError("loop.forgetting_budget must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,6 +188,10 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             except AsrtuneError as error:
                 errors.append(str(error))
         raise AsrtuneError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is tuple and typing.get_args(hint)[1:] == (Ellipsis,):  # tuple[X, ...]: any length
+        if not isinstance(value, (list, tuple)):
+            raise AsrtuneError(f"{where}: expected a list, got {value!r}")
+        return tuple(_convert(v, typing.get_args(hint)[0], f"{where}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(typing.get_args(hint)):
             raise AsrtuneError(f"{where}: expected a list of {len(typing.get_args(hint))}, got {value!r}")
@@ -189,10 +243,16 @@ def _resolve_paths(values: dict, base: Path) -> dict:
     if isinstance(values.get("model"), str):
         values = {**values, "model": absolute_model(values["model"], base)}
     data = dict(values.get("data") or {})
-    for key in ("train", "eval"):
+    for key in ("train", "eval", "test"):
         if data.get(key):
             path = Path(data[key]).expanduser()
             data[key] = str(path if path.is_absolute() else (base / path).resolve())
+    if isinstance(data.get("general"), dict):  # {name: manifest} is shorthand for [{name, manifest}, ...]
+        data["general"] = [{"name": k, "manifest": v} for k, v in data["general"].items()]
+    if isinstance(data.get("general"), list):
+        data["general"] = [{**g, "manifest": str((base / Path(g["manifest"]).expanduser()).resolve())}
+                           if isinstance(g, dict) and isinstance(g.get("manifest"), str) and g["manifest"] else g
+                           for g in data["general"]]
     return {**values, "data": data} if data else values
 
 

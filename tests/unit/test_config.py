@@ -222,7 +222,9 @@ def test_set_language_norwegian_is_accepted():
 
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLE_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+# Sweep grids (a top-level `strategies:` list) are loaded by test_sweep.py; the rest are run configs.
+EXAMPLE_CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml")
+                         if "strategies" not in (yaml.safe_load(p.read_text()) or {}))
 
 
 @pytest.mark.parametrize("path", EXAMPLE_CONFIGS, ids=[p.name for p in EXAMPLE_CONFIGS])

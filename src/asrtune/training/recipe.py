@@ -14,7 +14,7 @@ import json
 import subprocess
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,19 +22,24 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
-from transformers import get_linear_schedule_with_warmup
 
 from asrtune.config import RunConfig, absolute_model, config_from_dict, config_hash, config_to_dict, parse_yaml, save_config
+from asrtune.data.augment import Augmenter, augmented_item
+from asrtune.data.feature_cache import FeatureCache
 from asrtune.data.features import FeatureDataset, collate
 from asrtune.data.manifest import read_manifest
-from asrtune.data.sampler import batch_indices
+from asrtune.data.sampler import batch_indices, bucketed_batch_indices
 from asrtune.errors import AsrtuneError
 from asrtune.evaluation.decode import Evaluation, evaluate_dataset, write_predictions
+from asrtune.evaluation.forgetting import Transcripts, checkpoint_rank, forgetting_of, is_better, within_budget
+from asrtune.evaluation.sets import BASE_TRANSCRIPTS, GENERAL, base_transcripts, build_eval_sets, decode_sets, \
+    evidence, transcripts_of, write_set_predictions
 from asrtune.inspection import count_parameters
 from asrtune.models.load import LoadedModel, load_model
 from asrtune.strategies import apply_strategy, default_learning_rate
 from asrtune.training.checkpoint import BEST, LAST, load_trainable, save_trainable, write_dir_atomically
-from asrtune.training.encoder_cache import cache_bytes, encode_dataset, encoder_is_frozen
+from asrtune.training.encoder_cache import CachePlan, cache_bytes, cache_plan, encode_prefix, encode_top
+from asrtune.training.lr_control import OverfitWatch, WerPlateau, parameter_groups, warmup_schedule
 
 __all__ = ["train"]
 
@@ -48,6 +53,11 @@ class _State:
     best_step: int = -1
     evals_without_improvement: int = 0
     baseline: dict | None = None
+    lr_scale: float = 1.0
+    loss_since_eval: list[float] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    lr_changes: list[dict] = field(default_factory=list)
+    best_forgetting: float | None = None  # the kept checkpoint's largest WER rise on the general sets
 
 
 def _git_sha() -> str | None:
@@ -113,8 +123,10 @@ def _evaluate(loaded: LoadedModel, dataset: FeatureDataset, config: RunConfig) -
 def _datasets(config: RunConfig, loaded: LoadedModel, progress: bool) -> tuple[FeatureDataset, FeatureDataset, FeatureDataset]:
     if not config.data.train or not config.data.eval:
         raise AsrtuneError("data.train and data.eval must name manifests")
+    extractor = loaded.processor.feature_extractor
+    cache = FeatureCache.for_extractor(extractor) if config.data.feature_cache else None
     common = dict(processor=loaded.processor, multilingual=loaded.multilingual, language=config.language,
-                  task=config.task, progress=progress)
+                  task=config.task, progress=progress, cache=cache)
     train_rows = read_manifest(config.data.train)
     eval_rows = read_manifest(config.data.eval)
     train_set = FeatureDataset(train_rows, desc="features train", **common)
@@ -124,20 +136,36 @@ def _datasets(config: RunConfig, loaded: LoadedModel, progress: bool) -> tuple[F
 
 
 def _encoder_cache(config: RunConfig, model: torch.nn.Module, train_set: FeatureDataset,
-                   accelerator: Accelerator, progress: bool) -> list[torch.Tensor] | None:
-    """Encoder outputs of the training set when the encoder is frozen and they fit the memory bound."""
-    if not encoder_is_frozen(model):
-        return None
+                   accelerator: Accelerator, progress: bool) -> tuple[CachePlan | None, list[torch.Tensor] | None]:
+    """The frozen encoder prefix's output for the training set, when there is one and it fits the bound."""
+    plan = cache_plan(model)
+    if plan is None:
+        return None, None
+    if not plan.whole and accelerator.num_processes > 1:
+        return None, None  # the layers above the prefix must run inside the DDP wrapper's forward
+    if config.data.augment:
+        tqdm.write(f"encoder prefix frozen, but data.augment={config.data.augment!r} changes its inputs every "
+                   "step: encoding every step instead of caching")
+        return None, None
     needed = cache_bytes(model, len(train_set)) / 2**20
     if needed > config.loop.encoder_cache_mb:
-        tqdm.write(f"encoder frozen, but caching its outputs needs {needed:.0f} MB "
+        tqdm.write(f"encoder prefix frozen, but caching its outputs needs {needed:.0f} MB "
                    f"> loop.encoder_cache_mb={config.loop.encoder_cache_mb}: encoding every step instead")
-        return None
-    return encode_dataset(model, train_set, batch_size=config.loop.eval_batch_size, device=accelerator.device,
-                          progress=progress and accelerator.is_main_process)
+        return None, None
+    return plan, encode_prefix(model, train_set, plan, batch_size=config.loop.eval_batch_size,
+                               device=accelerator.device, progress=progress and accelerator.is_main_process)
 
 
-def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
+def _batch(config: RunConfig, train_set: FeatureDataset, batch_size: int, micro_batch: int) -> list[int]:
+    """Items of micro-batch ``micro_batch``: a pure function of (seed, micro_batch); resuming needs no state."""
+    if config.data.duration_buckets > 1:
+        return bucketed_batch_indices(train_set.durations, batch_size, config.seed, micro_batch,
+                                      config.data.duration_buckets)
+    return batch_indices(len(train_set), batch_size, config.seed, micro_batch)
+
+
+def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, progress: bool = True,
+          final_evaluation: bool = True, baseline_transcripts: dict[str, Transcripts] | None = None) -> dict:
     """Fine-tune ``config.model`` with ``config.strategy``; returns what ``results.json`` holds.
 
     Args:
@@ -145,6 +173,10 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, pr
         output_dir: the run folder (created; must not already hold a run unless ``resume``).
         resume: continue from ``checkpoints/last``.
         progress: show tqdm bars.
+        final_evaluation: score the kept checkpoint on the whole eval set at the end (lr-search
+            trials skip it: their score is the last evaluation).
+        baseline_transcripts: the base model's transcripts of the run's sets, when already known (a
+            sweep decodes them once per dataset); missing sets are decoded here.
     """
     output_dir = Path(output_dir)
     config = dataclasses.replace(config, model=absolute_model(config.model, Path.cwd()))
@@ -159,15 +191,29 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, pr
     trainable, _ = count_parameters(model)
     loaded = LoadedModel(model=model, processor=base.processor, source=config.model, strategy=config.strategy)
     train_set, eval_set, eval_subset = _datasets(config, loaded, progress and accelerator.is_main_process)
+    # Evidence sets (eval, test, general, non-speech) and the base model's transcripts of them:
+    # forgetting and every "change against the base" are measured against these.
+    eval_sets = build_eval_sets(config, loaded, output_dir / "nonspeech", eval_set=eval_set,
+                                progress=progress and accelerator.is_main_process)
+    general_subsets = {name: s.dataset.head(config.data.eval_limit) if config.data.eval_limit else s.dataset
+                       for name, s in eval_sets.items() if s.role == GENERAL}
+    base_runs = base_transcripts(config, eval_sets, output_dir / BASE_TRANSCRIPTS, given=baseline_transcripts,
+                                 device=accelerator.device, progress=progress and accelerator.is_main_process) \
+        if final_evaluation or general_subsets else None
 
     learning_rate = config.optim.learning_rate or default_learning_rate(config.strategy)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise AsrtuneError(f"strategy {config.strategy!r} leaves nothing to train")
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, betas=config.optim.betas, eps=config.optim.eps,
+    groups = parameter_groups(model, learning_rate, config.optim.encoder_learning_rate)
+    optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=config.optim.betas, eps=config.optim.eps,
                                   weight_decay=config.optim.weight_decay)
+    plateau = WerPlateau(config.loop.plateau_factor, config.loop.plateau_patience,
+                         floor=config.loop.min_learning_rate / learning_rate)
+    overfit = OverfitWatch()
     warmup = int(config.loop.warmup_ratio * config.loop.max_steps)
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, config.loop.max_steps)
+    scheduler = warmup_schedule(optimizer, warmup, config.loop.max_steps, plateau,
+                                decay=config.loop.schedule == "linear")
     model, optimizer = accelerator.prepare(model, optimizer)
     loaded.model = accelerator.unwrap_model(model)
 
@@ -176,6 +222,7 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, pr
     state = _State()
     if resume:
         state = _load_last(checkpoints / LAST, loaded.model, optimizer, scheduler)
+        plateau.scale, plateau.best, plateau.changes = state.lr_scale, state.best_wer, state.lr_changes
     save_config(config, output_dir / "config.yaml")  # after a resume has loaded: a failed one changes nothing
     writer = SummaryWriter(str(output_dir / "tensorboard")) if accelerator.is_main_process else None
 
@@ -183,17 +230,41 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, pr
         """Score the eval subset; keep the checkpoint if it is the best. Returns True to stop early."""
         evaluation = _evaluate(loaded, eval_subset, config)
         wer = evaluation.scores.wer
-        improved = wer < state.best_wer
+        # The forgetting budget: with general sets, only checkpoints whose general WER rose by at most
+        # loop.forgetting_budget compete on target WER (see asrtune.evaluation.forgetting).
+        rises = forgetting_of({name: transcripts_of(_evaluate(loaded, subset, config), subset, config.language)
+                               for name, subset in general_subsets.items()}, base_runs) if general_subsets else {}
+        forgetting = max(rises.values()) if rises else None
+        budget = config.loop.forgetting_budget
+        kept_rank = checkpoint_rank(state.best_wer, state.best_forgetting, budget) if state.best_step >= 0 else None
+        improved = is_better(checkpoint_rank(wer, forgetting, budget), kept_rank)
         if improved:
             state.best_wer, state.best_step, state.evals_without_improvement = wer, step, 0
+            state.best_forgetting = forgetting
             write_dir_atomically(checkpoints / BEST, lambda folder: save_trainable(
-                loaded.model, folder, {"step": step, "wer": wer, "strategy": config.strategy}))
+                loaded.model, folder, {"step": step, "wer": wer, "strategy": config.strategy,
+                                       "general_wer_rise": rises or None}))
         else:
             state.evals_without_improvement += 1
         if state.baseline is None:
             state.baseline = evaluation.summary()
+        mean_loss = sum(state.loss_since_eval) / len(state.loss_since_eval) if state.loss_since_eval else None
+        state.loss_since_eval = []
+        warning = overfit.observe(mean_loss, wer)
+        if warning:
+            state.warnings.append(warning)
+            tqdm.write(f"warning: {warning}")
+        change = plateau.observe(step, wer)
+        if change:
+            state.lr_scale = plateau.scale
+            state.lr_changes = plateau.changes
+            tqdm.write(f"step {step}: LR x{change['scale_to']:.3g} of schedule ({change['reason']})")
+            _append_jsonl(metrics_path, {"step": step, "lr_change": change})
         record = {"step": step, "eval_wer": wer, "eval_cer": evaluation.scores.cer, "best_wer": state.best_wer,
                   "kept": improved}
+        if rises:
+            record.update(general_wer_rise=rises, within_budget=within_budget(forgetting, budget))
+            tqdm.write(f"step {step}: general WER rise {forgetting:+.4f} (budget {budget:.4f})")
         _append_jsonl(metrics_path, record)
         if writer:
             writer.add_scalar("eval/wer", wer, step)
@@ -203,11 +274,17 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, pr
         patience = config.loop.patience
         return patience is not None and state.evals_without_improvement >= patience
 
-    if state.step == 0 and state.baseline is None:
+    if state.step == 0 and state.baseline is None and config.loop.eval_at_start:
         evaluate_and_keep(0)
         _save_last(checkpoints, loaded.model, optimizer, scheduler, state)
 
-    encoded = _encoder_cache(config, loaded.model, train_set, accelerator, progress)
+    cache_started = time.perf_counter()
+    cache_started = time.perf_counter()
+    plan, encoded = _encoder_cache(config, loaded.model, train_set, accelerator, progress)
+    cache_record = {"layers": plan.layers, "whole": plan.whole, "utterances": len(encoded),
+                    "seconds": round(time.perf_counter() - cache_started, 3)} if encoded is not None else None
+    cache_seconds = time.perf_counter() - cache_started  # part of the training cost (a sweep's speed-up)
+    augmenter = Augmenter.from_spec(config.data.augment, config.seed)
 
     accum = config.loop.grad_accum_steps
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -217,18 +294,21 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, pr
                disable=not (progress and accelerator.is_main_process))
     running_loss = 0.0
     while state.step < config.loop.max_steps:
+        step_started = time.perf_counter()
         for micro in range(accum):
-            indices = batch_indices(len(train_set), config.loop.batch_size * world, config.seed,
-                                    state.step * accum + micro)[rank::world]
-            batch = collate([train_set[i] for i in indices])
+            draw = state.step * accum + micro
+            indices = _batch(config, train_set, config.loop.batch_size * world, draw)[rank::world]
+            batch = collate([augmented_item(train_set, i, augmenter, draw) if augmenter else train_set[i]
+                             for i in indices])
             labels = batch["labels"].to(accelerator.device)
-            if encoded is not None:
-                inputs = {"encoder_outputs": (torch.stack([encoded[i] for i in indices]).to(accelerator.device),)}
-            else:
+            if encoded is None:
                 inputs = {"input_features": batch["input_features"].to(accelerator.device)}
             sync = micro == accum - 1
             context = accelerator.no_sync(model) if not sync and world > 1 else nullcontext()
             with context, accelerator.autocast():
+                if encoded is not None:  # the cached prefix, then the trainable encoder layers above it
+                    prefix = torch.stack([encoded[i] for i in indices]).to(accelerator.device)
+                    inputs = {"encoder_outputs": (encode_top(loaded.model, prefix, plan),)}
                 loss = model(**inputs, labels=labels).loss / accum
                 accelerator.backward(loss)
             running_loss += loss.item()
@@ -243,7 +323,9 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, pr
         if writer and state.step % config.loop.log_every == 0:
             writer.add_scalar("train/loss", running_loss, state.step)
             writer.add_scalar("train/lr", scheduler.get_last_lr()[0], state.step)
-        _append_jsonl(metrics_path, {"step": state.step, "loss": running_loss, "lr": scheduler.get_last_lr()[0]})
+        state.loss_since_eval.append(running_loss)
+        _append_jsonl(metrics_path, {"step": state.step, "loss": running_loss, "lr": scheduler.get_last_lr()[0],
+                                     "seconds": round(time.perf_counter() - step_started, 4)})
         running_loss = 0.0
         if state.step % config.loop.eval_every == 0 or state.step == config.loop.max_steps:
             model.eval()
@@ -258,27 +340,47 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, pr
     if writer:
         writer.close()
 
-    # Final: the kept (lowest-WER) checkpoint on the whole eval set.
-    load_trainable(loaded.model, checkpoints / BEST)
-    final = _evaluate(loaded, eval_set, config)
-    write_predictions(final, output_dir / "predictions.jsonl")
     results = {
         "model": str(output_dir),
         "base_model": config.model,
         "strategy": config.strategy,
         "learning_rate": learning_rate,
+        "encoder_learning_rate": config.optim.encoder_learning_rate or learning_rate,
+        "learning_rate_source": config.optim.learning_rate_source
+        or ("config" if config.optim.learning_rate else "strategy default"),
+        "lr_changes": state.lr_changes,
+        "encoder_cache": cache_record,
+        "warnings": state.warnings,
         "steps": state.step,
         "best_step": state.best_step,
         "stopped_early": stopped_early,
         "baseline_subset": state.baseline,
         "best_subset_wer": state.best_wer,
+    }
+    if not final_evaluation:
+        return results
+    # Final: the kept (lowest-WER) checkpoint on the whole eval set.
+    load_trainable(loaded.model, checkpoints / BEST)
+    final = _evaluate(loaded, eval_set, config)
+    write_predictions(final, output_dir / "predictions.jsonl")
+    tuned_runs = {"eval": transcripts_of(final, eval_set, config.language),
+                  **decode_sets(loaded, {k: v for k, v in eval_sets.items() if k != "eval"}, config,
+                                device=accelerator.device)}
+    write_set_predictions(output_dir / "evaluation", tuned_runs, base_runs)
+    results = {
+        **results,
         "final": final.summary(),
         "final_wer": final.scores.wer,
         "final_raw_wer": final.scores.raw_wer,
         "trainable_params": trainable,
         "total_params": base_total,
         "trainable_percent": 100.0 * trainable / base_total,
+        "evaluation": evidence(eval_sets, tuned_runs, base_runs),
+        "forgetting_budget": config.loop.forgetting_budget if config.data.general else None,
+        "best_general_wer_rise": state.best_forgetting,
+        "best_within_budget": within_budget(state.best_forgetting, config.loop.forgetting_budget),
         "train_seconds": round(time.perf_counter() - started, 2),
+        "encoder_cache_seconds": round(cache_seconds, 2),
         "git_sha": _git_sha(),
         "config_hash": config_hash(config),
         "config": config_to_dict(config),
