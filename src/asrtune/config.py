@@ -66,8 +66,9 @@ class DataConfig:
     eval_limit: int | None = _help("score at most this many eval rows during training (None: all)", None)
     test: str = _help("held-out target manifest scored before and after training, never used to choose the "
                       "checkpoint ('': none)", "")
-    general: tuple[GeneralSet, ...] = _help("named general sets ({name, manifest}) scored for forgetting; with "
-                                            "any, the kept checkpoint respects loop.forgetting_budget", ())
+    general: tuple[GeneralSet, ...] = _help("named general sets ({name, manifest}) scored for forgetting; "
+                                            "with any, the kept checkpoint respects loop.forgetting_budget",
+                                            ())
     augment: str = _help("training-time augmentation spec, e.g. speed+noise:min_snr_db=5+gain+specaugment "
                          "('': none; see asrtune.data.augment)", "")
     duration_buckets: int = _help("draw each training batch from one of this many duration buckets "
@@ -123,8 +124,9 @@ class LoopConfig:
     log_every: int = _help("write training loss to TensorBoard every this many steps", 5)
     mixed_precision: str = _help("accelerate mixed precision: no, fp16 or bf16", "no")
     encoder_cache_mb: int = _help("when the encoder is frozen, cache its outputs up to this many MB", 4096)
-    forgetting_budget: float = _help("with data.general sets, keep only checkpoints whose general WER rose by at "
-                                     "most this much (absolute, 0.03 = 3 points) over the base model's", 0.03)
+    forgetting_budget: float = _help("with data.general sets, keep only checkpoints whose general WER rose "
+                                     "by at most this much (absolute, 0.03 = 3 points) over the base model's",
+                                     0.03)
     schedule: str = _help("after warm-up: linear (decay to 0 at max_steps) or constant", "linear")
     eval_at_start: bool = _help("score the untouched model at step 0 (the checkpoint to beat)", True)
     plateau_factor: float | None = _help("multiply the LR by this when eval WER stalls or worsens (null: off)", None)
@@ -251,7 +253,8 @@ def _resolve_paths(values: dict, base: Path) -> dict:
         data["general"] = [{"name": k, "manifest": v} for k, v in data["general"].items()]
     if isinstance(data.get("general"), list):
         data["general"] = [{**g, "manifest": str((base / Path(g["manifest"]).expanduser()).resolve())}
-                           if isinstance(g, dict) and isinstance(g.get("manifest"), str) and g["manifest"] else g
+                           if isinstance(g, dict) and isinstance(g.get("manifest"), str) and g["manifest"]
+                           else g
                            for g in data["general"]]
     return {**values, "data": data} if data else values
 

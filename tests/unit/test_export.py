@@ -171,6 +171,13 @@ def test_ct2_int8_export_is_smaller_and_runs_in_ctranslate2(tiny_model_dir, tmp_
     assert json.loads((tmp_path / "int8" / "asrtune_export.json").read_text())["quantization"] == "int8"
 
 
+def test_asrtune_reads_back_an_int8_ct2_export(tiny_model_dir, tmp_path):
+    export_ct2(str(tiny_model_dir), tmp_path / "int8", quantization="int8", check=False)
+    original = _logits(load_model(str(tiny_model_dir)).model)
+    reimported = _logits(load_model(str(tmp_path / "int8")).model)
+    assert (reimported - original).abs().max() < 0.1 * original.abs().max()
+
+
 def test_faster_whisper_loads_the_ct2_export_as_is(tiny_model_dir, tmp_path):
     """Loading only: faster-whisper pads every window to 3000 frames, which the 1 s tiny model refuses;
     the integration tests run it end to end on tiny.en."""

@@ -212,7 +212,7 @@ def test_tiny_sweep_end_to_end_and_resume(tiny_model_dir, tiny_data, tmp_path, m
     general = write_tiny_manifest(tmp_path / "g", ["good morning", "blue sky today"], "general.jsonl")
     grid = {
         "model": str(tiny_model_dir),
-        "strategies": ["full", "freeze:n=1", "freeze:n=2"],
+        "strategies": ["full", "freeze:n=2"],
         "datasets": [
             {
                 "name": "tones",
@@ -242,17 +242,17 @@ def test_tiny_sweep_end_to_end_and_resume(tiny_model_dir, tiny_data, tmp_path, m
     printed = capsys.readouterr().out
     assert "PT (base)" in printed and "freeze:n=2" in printed
     report = (out / "report.md").read_text()
-    for label in ("full", "freeze:n=1", "freeze:n=2"):
+    for label in ("full", "freeze:n=2"):
         assert f"| {label} " in report
         run = out / "runs" / "tones" / label.replace(":", "_").replace("=", "") / "seed-0"
         assert (run / "results.json").is_file() and (run / "cka.json").is_file()
     cka = json.loads((out / "runs" / "tones" / "freeze_n2" / "seed-0" / "cka.json").read_text())
     assert cka["encoder"] == {"0": pytest.approx(1.0), "1": pytest.approx(1.0)}  # encoder frozen whole
     assert "<table>" in (out / "report.html").read_text()
-    for png in ("wer_by_strategy.png", "cka_tones.png", "freeze_sweep.png"):
+    for png in ("wer_by_strategy.png", "cka_tones.png"):
         assert (out / "plots" / png).read_bytes()[:4] == b"\x89PNG", png
     summary = json.loads((out / "sweep.json").read_text())
-    assert [r["label"] for r in summary["runs"]] == ["full", "freeze:n=1", "freeze:n=2"]
+    assert [r["label"] for r in summary["runs"]] == ["full", "freeze:n=2"]
 
     # A second sweep trains nothing: every run has results.
     def refuse(*args, **kwargs):
@@ -281,3 +281,33 @@ def test_a_run_is_skipped_resumed_or_started(tmp_path, monkeypatch):
     (plan.run_dir / "results.json").write_text("{}")
     assert runner._train_one(plan, {}, False) == "skipped (has results)"
     assert calls == [False, True]
+
+
+def test_every_figure_is_drawn_when_the_grid_allows(tmp_path):
+    from asrtune.analysis.report import ReportInputs, write_report
+    from asrtune.analysis.tables import summary_table
+    from asrtune.report import format_table
+
+    records = []
+    for dataset in ("sw", "kk"):
+        for label, spec, wer in [("full", "full", 0.3), ("f1", "freeze:n=1", 0.28), ("f2", "freeze:n=2", 0.3),
+                                 ("a1", "adapter:encoder_layers=top-1", 0.4),
+                                 ("a2", "adapter:encoder_layers=top-2", 0.35)]:
+            record = _record(label, spec, wer, dataset=dataset)
+            records.append(RunRecord(**{**record.__dict__, "cka": {0: 0.99, 1: 0.9}}))
+    bases = {d: BaseRecord(dataset=d, wer=0.8, wer_ci=(0.7, 0.9), hallucination=0.0, nonspeech_words=0.0)
+             for d in ("sw", "kk")}
+    inputs = ReportInputs(title="t", model="m", datasets=["sw", "kk"], bases=bases, rows=aggregate(records),
+                          seeds=[0], notes=["synthetic"], failures=["kk / x / seed 0: boom"])
+    report_md, report_html = write_report(inputs, tmp_path)
+    pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert pngs == ["adapter_top_p.png", "cka_full_by_language.png", "cka_kk.png", "cka_sw.png",
+                    "freeze_sweep.png", "wer_by_strategy.png"]
+    text = report_md.read_text()
+    header, table = summary_table(["sw", "kk"], bases, inputs.rows)
+    assert header == ["strategy", "sw", "kk", "avg", "% params", "train s (mean)"]
+    assert table[0] == ["PT (base)", "80.0", "80.0", "80.0", "0.00", "-"]
+    assert table[1] == ["full", "30.0", "30.0", "30.0", "1.00", "10.0"]
+    assert format_table(header, table) in text
+    assert "## Runs that failed" in text and "boom" in text and "> synthetic" in text
+    assert report_html.read_text().count("<img") == len(pngs)

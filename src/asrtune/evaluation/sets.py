@@ -15,6 +15,7 @@ Per set the evidence holds WER, CER, S/I/D, a bootstrap 95% CI, the base's numbe
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ __all__ = [
     "transcripts_of",
     "decode_sets",
     "base_transcripts",
+    "pristine_copy",
     "save_transcripts",
     "load_transcripts",
     "set_report",
@@ -158,6 +160,21 @@ def decode_sets(
             scoring_language(item.dataset, config.language),
         )
     return out
+
+
+def pristine_copy(
+    base: LoadedModel, path: Path, given: dict[str, Transcripts] | None
+) -> LoadedModel | None:
+    """A copy of the base model to decode its transcripts with, taken before a strategy changes it.
+
+    None when ``path`` already holds transcripts (a resumed run) or some were given (a sweep): then
+    only sets they lack are decoded, by a freshly loaded base. A copy costs memory for a moment but
+    is far cheaper than loading the model (and its tokenizer) a second time.
+    """
+    if path.is_file() or given:
+        return None
+    return LoadedModel(model=copy.deepcopy(base.model), processor=base.processor, source=base.source,
+                       base_dir=base.base_dir)
 
 
 def save_transcripts(transcripts: dict[str, Transcripts], path: Path, model: str) -> None:

@@ -200,9 +200,23 @@ def _linear(out: dict, v: dict, src: str, dst: str) -> None:
     out[f"{dst}.bias"] = v[f"{src}/bias"]
 
 
+def _dequantized(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Float weights from int8/int16-quantised ones: CTranslate2 stores ``round(w * scale)`` with one
+    scale per output row in ``<name>_scale`` (e.g. ``.../linear_0/weight_scale``)."""
+    result = dict(variables)
+    for name, scale in variables.items():
+        if not name.endswith("weight_scale"):
+            continue
+        weight_name = name.removesuffix("_scale")
+        weight = variables[weight_name].astype(np.float32)
+        factors = np.asarray(scale, dtype=np.float32)
+        result[weight_name] = weight / (factors.reshape(-1, *([1] * (weight.ndim - 1))) if factors.ndim else factors)
+    return result
+
+
 def ct2_to_hf_state_dict(model: Ct2Model, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """HF ``WhisperForConditionalGeneration`` state dict from a CTranslate2 Whisper model."""
-    v = model.variables
+    v = _dequantized(model.variables)
     out: dict[str, np.ndarray] = {}
     enc, dec = "model.encoder", "model.decoder"
     _linear(out, v, "encoder/conv1", f"{enc}.conv1")

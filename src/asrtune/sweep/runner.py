@@ -177,8 +177,9 @@ def run_sweep(
         config = mine[0].config
         folder = output_dir / "base" / dataset.name
         folder.mkdir(parents=True, exist_ok=True)
-        if report_only and (folder / "evidence.json").is_file():  # decode nothing: the base as the runs saw it
-            bases[dataset.name] = _base_record(dataset.name, json.loads((folder / "evidence.json").read_text()))
+        if report_only and (folder / "evidence.json").is_file():  # decode nothing: the base the runs saw
+            saved = json.loads((folder / "evidence.json").read_text())
+            bases[dataset.name] = _base_record(dataset.name, saved)
             sets, baseline = {}, {}
         else:
             sets = build_eval_sets(config, base, folder / "nonspeech", progress=progress)

@@ -31,9 +31,11 @@ from asrtune.data.manifest import read_manifest
 from asrtune.data.sampler import batch_indices, bucketed_batch_indices
 from asrtune.errors import AsrtuneError
 from asrtune.evaluation.decode import Evaluation, evaluate_dataset, write_predictions
-from asrtune.evaluation.forgetting import Transcripts, checkpoint_rank, forgetting_of, is_better, within_budget
-from asrtune.evaluation.sets import BASE_TRANSCRIPTS, GENERAL, base_transcripts, build_eval_sets, decode_sets, \
-    evidence, transcripts_of, write_set_predictions
+from asrtune.evaluation.forgetting import (Transcripts, checkpoint_rank, forgetting_of, is_better,
+                                           within_budget)
+from asrtune.evaluation.sets import (BASE_TRANSCRIPTS, GENERAL, base_transcripts, build_eval_sets,
+                                     decode_sets, evidence, pristine_copy, transcripts_of,
+                                     write_set_predictions)
 from asrtune.inspection import count_parameters
 from asrtune.models.load import LoadedModel, load_model
 from asrtune.strategies import apply_strategy, default_learning_rate
@@ -187,6 +189,7 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, pr
 
     base = load_model(config.model)
     _, base_total = count_parameters(base.model)
+    pristine = pristine_copy(base, output_dir / BASE_TRANSCRIPTS, baseline_transcripts)  # the base, for later
     model = apply_strategy(base.model, config.strategy)
     trainable, _ = count_parameters(model)
     loaded = LoadedModel(model=model, processor=base.processor, source=config.model, strategy=config.strategy)
@@ -198,8 +201,9 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, pr
     general_subsets = {name: s.dataset.head(config.data.eval_limit) if config.data.eval_limit else s.dataset
                        for name, s in eval_sets.items() if s.role == GENERAL}
     base_runs = base_transcripts(config, eval_sets, output_dir / BASE_TRANSCRIPTS, given=baseline_transcripts,
-                                 device=accelerator.device, progress=progress and accelerator.is_main_process) \
-        if final_evaluation or general_subsets else None
+                                 device=accelerator.device, progress=progress and accelerator.is_main_process,
+                                 base=pristine) if final_evaluation or general_subsets else None
+    del pristine
 
     learning_rate = config.optim.learning_rate or default_learning_rate(config.strategy)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -232,11 +236,13 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, pr
         wer = evaluation.scores.wer
         # The forgetting budget: with general sets, only checkpoints whose general WER rose by at most
         # loop.forgetting_budget compete on target WER (see asrtune.evaluation.forgetting).
-        rises = forgetting_of({name: transcripts_of(_evaluate(loaded, subset, config), subset, config.language)
-                               for name, subset in general_subsets.items()}, base_runs) if general_subsets else {}
+        general = {name: transcripts_of(_evaluate(loaded, subset, config), subset, config.language)
+                   for name, subset in general_subsets.items()}
+        rises = forgetting_of(general, base_runs) if general else {}
         forgetting = max(rises.values()) if rises else None
         budget = config.loop.forgetting_budget
-        kept_rank = checkpoint_rank(state.best_wer, state.best_forgetting, budget) if state.best_step >= 0 else None
+        kept_rank = (checkpoint_rank(state.best_wer, state.best_forgetting, budget)
+                     if state.best_step >= 0 else None)
         improved = is_better(checkpoint_rank(wer, forgetting, budget), kept_rank)
         if improved:
             state.best_wer, state.best_step, state.evals_without_improvement = wer, step, 0
