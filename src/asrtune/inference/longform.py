@@ -290,7 +290,7 @@ def transcribe_files(loaded: LoadedModel, paths: Sequence[str | Path],
     multilingual = bool(getattr(model.generation_config, "is_multilingual", False))
 
     results: dict[int, Transcript] = {}
-    bar = tqdm(total=round(sum(durations), 1), desc="transcribe", unit="s", disable=not progress, leave=False,
+    bar = tqdm(total=sum(durations), desc="transcribe", unit="s", disable=not progress, leave=False,
                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]")
     started = time.perf_counter()
     for batch in _batches(durations, options.batch_size):
@@ -303,7 +303,7 @@ def transcribe_files(loaded: LoadedModel, paths: Sequence[str | Path],
 
         def monitor(state: torch.Tensor, base: float = done_before) -> None:
             seek = state[:, 0].clamp(max=state[:, 1])  # (B,) frames done per file of the batch
-            bar.n = base + float(seek.sum()) / frames_per_second
+            bar.n = min(base + float(seek.sum()) / frames_per_second, bar.total)
             bar.refresh()
 
         output = _generate(model, features, attention_mask, options, languages=languages, prompt=prompt,
@@ -315,7 +315,7 @@ def transcribe_files(loaded: LoadedModel, paths: Sequence[str | Path],
             results[index] = transcript
             if on_file is not None:
                 on_file(index, transcript)
-        bar.n = done_before + sum(durations[i] for i in batch)
+        bar.n = min(done_before + sum(durations[i] for i in batch), bar.total)
         bar.refresh()
     bar.close()
     stats = TranscribeStats(files=len(paths), audio_seconds=sum(durations),
