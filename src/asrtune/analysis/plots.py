@@ -73,7 +73,9 @@ def plot_wer_bars(wers: Mapping[str, Mapping[str, float]], path: Path, *, title:
     axes.set_ylabel("WER (%)")
     axes.grid(axis="y", alpha=0.3)
     axes.set_title(title or "WER per strategy")
-    axes.legend(fontsize="small", ncols=min(4, max(1, len(strategies))))
+    # Below the axes: bars may reach any height, and a legend inside would hide some.
+    axes.legend(fontsize="small", ncols=min(4, max(1, len(strategies))), loc="upper center",
+                bbox_to_anchor=(0.5, -0.12))
     return _save(figure, path)
 
 
