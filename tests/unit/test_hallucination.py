@@ -60,7 +60,7 @@ def test_nonspeech_clips_are_deterministic_and_quiet(tmp_path):
     assert [r.id for r in rows] == [f"nonspeech-{k}-{j}" for k in NONSPEECH.names() for j in (0, 1)]
     assert {r.text for r in rows} == {""}
     levels = {}
-    for row, twin in zip(rows, again):
+    for row, twin in zip(rows, again, strict=True):
         audio, rate = sf.read(row.audio, dtype="float32")
         assert rate == 16000 and len(audio) == int(row.duration * 16000)
         assert np.array_equal(audio, sf.read(twin.audio, dtype="float32")[0])

@@ -3,7 +3,6 @@ overfitting watch, encoder/decoder groups."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import math

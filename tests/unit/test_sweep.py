@@ -173,7 +173,7 @@ def test_tables_by_hand():
     assert full.wer_sd == pytest.approx(0.1414213, rel=1e-5)  # sample sd of 0.4 and 0.2
     base = BaseRecord(dataset="d", wer=0.6, wer_ci=(0.5, 0.7), hallucination=0.1, nonspeech_words=1.0)
     header, table = dataset_table("d", base, rows)
-    cells = {row[0]: dict(zip(header, row)) for row in table}
+    cells = {row[0]: dict(zip(header, row, strict=True)) for row in table}
     assert cells["PT (base)"]["WER %"] == "60.0" and cells["PT (base)"]["vs full"] == "+100.0%"
     assert cells["full"]["WER %"] == "30.0 ± 14.1" and cells["full"]["vs PT"] == "-50.0%"
     assert cells["lora"]["vs full"] == "+16.7%" and cells["lora"]["% of base"] == "1.00"
@@ -290,19 +290,39 @@ def test_every_figure_is_drawn_when_the_grid_allows(tmp_path):
 
     records = []
     for dataset in ("sw", "kk"):
-        for label, spec, wer in [("full", "full", 0.3), ("f1", "freeze:n=1", 0.28), ("f2", "freeze:n=2", 0.3),
-                                 ("a1", "adapter:encoder_layers=top-1", 0.4),
-                                 ("a2", "adapter:encoder_layers=top-2", 0.35)]:
+        for label, spec, wer in [
+            ("full", "full", 0.3),
+            ("f1", "freeze:n=1", 0.28),
+            ("f2", "freeze:n=2", 0.3),
+            ("a1", "adapter:encoder_layers=top-1", 0.4),
+            ("a2", "adapter:encoder_layers=top-2", 0.35),
+        ]:
             record = _record(label, spec, wer, dataset=dataset)
             records.append(RunRecord(**{**record.__dict__, "cka": {0: 0.99, 1: 0.9}}))
-    bases = {d: BaseRecord(dataset=d, wer=0.8, wer_ci=(0.7, 0.9), hallucination=0.0, nonspeech_words=0.0)
-             for d in ("sw", "kk")}
-    inputs = ReportInputs(title="t", model="m", datasets=["sw", "kk"], bases=bases, rows=aggregate(records),
-                          seeds=[0], notes=["synthetic"], failures=["kk / x / seed 0: boom"])
+    bases = {
+        d: BaseRecord(dataset=d, wer=0.8, wer_ci=(0.7, 0.9), hallucination=0.0, nonspeech_words=0.0)
+        for d in ("sw", "kk")
+    }
+    inputs = ReportInputs(
+        title="t",
+        model="m",
+        datasets=["sw", "kk"],
+        bases=bases,
+        rows=aggregate(records),
+        seeds=[0],
+        notes=["synthetic"],
+        failures=["kk / x / seed 0: boom"],
+    )
     report_md, report_html = write_report(inputs, tmp_path)
     pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
-    assert pngs == ["adapter_top_p.png", "cka_full_by_language.png", "cka_kk.png", "cka_sw.png",
-                    "freeze_sweep.png", "wer_by_strategy.png"]
+    assert pngs == [
+        "adapter_top_p.png",
+        "cka_full_by_language.png",
+        "cka_kk.png",
+        "cka_sw.png",
+        "freeze_sweep.png",
+        "wer_by_strategy.png",
+    ]
     text = report_md.read_text()
     header, table = summary_table(["sw", "kk"], bases, inputs.rows)
     assert header == ["strategy", "sw", "kk", "avg", "% params", "train s (mean)"]

@@ -21,7 +21,10 @@ from asrtune.inference.formats import timestamp
 from asrtune.inference.longform import prepare_for_inference, prompt_ids
 from asrtune.models.load import load_model
 
-GREEDY = dict(temperatures=(0.0,), compression_ratio_threshold=None, logprob_threshold=None, no_speech_threshold=None)
+# Greedy, no thresholds, short windows: the random model never says end-of-text, so cap its text.
+GREEDY = {"temperatures": (0.0,), "compression_ratio_threshold": None, "logprob_threshold": None,
+          "no_speech_threshold": None, "max_new_tokens": 6}
+FAST_CLI = ["--no-fallback", "--max-new-tokens", "6"]
 TIMESTAMP_TOKENS = list(range(50363, 51864))  # <|0.00|> ... <|30.00|> in the English-only vocabulary
 
 
@@ -127,6 +130,23 @@ def test_the_prompt_reaches_the_decoder_in_every_window(tiny_model_dir, tones):
     assert all(call[: len(expected)] == expected for call in calls), calls
 
 
+def test_a_long_prompt_survives_a_long_history(tiny_model_dir, tones):
+    """Whisper keeps at most 223 context tokens; the prompt must stay whole while old text is dropped
+    (transformers' "first-segment" mode would let the history push it out after a few windows)."""
+    loaded = _without_timestamps(load_model(str(tiny_model_dir)))
+    prompt = " ".join(["amoxicillin"] * 50)
+    expected = prompt_ids(loaded, prompt).tolist()
+    calls, hook = _decoder_inputs(loaded.model)
+    try:
+        transcribe_files(loaded, [tones[0]], TranscribeOptions(prompt=prompt, **{**GREEDY, "max_new_tokens": 40}),
+                         progress=False)
+    finally:
+        hook.remove()
+    assert len(expected) > 150 and len(calls) == 4
+    assert len(calls[-1]) > 223  # prompt + history + <|startoftranscript|> past the cut-off
+    assert all(call[: len(expected)] == expected for call in calls)
+
+
 def test_batches_give_the_same_transcripts_as_one_file_at_a_time(tiny_model_dir, tones):
     loaded = load_model(str(tiny_model_dir))
     one, _ = transcribe_files(loaded, tones, TranscribeOptions(batch_size=1, **GREEDY), progress=False)
@@ -136,23 +156,23 @@ def test_batches_give_the_same_transcripts_as_one_file_at_a_time(tiny_model_dir,
     assert all(0 <= s.start <= s.end <= t.duration for t in batched for s in t.segments)
 
 
-def test_a_lora_run_is_merged_for_decoding_and_transcribes_like_unmerged(tiny_model_dir, tmp_path, tones):
-    from test_export import _fake_run
+def test_a_lora_run_is_merged_for_decoding_and_still_computes_the_run(tiny_model_dir, tmp_path, tones):
+    from test_export import _fake_run, _logits
 
     from asrtune.models.load import LoadedModel
 
-    _fake_run(tiny_model_dir, tmp_path / "run")
+    trained = _fake_run(tiny_model_dir, tmp_path / "run")
     merged_run = prepare_for_inference(load_model(str(tmp_path / "run")))
-    assert type(merged_run.model).__name__ == "WhisperForConditionalGeneration"
+    assert type(merged_run.model).__name__ == "WhisperForConditionalGeneration" and merged_run.strategy == ""
+    assert torch.allclose(_logits(merged_run.model), _logits(trained), atol=1e-5)
+    assert not torch.allclose(_logits(merged_run.model), _logits(load_model(str(tiny_model_dir)).model), atol=1e-3)
+    # The unmerged PEFT model decodes too (the API does not require merging).
     unmerged = load_model(str(tmp_path / "run"))
-    unmerged = LoadedModel(model=unmerged.model, processor=unmerged.processor, source="peft")  # no strategy: no merge
+    unmerged = LoadedModel(model=unmerged.model, processor=unmerged.processor, source="peft")
     assert type(unmerged.model).__name__ == "PeftModel"
-    merged, _ = transcribe_files(merged_run, tones[:2], TranscribeOptions(**GREEDY), progress=False)
-    wrapped, _ = transcribe_files(unmerged, tones[:2], TranscribeOptions(**GREEDY), progress=False)
-    assert [t.segments for t in merged] == [t.segments for t in wrapped]
-    base, _ = transcribe_files(load_model(str(tiny_model_dir)), tones[:2], TranscribeOptions(**GREEDY),
-                               progress=False)
-    assert [t.segments for t in merged] != [t.segments for t in base]  # the run's weights were used
+    for loaded in (merged_run, unmerged):
+        (transcript,), _ = transcribe_files(loaded, [tones[1]], TranscribeOptions(**GREEDY), progress=False)
+        assert transcript.segments and transcript.duration == pytest.approx(0.7)
 
 
 def test_an_adapter_run_transcribes_unmerged(tiny_model_dir, tmp_path, tones):
@@ -177,11 +197,13 @@ def test_bad_input_is_one_clear_error(tiny_model_dir, tones, tmp_path):
         transcribe_files(loaded, tones[:1], TranscribeOptions(prompt="word " * 400), progress=False)
     with pytest.raises(AsrtuneError, match="batch size"):
         TranscribeOptions(batch_size=0)
+    with pytest.raises(AsrtuneError, match="max new tokens"):
+        TranscribeOptions(max_new_tokens=0)
 
 
 def test_cli_writes_srt_files_and_prints_rtf(tiny_model_dir, tones, tmp_path, capsys):
     code = main(["transcribe", str(tiny_model_dir), *map(str, tones[:2]), "--format", "srt",
-                 "--output-dir", str(tmp_path / "out"), "--batch-size", "2", "--prompt", "hello world"])
+                 "--output-dir", str(tmp_path / "out"), "--batch-size", "2", "--prompt", "hello world", *FAST_CLI])
     captured = capsys.readouterr()
     assert code == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tone0.srt", "tone1.srt"]
@@ -191,7 +213,8 @@ def test_cli_writes_srt_files_and_prints_rtf(tiny_model_dir, tones, tmp_path, ca
 
 
 def test_cli_prints_json_lines_in_the_order_given(tiny_model_dir, tones, capsys):
-    assert main(["transcribe", str(tiny_model_dir), str(tones[1]), str(tones[0]), "--format", "json"]) == 0
+    assert main(["transcribe", str(tiny_model_dir), str(tones[1]), str(tones[0]), "--format", "json",
+                 *FAST_CLI]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [json.loads(line)["audio"] for line in lines] == [str(tones[1]), str(tones[0])]
 
@@ -207,7 +230,8 @@ def test_cli_same_stem_twice_writes_two_files(tiny_model_dir, tones, tmp_path):
     other.mkdir()
     copy = other / tones[1].name
     copy.write_bytes(tones[1].read_bytes())
-    assert main(["transcribe", str(tiny_model_dir), str(tones[1]), str(copy), "--output-dir", str(tmp_path / "o")]) == 0
+    assert main(["transcribe", str(tiny_model_dir), str(tones[1]), str(copy), "--output-dir", str(tmp_path / "o"),
+                 *FAST_CLI]) == 0
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["tone1-2.txt", "tone1.txt"]
 
 

@@ -74,8 +74,12 @@ def plot_wer_bars(wers: Mapping[str, Mapping[str, float]], path: Path, *, title:
     axes.grid(axis="y", alpha=0.3)
     axes.set_title(title or "WER per strategy")
     # Below the axes: bars may reach any height, and a legend inside would hide some.
-    axes.legend(fontsize="small", ncols=min(4, max(1, len(strategies))), loc="upper center",
-                bbox_to_anchor=(0.5, -0.12))
+    axes.legend(
+        fontsize="small",
+        ncols=min(4, max(1, len(strategies))),
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.12),
+    )
     return _save(figure, path)
 
 

@@ -56,7 +56,7 @@ def _base_of(tuned: str) -> str:
 
 
 def run_cka(args: argparse.Namespace) -> int:
-    from asrtune.analysis.cka import layer_cka
+    from asrtune.analysis.cka import layer_cka, sample_indices
     from asrtune.analysis.plots import plot_cka
     from asrtune.data.features import FeatureDataset
     from asrtune.data.manifest import read_manifest
@@ -65,22 +65,23 @@ def run_cka(args: argparse.Namespace) -> int:
 
     base = load_model(args.base or _base_of(args.tuned))
     tuned = load_model(args.tuned)
+    utterances = read_manifest(args.data)
+    chosen = sample_indices(
+        len(utterances), args.utterances or None, args.seed
+    )  # extract only their features
     dataset = FeatureDataset(
-        read_manifest(args.data), base.processor, multilingual=base.multilingual, language=args.language
+        [utterances[i] for i in chosen],
+        base.processor,
+        multilingual=base.multilingual,
+        language=args.language,
     )
     result = layer_cka(
-        base,
-        tuned,
-        dataset,
-        decoder=args.decoder,
-        batch_size=args.batch_size,
-        utterances=args.utterances or None,
-        seed=args.seed,
+        base, tuned, dataset, decoder=args.decoder, batch_size=args.batch_size, utterances=None
     )
-    rows = [[f"encoder {i}", f"{v:.4f}"] for i, v in result.encoder.items()]
-    rows += [[f"decoder {i}", f"{v:.4f}"] for i, v in (result.decoder or {}).items()]
+    table = [[f"encoder {i}", f"{v:.4f}"] for i, v in result.encoder.items()]
+    table += [[f"decoder {i}", f"{v:.4f}"] for i, v in (result.decoder or {}).items()]
     out = sys.stderr if args.json else sys.stdout
-    print_table(["layer", "linear CKA"], rows, file=out)
+    print_table(["layer", "linear CKA"], table, file=out)
     print(
         f"{result.utterances} utterances, {result.frames} speech frames"
         + (f", {result.tokens} decoder tokens" if result.decoder else ""),

@@ -32,6 +32,8 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-fallback", action="store_true",
                         help="greedy only: no re-decoding at higher temperatures when a window looks "
                              "repetitive or unlikely (faster, deterministic)")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="longest text per 30 s window, in tokens (default: what the decoder allows)")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="write NAME.FORMAT per file here (default: print to stdout)")
     parser.add_argument("--device", default=None,
@@ -65,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     options = TranscribeOptions(language=args.language, task=args.task, batch_size=args.batch_size,
                                 prompt=args.prompt,
                                 condition_on_previous_text=not args.no_condition_on_previous_text,
-                                temperatures=(0.0,) if args.no_fallback else FALLBACK_TEMPERATURES)
+                                temperatures=(0.0,) if args.no_fallback else FALLBACK_TEMPERATURES,
+                                max_new_tokens=args.max_new_tokens)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     loaded = prepare_for_inference(load_model(args.model))
     loaded.model.to(device)

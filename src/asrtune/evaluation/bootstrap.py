@@ -67,7 +67,7 @@ def utterance_counts(
     normalise = normalizer_for(language)
     pairs = [
         (i, normalise(r).strip(), normalise(h).strip())
-        for i, (r, h) in enumerate(zip(references, hypotheses))
+        for i, (r, h) in enumerate(zip(references, hypotheses, strict=True))
     ]
     kept = [p for p in pairs if p[1]]
     if not kept:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from asrtune.data.features import FeatureDataset, collate
+from asrtune.data.features import FeatureDataset
 from asrtune.evaluation.metrics import Scores, score
 from asrtune.models.load import LoadedModel
 

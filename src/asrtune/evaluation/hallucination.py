@@ -118,7 +118,7 @@ def hallucination_stats(
     loops = too_long = 0
     flagged: list[int] = []
     n = 0
-    for row, (reference, hypothesis) in enumerate(zip(references, hypotheses)):
+    for row, (reference, hypothesis) in enumerate(zip(references, hypotheses, strict=True)):
         ref_words, hyp_words = normalise(reference).split(), normalise(hypothesis).split()
         if not ref_words:
             continue
@@ -240,7 +240,7 @@ def nonspeech_stats(ids: list[str], hypotheses: list[str], language: str | None 
     normalise = normalizer_for(language)
     words = [len(normalise(h).split()) for h in hypotheses]
     by_kind: dict[str, int] = {}
-    for utt_id, count in zip(ids, words):
+    for utt_id, count in zip(ids, words, strict=True):
         kind = utt_id.removeprefix("nonspeech-").rsplit("-", 1)[0]
         by_kind[kind] = by_kind.get(kind, 0) + count
     n = len(words)

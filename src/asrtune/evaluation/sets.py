@@ -162,9 +162,7 @@ def decode_sets(
     return out
 
 
-def pristine_copy(
-    base: LoadedModel, path: Path, given: dict[str, Transcripts] | None
-) -> LoadedModel | None:
+def pristine_copy(base: LoadedModel, path: Path, given: dict[str, Transcripts] | None) -> LoadedModel | None:
     """A copy of the base model to decode its transcripts with, taken before a strategy changes it.
 
     None when ``path`` already holds transcripts (a resumed run) or some were given (a sweep): then
@@ -173,8 +171,9 @@ def pristine_copy(
     """
     if path.is_file() or given:
         return None
-    return LoadedModel(model=copy.deepcopy(base.model), processor=base.processor, source=base.source,
-                       base_dir=base.base_dir)
+    return LoadedModel(
+        model=copy.deepcopy(base.model), processor=base.processor, source=base.source, base_dir=base.base_dir
+    )
 
 
 def save_transcripts(transcripts: dict[str, Transcripts], path: Path, model: str) -> None:
@@ -331,8 +330,10 @@ def write_set_predictions(
     folder.mkdir(parents=True, exist_ok=True)
     for name, transcripts in tuned.items():
         before = (base or {}).get(name)
-        before_by_id = dict(zip(before.ids, before.hypotheses)) if before else {}
+        before_by_id = dict(zip(before.ids, before.hypotheses, strict=True)) if before else {}
         with (folder / f"{name}.jsonl").open("w", encoding="utf-8") as handle:
-            for utt_id, ref, hyp in zip(transcripts.ids, transcripts.references, transcripts.hypotheses):
+            for utt_id, ref, hyp in zip(
+                transcripts.ids, transcripts.references, transcripts.hypotheses, strict=True
+            ):
                 row = {"id": utt_id, "reference": ref, "base": before_by_id.get(utt_id), "hypothesis": hyp}
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -52,6 +52,7 @@ class TranscribeOptions:
         logprob_threshold: mean log-probability below which a window is re-decoded.
         no_speech_threshold: ``<|nospeech|>`` probability above which a low-confidence window is skipped.
         seed: seed for the sampling fallbacks, so a run is repeatable.
+        max_new_tokens: longest text per window (None: what the decoder's 448 positions leave).
     """
 
     language: str | None = None
@@ -64,12 +65,15 @@ class TranscribeOptions:
     logprob_threshold: float | None = -1.0
     no_speech_threshold: float | None = 0.6
     seed: int = 0
+    max_new_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise AsrtuneError(f"batch size must be at least 1, not {self.batch_size}")
         if self.task not in ("transcribe", "translate"):
             raise AsrtuneError(f"task must be transcribe or translate, not {self.task!r}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise AsrtuneError(f"max new tokens must be at least 1, not {self.max_new_tokens}")
         if not self.temperatures or any(t < 0 for t in self.temperatures):
             raise AsrtuneError("temperatures must be a non-empty list of values >= 0")
 
@@ -239,6 +243,8 @@ def _generate(model, features: torch.Tensor, attention_mask: torch.Tensor, optio
         transformers' output dict; ``segments[b]`` lists file b's segments (start, end, tokens).
     """
     kwargs: dict = {}
+    if options.max_new_tokens is not None:
+        kwargs["max_new_tokens"] = options.max_new_tokens
     if languages is not None:
         kwargs.update(language=[lang.strip("<|>") for lang in languages], task=options.task)
     if prompt is not None:
