@@ -124,6 +124,8 @@ class LoopConfig:
     log_every: int = _help("write training loss to TensorBoard every this many steps", 5)
     mixed_precision: str = _help("accelerate mixed precision: no, fp16 or bf16", "no")
     encoder_cache_mb: int = _help("when the encoder is frozen, cache its outputs up to this many MB", 4096)
+    short_input: bool = _help("train with the encoder input cut to the batch's longest utterance instead of "
+                              "30 s (faster; evaluation keeps 30 s; README: what it costs)", False)
     forgetting_budget: float = _help("with data.general sets, keep only checkpoints whose general WER rose "
                                      "by at most this much (absolute, 0.03 = 3 points) over the base model's",
                                      0.03)

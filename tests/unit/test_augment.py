@@ -187,6 +187,11 @@ def test_augmented_items_keep_labels_and_shape(tmp_path):
         assert torch.equal(
             item["input_features"], augmented_item(dataset, 0, augmenter, draw=0)["input_features"]
         )
+    # The frames before the padding follow the audio as augmented (a speed change moves them).
+    assert dataset[0]["frames"] == 70
+    assert augmented_item(dataset, 0, Augmenter.from_spec("specaugment", seed=1), draw=0)["frames"] == 70
+    slower = augmented_item(dataset, 0, Augmenter.from_spec("speed:p=1,factors=0.8", seed=1), draw=0)
+    assert slower["frames"] == 88  # 0.7 s / 0.8 = 0.875 s
     # Feature-only augmentation reuses the stored features: where nothing is masked they are unchanged.
     item = augmented_item(dataset, 0, Augmenter.from_spec("specaugment", seed=1), draw=0)
     untouched = item["input_features"] != 0

@@ -283,7 +283,7 @@ def test_feature_dataset_missing_audio_is_a_user_error(tmp_path, processor):
 
 def test_collate_pads_labels_with_minus_100():
     items = [
-        {"input_features": torch.full((80, 100), float(i)), "labels": labels, "index": i}
+        {"input_features": torch.full((80, 100), float(i)), "labels": labels, "index": i, "frames": 10 * i}
         for i, labels in enumerate([[1, 2, 3], [4], [5, 6]])
     ]
     batch = collate(items)
@@ -292,3 +292,4 @@ def test_collate_pads_labels_with_minus_100():
     assert batch["labels"].dtype == torch.long
     assert batch["labels"].tolist() == [[1, 2, 3], [4, -100, -100], [5, 6, -100]]
     assert batch["index"].tolist() == [0, 1, 2]
+    assert batch["frames"].tolist() == [0, 10, 20]

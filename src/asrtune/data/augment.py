@@ -367,4 +367,5 @@ def augmented_item(dataset, index: int, augmenter: Augmenter, draw: int) -> dict
         "input_features": torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)),
         "labels": dataset.labels[index],
         "index": index,
+        "frames": valid_frames,
     }

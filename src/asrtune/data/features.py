@@ -54,6 +54,7 @@ class FeatureDataset(torch.utils.data.Dataset):
 
     Attributes:
         durations: each utterance's audio length in seconds (for duration-bucketed batches).
+        valid_frames: each utterance's log-mel frames before the 30 s padding (for a shorter encoder input).
     """
 
     def __init__(self, utterances: Sequence[Utterance], processor: WhisperProcessor, *, multilingual: bool,
@@ -65,10 +66,12 @@ class FeatureDataset(torch.utils.data.Dataset):
         self.features: list[torch.Tensor] = []
         self.labels: list[list[int]] = []
         self.durations: list[float] = []
+        self.valid_frames: list[int] = []
         for utterance in tqdm(self.utterances, desc=desc, disable=not progress, unit="utt"):
             features, n_samples = extract_features(utterance.audio, extractor, cache)
             self.features.append(torch.from_numpy(features))
             self.durations.append(n_samples / SAMPLE_RATE)
+            self.valid_frames.append(min(-(-n_samples // extractor.hop_length), features.shape[-1]))
             prefix = prefix_ids(processor, multilingual=multilingual, language=utterance.language or language,
                                 task=task)
             labels = label_ids(processor, utterance.text, prefix)
@@ -85,17 +88,22 @@ class FeatureDataset(torch.utils.data.Dataset):
         subset.features = self.features[:count]
         subset.labels = self.labels[:count]
         subset.durations = self.durations[:count]
+        subset.valid_frames = self.valid_frames[:count]
         return subset
 
     def __len__(self) -> int:
         return len(self.utterances)
 
     def __getitem__(self, index: int) -> dict:
-        return {"input_features": self.features[index], "labels": self.labels[index], "index": index}
+        return {"input_features": self.features[index], "labels": self.labels[index], "index": index,
+                "frames": self.valid_frames[index]}
 
 
 def collate(items: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack features (B, n_mels, 3000); pad labels (B, L) with -100, which the loss ignores."""
+    """Stack features (B, n_mels, 3000); pad labels (B, L) with -100, which the loss ignores.
+
+    ``frames`` (B,) holds each item's log-mel frames before the padding.
+    """
     width = max(len(item["labels"]) for item in items)
     labels = torch.full((len(items), width), -100, dtype=torch.long)
     for row, item in enumerate(items):
@@ -104,6 +112,7 @@ def collate(items: list[dict]) -> dict[str, torch.Tensor]:
         "input_features": torch.stack([item["input_features"] for item in items]),
         "labels": labels,
         "index": torch.tensor([item["index"] for item in items], dtype=torch.long),
+        "frames": torch.tensor([item["frames"] for item in items], dtype=torch.long),
     }
 
 

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from asrtune.data.features import FeatureDataset
+from asrtune.models.short_input import encoder_stem
 from asrtune.strategies.base import whisper_core
 
 __all__ = ["CachePlan", "cache_plan", "encoder_is_frozen", "cache_bytes", "encode_prefix", "encode_top"]
@@ -63,13 +64,6 @@ def cache_bytes(model: torch.nn.Module, n_items: int) -> int:
     return n_items * config.max_source_positions * config.d_model * 4
 
 
-def _stem(encoder: torch.nn.Module, features: torch.Tensor) -> torch.Tensor:
-    """(B, n_mels, 2 * positions) log-mels -> (B, positions, d_model), as WhisperEncoder.forward does."""
-    hidden = torch.nn.functional.gelu(encoder.conv1(features))
-    hidden = torch.nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
-    return hidden + encoder.embed_positions.weight[: hidden.shape[1]]
-
-
 @torch.no_grad()
 def encode_prefix(model: torch.nn.Module, dataset: FeatureDataset, plan: CachePlan, *, batch_size: int,
                   device: torch.device, progress: bool = True) -> list[torch.Tensor]:
@@ -86,7 +80,7 @@ def encode_prefix(model: torch.nn.Module, dataset: FeatureDataset, plan: CachePl
         if plan.whole:
             hidden = encoder(features).last_hidden_state
         else:
-            hidden = _stem(encoder, features)
+            hidden = encoder_stem(encoder, features)
             for layer in encoder.layers[: plan.layers]:
                 hidden = layer(hidden, None)
         outputs.extend(hidden.to("cpu", torch.float32).unbind(0))

@@ -38,6 +38,7 @@ from asrtune.evaluation.sets import (BASE_TRANSCRIPTS, GENERAL, base_transcripts
                                      write_set_predictions)
 from asrtune.inspection import count_parameters
 from asrtune.models.load import LoadedModel, load_model
+from asrtune.models.short_input import encode_short, short_input_frames
 from asrtune.strategies import apply_strategy, default_learning_rate
 from asrtune.training.checkpoint import BEST, LAST, load_trainable, save_trainable, write_dir_atomically
 from asrtune.training.encoder_cache import CachePlan, cache_bytes, cache_plan, encode_prefix, encode_top
@@ -156,6 +157,20 @@ def _encoder_cache(config: RunConfig, model: torch.nn.Module, train_set: Feature
         return None, None
     return plan, encode_prefix(model, train_set, plan, batch_size=config.loop.eval_batch_size,
                                device=accelerator.device, progress=progress and accelerator.is_main_process)
+
+
+def _short_input(config: RunConfig, cached: bool, *, world: int) -> bool:
+    """Whether training steps cut the encoder input to the batch's longest utterance (loop.short_input)."""
+    if not config.loop.short_input:
+        return False
+    if cached:
+        tqdm.write("loop.short_input: the frozen encoder prefix is cached, which saves more; using the cache")
+        return False
+    if world > 1:
+        tqdm.write("loop.short_input: not with several processes (the encoder must run inside the DDP "
+                   "wrapper's forward); using the full 30 s input")
+        return False
+    return True
 
 
 def _batch(config: RunConfig, train_set: FeatureDataset, batch_size: int, micro_batch: int) -> list[int]:
@@ -285,12 +300,12 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, pr
         _save_last(checkpoints, loaded.model, optimizer, scheduler, state)
 
     cache_started = time.perf_counter()
-    cache_started = time.perf_counter()
     plan, encoded = _encoder_cache(config, loaded.model, train_set, accelerator, progress)
     cache_record = {"layers": plan.layers, "whole": plan.whole, "utterances": len(encoded),
                     "seconds": round(time.perf_counter() - cache_started, 3)} if encoded is not None else None
     cache_seconds = time.perf_counter() - cache_started  # part of the training cost (a sweep's speed-up)
     augmenter = Augmenter.from_spec(config.data.augment, config.seed)
+    short_input = _short_input(config, encoded is not None, world=accelerator.num_processes)
 
     accum = config.loop.grad_accum_steps
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -307,14 +322,18 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, pr
             batch = collate([augmented_item(train_set, i, augmenter, draw) if augmenter else train_set[i]
                              for i in indices])
             labels = batch["labels"].to(accelerator.device)
-            if encoded is None:
-                inputs = {"input_features": batch["input_features"].to(accelerator.device)}
             sync = micro == accum - 1
             context = accelerator.no_sync(model) if not sync and world > 1 else nullcontext()
             with context, accelerator.autocast():
                 if encoded is not None:  # the cached prefix, then the trainable encoder layers above it
                     prefix = torch.stack([encoded[i] for i in indices]).to(accelerator.device)
                     inputs = {"encoder_outputs": (encode_top(loaded.model, prefix, plan),)}
+                elif short_input:
+                    features = batch["input_features"].to(accelerator.device)
+                    frames = short_input_frames(batch["frames"], features.shape[-1])
+                    inputs = {"encoder_outputs": (encode_short(loaded.model, features, frames),)}
+                else:
+                    inputs = {"input_features": batch["input_features"].to(accelerator.device)}
                 loss = model(**inputs, labels=labels).loss / accum
                 accelerator.backward(loss)
             running_loss += loss.item()
