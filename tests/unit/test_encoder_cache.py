@@ -85,3 +85,29 @@ def test_the_recipe_trains_the_same_with_and_without_the_cache(tiny_model_dir, t
     losses = lambda run: [r["loss"] for r in read_jsonl(tmp_path / run / "metrics.jsonl") if "loss" in r]  # noqa: E731
     assert losses("cached") == pytest.approx(losses("uncached"), abs=1e-5)
     assert len(losses("cached")) == 3
+
+
+def test_runs_in_one_process_share_the_prefix_they_have_in_common(tiny_model_dir, tiny_data, tmp_path,
+                                                                  monkeypatch):
+    import asrtune.training.recipe as recipe
+
+    encoded: list[CachePlan] = []
+
+    def counting(model, dataset, plan, **kwargs):
+        encoded.append(plan)
+        return encode_prefix(model, dataset, plan, **kwargs)
+
+    monkeypatch.setattr(recipe, "encode_prefix", counting)
+    monkeypatch.setattr(recipe, "_LAST_PREFIX", {})
+    config = dataclasses.replace(make_config(tiny_model_dir, tiny_data, max_steps=2, eval_every=2),
+                                 strategy="freeze:n=1")
+    faster = dataclasses.replace(config, optim=dataclasses.replace(config.optim, learning_rate=1e-3))
+    train(config, tmp_path / "a", progress=False)
+    train(faster, tmp_path / "b", progress=False)
+    assert encoded == [CachePlan(layers=1, whole=False)]  # the second run reused the first one's
+    monkeypatch.setattr(recipe, "_LAST_PREFIX", {})
+    train(faster, tmp_path / "b-fresh", progress=False)  # encodes again: the same losses
+    losses = lambda run: [r["loss"] for r in read_jsonl(tmp_path / run / "metrics.jsonl") if "loss" in r]  # noqa: E731
+    assert losses("b") == losses("b-fresh") and len(losses("b")) == 2
+    train(dataclasses.replace(config, strategy="decoder"), tmp_path / "c", progress=False)
+    assert encoded[1:] == [CachePlan(layers=1, whole=False), CachePlan(layers=2, whole=True)]

@@ -138,6 +138,12 @@ def _datasets(config: RunConfig, loaded: LoadedModel, progress: bool) -> tuple[F
     return train_set, eval_set, limited
 
 
+# The last frozen prefix encoded, reused by the next run in this process with the same base model,
+# prefix and utterances (lr-search trials and their resumed rungs): frozen weights come from the base
+# model whatever the run's seed or learning rate, so the outputs are the same. One entry at a time.
+_LAST_PREFIX: dict[tuple, list[torch.Tensor]] = {}
+
+
 def _encoder_cache(config: RunConfig, model: torch.nn.Module, train_set: FeatureDataset,
                    accelerator: Accelerator, progress: bool) -> tuple[CachePlan | None, list[torch.Tensor] | None]:
     """The frozen encoder prefix's output for the training set, when there is one and it fits the bound."""
@@ -155,8 +161,14 @@ def _encoder_cache(config: RunConfig, model: torch.nn.Module, train_set: Feature
         tqdm.write(f"encoder prefix frozen, but caching its outputs needs {needed:.0f} MB "
                    f"> loop.encoder_cache_mb={config.loop.encoder_cache_mb}: encoding every step instead")
         return None, None
-    return plan, encode_prefix(model, train_set, plan, batch_size=config.loop.eval_batch_size,
-                               device=accelerator.device, progress=progress and accelerator.is_main_process)
+    dtype = next(model.parameters()).dtype
+    key = (config.model, plan, tuple(u.audio for u in train_set.utterances), str(accelerator.device), dtype)
+    if key not in _LAST_PREFIX:
+        _LAST_PREFIX.clear()
+        _LAST_PREFIX[key] = encode_prefix(model, train_set, plan, batch_size=config.loop.eval_batch_size,
+                                          device=accelerator.device,
+                                          progress=progress and accelerator.is_main_process)
+    return plan, _LAST_PREFIX[key]
 
 
 def _short_input(config: RunConfig, cached: bool, *, world: int) -> bool:
