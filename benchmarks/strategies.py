@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from asrtune.config import DataConfig, LoopConfig, RunConfig
+from asrtune.config import DataConfig, LoopConfig, OptimConfig, RunConfig
 from asrtune.data.features import FeatureDataset
 from asrtune.data.manifest import read_manifest
 from asrtune.data.synth import SynthSettings, synthesise_lines
@@ -25,8 +25,18 @@ from asrtune.models.load import load_model
 from asrtune.report import print_table
 from asrtune.training.recipe import train
 
-STRATEGIES = ["full", "freeze:n=2", "reinit:m=1", "adapter:d=64", "adapter:d=64,encoder_layers=top-2",
-              "lora:r=32,alpha=64", "decoder", "freeze:n=2+lora:r=32,alpha=64"]
+# Learning rates for a 30-step run: seed 002's (tuned for 35 epochs) x10, as configs/sweep-smoke.yaml
+# does; LoRA keeps PEFT's 1e-3.
+STRATEGIES = {
+    "full": {"learning_rate": 1e-4},
+    "freeze:n=2": {"learning_rate": 1e-4},
+    "reinit:m=1": {"learning_rate": 1e-4},
+    "adapter:d=64": {"learning_rate": 1e-3},
+    "adapter:d=64,encoder_layers=top-2": {"learning_rate": 1e-3},
+    "lora:r=32,alpha=64": {"learning_rate": 1e-3},
+    "decoder": {"learning_rate": 1e-4},
+    "freeze:n=2+lora:r=32,alpha=64": {"learning_rate": 1e-3},
+}
 
 
 def _manifests(work: Path) -> dict[str, Path]:
@@ -47,7 +57,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-strategies"))
-    parser.add_argument("--strategies", nargs="*", default=STRATEGIES)
+    parser.add_argument("--strategies", nargs="*", default=list(STRATEGIES),
+                        help="specs (default: the eight above, each at its learning rate above)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     manifests = _manifests(args.work_dir)
@@ -59,7 +70,7 @@ def main() -> int:
         if results_path.exists():
             results = json.loads(results_path.read_text())
         else:
-            config = RunConfig(model=DEMO_MODEL, strategy=spec,
+            config = RunConfig(model=DEMO_MODEL, strategy=spec, optim=OptimConfig(**STRATEGIES.get(spec, {})),
                                data=DataConfig(train=str(manifests["train"]), eval=str(manifests["validation"])),
                                loop=LoopConfig(max_steps=args.steps, batch_size=8, eval_every=max(args.steps // 2, 1)))
             results = train(config, run_dir, progress=False)
