@@ -7,7 +7,10 @@ in its own process so its peak RSS is its own. asrtune's time includes building 
 cache, which is charged to it; samples/s = steps x batch / (cache seconds + loop seconds). The
 baseline's is the Trainer's own ``train_samples_per_second``.
 
-    python benchmarks/train_speed.py [--steps 24] [--utterances 64] [--json]
+    python benchmarks/train_speed.py [--steps 24] [--utterances 64] [--short-input] [--json]
+
+``--short-input`` adds a third side per strategy: asrtune with ``loop.short_input`` (the encoder fed
+each batch's longest utterance instead of 30 s; not exact, see README for its measured WER cost).
 
 ``--json``: the last line is {"results": [{"strategy", "asrtune_sps", "baseline_sps", "ratio",
 "peak_rss_mb", "baseline_peak_rss_mb"}]}. Numbers only; nothing here asserts on seconds.
@@ -44,13 +47,14 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_asrtune(strategy: str, steps: int, train: Path, evaluation: Path, out: Path) -> dict:
+def run_asrtune(strategy: str, steps: int, train: Path, evaluation: Path, out: Path, short_input: bool) -> dict:
     from asrtune.config import DataConfig, LoopConfig, OptimConfig, RunConfig
     from asrtune.training.recipe import train as train_run
 
     config = RunConfig(model=MODEL, strategy=strategy, data=DataConfig(train=str(train), eval=str(evaluation)),
                        optim=OptimConfig(learning_rate=1e-5),
-                       loop=LoopConfig(max_steps=steps, batch_size=8, eval_every=steps + 1, eval_at_start=False))
+                       loop=LoopConfig(max_steps=steps, batch_size=8, eval_every=steps + 1, eval_at_start=False,
+                                       short_input=short_input))
     results = train_run(config, out, progress=False, final_evaluation=False)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     loop_seconds = sum(m["seconds"] for m in metrics if "seconds" in m)
@@ -90,8 +94,9 @@ def run_baseline(strategy: str, steps: int, train: Path, out: Path) -> dict:
 def _child(args: argparse.Namespace) -> int:
     out = Path(tempfile.mkdtemp(prefix=f"bench-{args.side}-"))
     train, evaluation = Path(args.train), Path(args.eval)
-    if args.side == "asrtune":
-        result = run_asrtune(args.strategy, args.steps, train, evaluation, out / "run")
+    if args.side in ("asrtune", "asrtune-short"):
+        result = run_asrtune(args.strategy, args.steps, train, evaluation, out / "run",
+                             short_input=args.side == "asrtune-short")
     else:
         result = run_baseline(args.strategy, args.steps, train, out)
     print(json.dumps(result))
@@ -105,7 +110,9 @@ def main() -> int:
     parser.add_argument("--strategies", nargs="*", default=STRATEGIES)
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-train-speed"))
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--side", choices=["asrtune", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--short-input", action="store_true",
+                        help="also time asrtune with loop.short_input (speed lever 3, not exact: see README)")
+    parser.add_argument("--side", choices=["asrtune", "asrtune-short", "baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--strategy", help=argparse.SUPPRESS)
     parser.add_argument("--train", help=argparse.SUPPRESS)
     parser.add_argument("--eval", help=argparse.SUPPRESS)
@@ -117,7 +124,7 @@ def main() -> int:
     rows = []
     for strategy in args.strategies:
         measured = {}
-        for side in ("baseline", "asrtune"):
+        for side in ("baseline", "asrtune", *(["asrtune-short"] if args.short_input else [])):
             command = [sys.executable, __file__, "--side", side, "--strategy", strategy, "--steps", str(args.steps),
                        "--train", str(train), "--eval", str(evaluation)]
             output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -131,13 +138,22 @@ def main() -> int:
             "baseline_peak_rss_mb": round(measured["baseline"]["peak_rss_mb"]),
             "asrtune_cache_seconds": round(measured["asrtune"].get("cache_seconds", 0.0), 1),
         })
+        if args.short_input:
+            rows[-1].update(short_input_sps=round(measured["asrtune-short"]["sps"], 3),
+                            short_input_ratio=round(measured["asrtune-short"]["sps"] / measured["baseline"]["sps"], 2),
+                            short_input_peak_rss_mb=round(measured["asrtune-short"]["peak_rss_mb"]))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
 
     from asrtune.report import print_table
 
-    print_table(["strategy", "asrtune samples/s", "Seq2SeqTrainer samples/s", "ratio", "peak RSS MB (asrtune / HF)"],
-                [[r["strategy"], f"{r['asrtune_sps']:.2f}", f"{r['baseline_sps']:.2f}", f"{r['ratio']:.2f}x",
-                  f"{r['peak_rss_mb']} / {r['baseline_peak_rss_mb']}"] for r in rows])
+    header = ["strategy", "asrtune samples/s", "Seq2SeqTrainer samples/s", "ratio", "peak RSS MB (asrtune / HF)"]
+    table = [[r["strategy"], f"{r['asrtune_sps']:.2f}", f"{r['baseline_sps']:.2f}", f"{r['ratio']:.2f}x",
+              f"{r['peak_rss_mb']} / {r['baseline_peak_rss_mb']}"] for r in rows]
+    if args.short_input:
+        header += ["short_input samples/s", "ratio"]
+        for line, r in zip(table, rows, strict=True):
+            line += [f"{r['short_input_sps']:.2f}", f"{r['short_input_ratio']:.2f}x"]
+    print_table(header, table)
     if args.json:
         print(json.dumps({"results": rows}))
     return 0

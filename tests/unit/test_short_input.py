@@ -76,7 +76,7 @@ def test_decoding_with_the_cut_runs_the_encoder_on_the_speech_only(tiny_loaded, 
     assert len(short) == len(full) == 3 and all(isinstance(text, str) for text in short)
 
 
-def test_the_recipe_trains_on_the_cut_input_unless_a_cache_does_better(tiny_model_dir, tiny_data, tmp_path,
+def test_the_recipe_trains_on_the_cut_input_unless_the_whole_encoder_is_cached(tiny_model_dir, tiny_data, tmp_path,
                                                                        monkeypatch):
     frames_seen: list[int] = []
 
@@ -92,9 +92,11 @@ def test_the_recipe_trains_on_the_cut_input_unless_a_cache_does_better(tiny_mode
     assert len(frames_seen) == 3 and all(2 <= f < 100 and f % 2 == 0 for f in frames_seen)
     assert len(losses) == 3 and all(loss == loss and loss > 0 for loss in losses)
 
-    frames_seen.clear()
-    cached = dataclasses.replace(config, strategy="decoder")
-    recipe.train(cached, tmp_path / "cached", progress=False)
+    frames_seen.clear()  # a frozen bottom layer: the cut window from the stem up, no prefix cache
+    recipe.train(dataclasses.replace(config, strategy="freeze:n=1"), tmp_path / "freeze", progress=False)
+    assert len(frames_seen) == 3
+    frames_seen.clear()  # the whole encoder frozen: its cached outputs cost nothing per step
+    recipe.train(dataclasses.replace(config, strategy="decoder"), tmp_path / "cached", progress=False)
     assert frames_seen == []
 
 

@@ -152,6 +152,10 @@ def _encoder_cache(config: RunConfig, model: torch.nn.Module, train_set: Feature
         return None, None
     if not plan.whole and accelerator.num_processes > 1:
         return None, None  # the layers above the prefix must run inside the DDP wrapper's forward
+    if not plan.whole and config.loop.short_input and accelerator.num_processes == 1:
+        tqdm.write(f"loop.short_input: the encoder runs from its stem on each batch's cut window instead of "
+                   f"caching {plan.layers} frozen layer(s) of the 30 s one")
+        return None, None
     if config.data.augment:
         tqdm.write(f"encoder prefix frozen, but data.augment={config.data.augment!r} changes its inputs every "
                    "step: encoding every step instead of caching")
@@ -176,7 +180,8 @@ def _short_input(config: RunConfig, cached: bool, *, world: int) -> bool:
     if not config.loop.short_input:
         return False
     if cached:
-        tqdm.write("loop.short_input: the frozen encoder prefix is cached, which saves more; using the cache")
+        tqdm.write("loop.short_input: the whole encoder is frozen and its outputs cached, which costs less; "
+                   "using the cache")
         return False
     if world > 1:
         tqdm.write("loop.short_input: not with several processes (the encoder must run inside the DDP "
