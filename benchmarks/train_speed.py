@@ -82,7 +82,8 @@ def run_baseline(strategy: str, steps: int, train: Path, out: Path) -> dict:
 
     arguments = Seq2SeqTrainingArguments(
         output_dir=str(out), per_device_train_batch_size=8, max_steps=steps, learning_rate=1e-5,
-        warmup_steps=0.1, lr_scheduler_type="linear",  # a float < 1 is a ratio in transformers 5 optim="adamw_torch", weight_decay=0.0, max_grad_norm=1.0,
+        warmup_steps=0.1, lr_scheduler_type="linear",  # a float < 1 is a ratio in transformers 5
+        optim="adamw_torch", weight_decay=0.0, max_grad_norm=1.0,  # torch.optim.AdamW, as asrtune's recipe
         save_strategy="no", eval_strategy="no", logging_strategy="no", report_to=[], dataloader_num_workers=0,
         remove_unused_columns=False, seed=0, disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
     )
