@@ -49,7 +49,8 @@ def _decoder_inputs(model) -> tuple[list[list[int]], object]:
     calls: list[list[int]] = []
 
     def record(module, args, kwargs):
-        cache = kwargs.get("past_key_values")
+        # transformers 5.24 renamed the decoder's past_key_values argument to cache.
+        cache = kwargs["cache"] if "cache" in kwargs else kwargs.get("past_key_values")
         if cache is None or cache.get_seq_length() == 0:
             calls.append(kwargs["input_ids"][0].tolist())
 
