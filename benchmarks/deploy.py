@@ -218,10 +218,9 @@ def main() -> int:
     arctic.add_argument("--wav", type=Path, required=True)
     arctic.add_argument("--reference", default="And you always want to see it in the superlative degree.")
     args = parser.parse_args()
-    from transformers.utils import logging as hf_logging
+    from asrtune.cli import quiet_libraries
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet_libraries()
     {"prompt": cmd_prompt, "longform": cmd_longform, "arctic": cmd_arctic}[args.command](args)
     return 0
 

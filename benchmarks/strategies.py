@@ -61,9 +61,9 @@ def main() -> int:
                         help="specs (default: the eight above, each at its learning rate above)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    from transformers.utils import logging as hf_logging
+    from asrtune.cli import quiet_libraries
 
-    hf_logging.set_verbosity_error()  # as the CLI: generate()'s max_length/max_new_tokens notice, once per batch
+    quiet_libraries()  # as the CLI: generate()'s max_length/max_new_tokens notice would print once per batch
     manifests = _manifests(args.work_dir)
     baseline = _test_wer(DEMO_MODEL, manifests["test"])
     rows = []

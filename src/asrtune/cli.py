@@ -13,11 +13,11 @@ import warnings
 from asrtune.commands import COMMANDS, load_all
 from asrtune.errors import AsrtuneError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "quiet_libraries"]
 
 
-def _quiet_libraries() -> None:
-    """Keep the terminal for asrtune's own bars and tables."""
+def quiet_libraries() -> None:
+    """Keep the terminal for asrtune's own bars and tables (the CLI and the benchmarks call it)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # PEFT calls a transformers property deprecated in v5; not the user's concern.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()
     try:
         return args.func(args)
     except AsrtuneError as error:
