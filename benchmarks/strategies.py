@@ -5,7 +5,10 @@ seconds per optimizer step (wall time of the training loop only, evaluation excl
 in this one run on this machine. Checkpoints are chosen on the validation split; WER is reported on
 the test split, which neither training nor selection sees.
 
-    python benchmarks/strategies.py [--steps 30] [--work-dir runs/bench-strategies] [--json]
+    python benchmarks/strategies.py [--steps 30] [--work-dir runs/bench-strategies] [--mixed-precision auto] [--json]
+
+``--mixed-precision`` is the training arithmetic (``loop.mixed_precision``); test WER is always decoded in
+fp32. Two runs with ``no`` and ``bf16`` (and separate work dirs) measure what bf16 training costs in WER.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from asrtune.config import DataConfig, LoopConfig, OptimConfig, RunConfig
+from asrtune.config import MIXED_PRECISION_CHOICES, DataConfig, LoopConfig, OptimConfig, RunConfig
 from asrtune.data.features import FeatureDataset
 from asrtune.data.manifest import read_manifest
 from asrtune.data.synth import SynthSettings, synthesise_lines
@@ -59,6 +62,7 @@ def main() -> int:
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-strategies"))
     parser.add_argument("--strategies", nargs="*", default=list(STRATEGIES),
                         help="specs (default: the eight above, each at its learning rate above)")
+    parser.add_argument("--mixed-precision", default="auto", choices=MIXED_PRECISION_CHOICES)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     from asrtune.cli import quiet_libraries
@@ -75,7 +79,8 @@ def main() -> int:
         else:
             config = RunConfig(model=DEMO_MODEL, strategy=spec, optim=OptimConfig(**STRATEGIES.get(spec, {})),
                                data=DataConfig(train=str(manifests["train"]), eval=str(manifests["validation"])),
-                               loop=LoopConfig(max_steps=args.steps, batch_size=8, eval_every=max(args.steps // 2, 1)))
+                               loop=LoopConfig(max_steps=args.steps, batch_size=8, eval_every=max(args.steps // 2, 1),
+                                               mixed_precision=args.mixed_precision))
             results = train(config, run_dir, progress=False)
         metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         step_times = [m["seconds"] for m in metrics if "seconds" in m]
@@ -84,15 +89,17 @@ def main() -> int:
             "trainable_params": results["trainable_params"],
             "trainable_percent": round(results["trainable_percent"], 3),
             "learning_rate": results["learning_rate"],
+            "mixed_precision": results["mixed_precision"],
             "wer_before": round(baseline, 4),
             "wer_after": round(_test_wer(str(run_dir), manifests["test"]), 4),
             "seconds_per_step": round(sum(step_times) / len(step_times), 2) if step_times else None,
             "best_step": results["best_step"],
         })
         print(f"{spec}: {rows[-1]}", file=sys.stderr, flush=True)
-    print_table(["strategy", "trainable", "%", "lr", "test WER before", "after", "s/step"], [
+    print_table(["strategy", "trainable", "%", "lr", "precision", "test WER before", "after", "s/step"], [
         [r["strategy"], f"{r['trainable_params']:,}", f"{r['trainable_percent']:.2f}", f"{r['learning_rate']:g}",
-         f"{r['wer_before']:.3f}", f"{r['wer_after']:.3f}", f"{r['seconds_per_step']}"] for r in rows])
+         r["mixed_precision"], f"{r['wer_before']:.3f}", f"{r['wer_after']:.3f}", f"{r['seconds_per_step']}"]
+        for r in rows])
     if args.json:
         print(json.dumps({"steps": args.steps, "results": rows}))
     return 0

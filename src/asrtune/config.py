@@ -20,6 +20,8 @@ import yaml
 
 from asrtune.errors import AsrtuneError
 
+MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")  # auto: asrtune.training.precision
+
 __all__ = ["GeneralSet", "DataConfig", "OptimConfig", "LoopConfig", "RunConfig", "load_config", "apply_overrides",
            "config_to_dict", "config_from_dict", "save_config", "config_hash", "parse_yaml", "absolute_model"]
 
@@ -122,7 +124,8 @@ class LoopConfig:
     eval_batch_size: int = _help("utterances per batch when decoding", 16)
     max_new_tokens: int = _help("longest hypothesis decoded, in tokens", 128)
     log_every: int = _help("write training loss to TensorBoard every this many steps", 5)
-    mixed_precision: str = _help("accelerate mixed precision: no, fp16 or bf16", "no")
+    mixed_precision: str = _help("training arithmetic: auto (bf16 where the hardware multiplies bf16 natively: "
+                                 "CUDA bf16, CPU AMX; else fp32), no, fp16 or bf16", "auto")
     encoder_cache_mb: int = _help("when the encoder is frozen, cache its outputs up to this many MB", 4096)
     short_input: bool = _help("train with the encoder input cut to the batch's longest utterance instead of "
                               "30 s (faster; evaluation keeps 30 s; README: what it costs)", False)
@@ -150,8 +153,8 @@ class LoopConfig:
             raise AsrtuneError("loop.plateau_factor must be in (0, 1) or null")
         if self.plateau_patience < 1:
             raise AsrtuneError("loop.plateau_patience must be >= 1")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise AsrtuneError("loop.mixed_precision must be one of no, fp16, bf16")
+        if self.mixed_precision not in MIXED_PRECISION_CHOICES:
+            raise AsrtuneError(f"loop.mixed_precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}")
         if not self.forgetting_budget >= 0:
             raise AsrtuneError("loop.forgetting_budget must be >= 0")
 

@@ -203,9 +203,10 @@ def test_save_load_round_trip_and_hash(tmp_path):
     assert config_to_dict(config)["optim"]["betas"] == [0.8, 0.95]
 
 
-def test_default_mixed_precision_round_trips_through_save(tmp_path):
-    save_config(RunConfig(), tmp_path / "config.yaml")
-    assert load_config(tmp_path / "config.yaml").loop.mixed_precision == "no"
+@pytest.mark.parametrize("precision", ["auto", "no"])  # "no" is a YAML 1.1 boolean: it must stay text
+def test_mixed_precision_round_trips_through_save(tmp_path, precision):
+    save_config(RunConfig(loop=LoopConfig(mixed_precision=precision)), tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml").loop.mixed_precision == precision
 
 
 def test_set_mixed_precision_no_is_accepted():

@@ -44,9 +44,14 @@ def test_dropout_turns_the_cache_off():
     assert cache_plan(apply_strategy(tiny_whisper(dropout=0.1), "decoder")) is None
 
 
+def _autocast(precision: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
 @pytest.mark.parametrize("spec", ["decoder", "freeze:n=1", "reinit:m=1", "lora:r=4", "adapter:d=8,encoder_layers=top-1",
                                   "freeze:n=1+lora:r=4"])
-def test_loss_and_gradients_equal_the_uncached_path(spec):
+def test_loss_and_gradients_equal_the_uncached_path(spec, precision):
     torch.manual_seed(0)
     model = apply_strategy(tiny_whisper(seed=3, perturb=0.05, encoder_layers=2), spec)
     with torch.no_grad():  # trained-looking additions, so the comparison is not between zeros
@@ -59,17 +64,20 @@ def test_loss_and_gradients_equal_the_uncached_path(spec):
     labels = torch.randint(0, 50000, (3, 5), generator=generator)
 
     torch.manual_seed(7)  # LoRA dropout draws masks: the same draws on both paths
-    loss = model(input_features=features, labels=labels).loss
+    with _autocast(precision):  # bf16: the recipe encodes the prefix under the step's autocast too
+        loss = model(input_features=features, labels=labels).loss
     loss.backward()
     uncached = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
 
     plan = cache_plan(model)
-    prefix = torch.stack(encode_prefix(model, _Features(features), plan, batch_size=2, device=torch.device("cpu"),
-                                       progress=False))
+    with _autocast(precision):
+        prefix = torch.stack(encode_prefix(model, _Features(features), plan, batch_size=2,
+                                           device=torch.device("cpu"), progress=False))
     model.train()
     torch.manual_seed(7)
-    cached_loss = model(encoder_outputs=(encode_top(model, prefix, plan),), labels=labels).loss
+    with _autocast(precision):
+        cached_loss = model(encoder_outputs=(encode_top(model, prefix, plan),), labels=labels).loss
     cached_loss.backward()
     assert torch.allclose(cached_loss, loss, atol=1e-6, rtol=0)
     for name, parameter in model.named_parameters():
@@ -77,8 +85,11 @@ def test_loss_and_gradients_equal_the_uncached_path(spec):
             assert torch.allclose(parameter.grad, uncached[name], atol=1e-6, rtol=1e-5), name
 
 
-def test_the_recipe_trains_the_same_with_and_without_the_cache(tiny_model_dir, tiny_data, tmp_path):
-    config = dataclasses.replace(make_config(tiny_model_dir, tiny_data, max_steps=3, eval_every=3), strategy="freeze:n=1")
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_the_recipe_trains_the_same_with_and_without_the_cache(tiny_model_dir, tiny_data, tmp_path, precision):
+    config = make_config(tiny_model_dir, tiny_data, max_steps=3, eval_every=3)
+    config = dataclasses.replace(config, strategy="freeze:n=1",
+                                 loop=dataclasses.replace(config.loop, mixed_precision=precision))
     train(config, tmp_path / "cached", progress=False)
     off = dataclasses.replace(config, loop=dataclasses.replace(config.loop, encoder_cache_mb=0))
     train(off, tmp_path / "uncached", progress=False)

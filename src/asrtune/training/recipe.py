@@ -43,6 +43,7 @@ from asrtune.strategies import apply_strategy, default_learning_rate
 from asrtune.training.checkpoint import BEST, LAST, load_trainable, save_trainable, write_dir_atomically
 from asrtune.training.encoder_cache import CachePlan, cache_bytes, cache_plan, encode_prefix, encode_top
 from asrtune.training.lr_control import OverfitWatch, WerPlateau, parameter_groups, warmup_schedule
+from asrtune.training.precision import accelerator_mixed_precision, resolve_mixed_precision, step_autocast
 
 __all__ = ["train"]
 
@@ -145,7 +146,7 @@ _LAST_PREFIX: dict[tuple, list[torch.Tensor]] = {}
 
 
 def _encoder_cache(config: RunConfig, model: torch.nn.Module, train_set: FeatureDataset,
-                   accelerator: Accelerator, progress: bool) -> tuple[CachePlan | None, list[torch.Tensor] | None]:
+                   accelerator: Accelerator, precision: str, progress: bool) -> tuple[CachePlan | None, list[torch.Tensor] | None]:
     """The frozen encoder prefix's output for the training set, when there is one and it fits the bound."""
     plan = cache_plan(model)
     if plan is None:
@@ -166,12 +167,14 @@ def _encoder_cache(config: RunConfig, model: torch.nn.Module, train_set: Feature
                    f"> loop.encoder_cache_mb={config.loop.encoder_cache_mb}: encoding every step instead")
         return None, None
     dtype = next(model.parameters()).dtype
-    key = (config.model, plan, tuple(u.audio for u in train_set.utterances), str(accelerator.device), dtype)
+    key = (config.model, plan, tuple(u.audio for u in train_set.utterances), str(accelerator.device), dtype,
+           precision)
     if key not in _LAST_PREFIX:
         _LAST_PREFIX.clear()
-        _LAST_PREFIX[key] = encode_prefix(model, train_set, plan, batch_size=config.loop.eval_batch_size,
-                                          device=accelerator.device,
-                                          progress=progress and accelerator.is_main_process)
+        with step_autocast(precision, accelerator):  # the uncached step's arithmetic: its own outputs
+            _LAST_PREFIX[key] = encode_prefix(model, train_set, plan, batch_size=config.loop.eval_batch_size,
+                                              device=accelerator.device,
+                                              progress=progress and accelerator.is_main_process)
     return plan, _LAST_PREFIX[key]
 
 
@@ -217,7 +220,11 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, pr
     _prepare_run_dir(output_dir, resume, config)
     started = time.perf_counter()
     set_seed(config.seed)
-    accelerator = Accelerator(mixed_precision=config.loop.mixed_precision)
+    precision = resolve_mixed_precision(config.loop.mixed_precision)
+    accelerator = Accelerator(mixed_precision=accelerator_mixed_precision(precision))
+    if progress and accelerator.is_main_process and config.loop.mixed_precision == "auto":
+        tqdm.write(f"loop.mixed_precision=auto: training in {'bf16 autocast' if precision == 'bf16' else 'fp32'} "
+                   f"on {accelerator.device.type} (evaluation decodes in fp32)")
 
     base = load_model(config.model)
     _, base_total = count_parameters(base.model)
@@ -242,8 +249,11 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, pr
     if not params:
         raise AsrtuneError(f"strategy {config.strategy!r} leaves nothing to train")
     groups = parameter_groups(model, learning_rate, config.optim.encoder_learning_rate)
+    # fused: one kernel per step instead of a dozen passes over every parameter (CPU and CUDA; the
+    # Trainer's default optimizer, adamw_torch_fused, is the same)
     optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=config.optim.betas, eps=config.optim.eps,
-                                  weight_decay=config.optim.weight_decay)
+                                  weight_decay=config.optim.weight_decay,
+                                  fused=accelerator.device.type in ("cpu", "cuda"))
     plateau = WerPlateau(config.loop.plateau_factor, config.loop.plateau_patience,
                          floor=config.loop.min_learning_rate / learning_rate)
     overfit = OverfitWatch()
@@ -251,7 +261,9 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, pr
     scheduler = warmup_schedule(optimizer, warmup, config.loop.max_steps, plateau,
                                 decay=config.loop.schedule == "linear")
     model, optimizer = accelerator.prepare(model, optimizer)
-    loaded.model = accelerator.unwrap_model(model)
+    # Without accelerate's fp16 autocast wrapper on forward: the loop enters its autocast itself, and
+    # evaluation (generate on loaded.model) decodes in fp32 like the base model it is compared with.
+    loaded.model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
 
     checkpoints = output_dir / "checkpoints"
     metrics_path = output_dir / "metrics.jsonl"
@@ -317,7 +329,7 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, pr
         _save_last(checkpoints, loaded.model, optimizer, scheduler, state)
 
     cache_started = time.perf_counter()
-    plan, encoded = _encoder_cache(config, loaded.model, train_set, accelerator, progress)
+    plan, encoded = _encoder_cache(config, loaded.model, train_set, accelerator, precision, progress)
     cache_record = {"layers": plan.layers, "whole": plan.whole, "utterances": len(encoded),
                     "seconds": round(time.perf_counter() - cache_started, 3)} if encoded is not None else None
     cache_seconds = time.perf_counter() - cache_started  # part of the training cost (a sweep's speed-up)
@@ -341,7 +353,7 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, pr
             labels = batch["labels"].to(accelerator.device)
             sync = micro == accum - 1
             context = accelerator.no_sync(model) if not sync and world > 1 else nullcontext()
-            with context, accelerator.autocast():
+            with context, step_autocast(precision, accelerator):
                 if encoded is not None:  # the cached prefix, then the trainable encoder layers above it
                     prefix = torch.stack([encoded[i] for i in indices]).to(accelerator.device)
                     inputs = {"encoder_outputs": (encode_top(loaded.model, prefix, plan),)}
@@ -392,6 +404,7 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, pr
         or ("config" if config.optim.learning_rate else "strategy default"),
         "lr_changes": state.lr_changes,
         "encoder_cache": cache_record,
+        "mixed_precision": precision,
         "warnings": state.warnings,
         "steps": state.step,
         "best_step": state.best_step,
