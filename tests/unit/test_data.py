@@ -293,3 +293,16 @@ def test_collate_pads_labels_with_minus_100():
     assert batch["labels"].tolist() == [[1, 2, 3], [4, -100, -100], [5, 6, -100]]
     assert batch["index"].tolist() == [0, 1, 2]
     assert batch["frames"].tolist() == [0, 10, 20]
+
+
+def test_collate_rounds_the_label_length_up_and_the_loss_stays_the_same():
+    from conftest import tiny_whisper
+
+    items = [{"input_features": torch.randn(80, 100, generator=torch.Generator().manual_seed(i)), "labels": labels,
+              "index": i, "frames": 100} for i, labels in enumerate([[5, 6, 7, 8, 9], [11, 12]])]
+    plain, padded = collate(items), collate(items, pad_to_multiple_of=8)
+    assert padded["labels"].tolist() == [[5, 6, 7, 8, 9] + [-100] * 3, [11, 12] + [-100] * 6]
+    assert collate(items, pad_to_multiple_of=5)["labels"].shape == (2, 5)  # already a multiple: unchanged
+    model = tiny_whisper(seed=2).eval()
+    losses = [model(input_features=batch["input_features"], labels=batch["labels"]).loss for batch in (plain, padded)]
+    assert torch.allclose(losses[0], losses[1], atol=1e-6, rtol=0)  # -100 is ignored; the decoder is causal

@@ -99,12 +99,17 @@ class FeatureDataset(torch.utils.data.Dataset):
                 "frames": self.valid_frames[index]}
 
 
-def collate(items: list[dict]) -> dict[str, torch.Tensor]:
+def collate(items: list[dict], pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
     """Stack features (B, n_mels, 3000); pad labels (B, L) with -100, which the loss ignores.
 
-    ``frames`` (B,) holds each item's log-mel frames before the padding.
+    ``pad_to_multiple_of`` rounds L up (as transformers' collators do): the decoder then sees a few
+    batch shapes instead of one per label length, and each new shape costs kernel selection (oneDNN
+    builds its bf16/AMX kernels per shape). Exact: the loss ignores -100 and the decoder is causal,
+    so the extra positions change no real position. ``frames`` (B,) holds each item's log-mel frames
+    before the padding.
     """
-    width = max(len(item["labels"]) for item in items)
+    longest = max(len(item["labels"]) for item in items)
+    width = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
     labels = torch.full((len(items), width), -100, dtype=torch.long)
     for row, item in enumerate(items):
         labels[row, : len(item["labels"])] = torch.tensor(item["labels"], dtype=torch.long)

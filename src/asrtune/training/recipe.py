@@ -41,11 +41,13 @@ from asrtune.models.load import LoadedModel, load_model
 from asrtune.models.short_input import encode_short, short_input_frames
 from asrtune.strategies import apply_strategy, default_learning_rate
 from asrtune.training.checkpoint import BEST, LAST, load_trainable, save_trainable, write_dir_atomically
-from asrtune.training.encoder_cache import CachePlan, cache_bytes, cache_plan, encode_prefix, encode_top
+from asrtune.training.encoder_cache import CPU_CACHE_BATCH, CachePlan, cache_bytes, cache_plan, encode_prefix, encode_top
 from asrtune.training.lr_control import OverfitWatch, WerPlateau, parameter_groups, warmup_schedule
 from asrtune.training.precision import accelerator_mixed_precision, resolve_mixed_precision, step_autocast
 
 __all__ = ["train"]
+
+LABEL_PAD_MULTIPLE = 8  # training batches' label length rounds up to this (see collate)
 
 
 @dataclass
@@ -172,7 +174,8 @@ def _encoder_cache(config: RunConfig, model: torch.nn.Module, train_set: Feature
     if key not in _LAST_PREFIX:
         _LAST_PREFIX.clear()
         with step_autocast(precision, accelerator):  # the uncached step's arithmetic: its own outputs
-            _LAST_PREFIX[key] = encode_prefix(model, train_set, plan, batch_size=config.loop.eval_batch_size,
+            batch_size = CPU_CACHE_BATCH if accelerator.device.type == "cpu" else config.loop.eval_batch_size
+            _LAST_PREFIX[key] = encode_prefix(model, train_set, plan, batch_size=batch_size,
                                               device=accelerator.device,
                                               progress=progress and accelerator.is_main_process)
     return plan, _LAST_PREFIX[key]
@@ -349,7 +352,7 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, pr
             draw = state.step * accum + micro
             indices = _batch(config, train_set, config.loop.batch_size * world, draw)[rank::world]
             batch = collate([augmented_item(train_set, i, augmenter, draw) if augmenter else train_set[i]
-                             for i in indices])
+                             for i in indices], pad_to_multiple_of=LABEL_PAD_MULTIPLE)
             labels = batch["labels"].to(accelerator.device)
             sync = micro == accum - 1
             context = accelerator.no_sync(model) if not sync and world > 1 else nullcontext()
