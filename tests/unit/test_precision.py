@@ -23,7 +23,8 @@ from asrtune.training.recipe import train
     (True, True, False, "bf16"),    # Ampere or later
     (True, False, True, "no"),      # an older GPU: the CPU's AMX does not matter, training runs on the GPU
 ])
-def test_auto_picks_bf16_only_where_the_hardware_multiplies_it_natively(monkeypatch, cuda, cuda_bf16, amx, expected):
+def test_auto_picks_bf16_only_where_the_hardware_multiplies_it_natively(monkeypatch, cuda, cuda_bf16, amx,
+                                                                       expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: cuda_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)

@@ -41,7 +41,8 @@ from asrtune.models.load import LoadedModel, load_model
 from asrtune.models.short_input import encode_short, short_input_frames
 from asrtune.strategies import apply_strategy, default_learning_rate
 from asrtune.training.checkpoint import BEST, LAST, load_trainable, save_trainable, write_dir_atomically
-from asrtune.training.encoder_cache import CPU_CACHE_BATCH, CachePlan, cache_bytes, cache_plan, encode_prefix, encode_top
+from asrtune.training.encoder_cache import (CPU_CACHE_BATCH, CachePlan, cache_bytes, cache_plan, encode_prefix,
+                                            encode_top)
 from asrtune.training.lr_control import OverfitWatch, WerPlateau, parameter_groups, warmup_schedule
 from asrtune.training.precision import accelerator_mixed_precision, resolve_mixed_precision, step_autocast
 
@@ -148,7 +149,8 @@ _LAST_PREFIX: dict[tuple, list[torch.Tensor]] = {}
 
 
 def _encoder_cache(config: RunConfig, model: torch.nn.Module, train_set: FeatureDataset,
-                   accelerator: Accelerator, precision: str, progress: bool) -> tuple[CachePlan | None, list[torch.Tensor] | None]:
+                   accelerator: Accelerator, precision: str,
+                   progress: bool) -> tuple[CachePlan | None, list[torch.Tensor] | None]:
     """The frozen encoder prefix's output for the training set, when there is one and it fits the bound."""
     plan = cache_plan(model)
     if plan is None:
