@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import SAMPLE_RATE, make_processor, write_tone
+from conftest import SAMPLE_RATE, make_processor, tiny_whisper, write_tone
 
 from asrtune.data.audio import load_audio
 from asrtune.data.features import FeatureDataset, collate, label_ids, prefix_ids
@@ -296,8 +296,6 @@ def test_collate_pads_labels_with_minus_100():
 
 
 def test_collate_rounds_the_label_length_up_and_the_loss_stays_the_same():
-    from conftest import tiny_whisper
-
     items = [{"input_features": torch.randn(80, 100, generator=torch.Generator().manual_seed(i)), "labels": labels,
               "index": i, "frames": 100} for i, labels in enumerate([[5, 6, 7, 8, 9], [11, 12]])]
     plain, padded = collate(items), collate(items, pad_to_multiple_of=8)

@@ -175,8 +175,8 @@ def _encoder_cache(config: RunConfig, model: torch.nn.Module, train_set: Feature
            precision)
     if key not in _LAST_PREFIX:
         _LAST_PREFIX.clear()
+        batch_size = CPU_CACHE_BATCH if accelerator.device.type == "cpu" else config.loop.eval_batch_size
         with step_autocast(precision, accelerator):  # the uncached step's arithmetic: its own outputs
-            batch_size = CPU_CACHE_BATCH if accelerator.device.type == "cpu" else config.loop.eval_batch_size
             _LAST_PREFIX[key] = encode_prefix(model, train_set, plan, batch_size=batch_size,
                                               device=accelerator.device,
                                               progress=progress and accelerator.is_main_process)
