@@ -97,3 +97,26 @@ def test_as_dict_has_every_field():
         "skipped_empty",
     }
     assert d["wer"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("tag", ["en", "en-US", "en_GB", "EN", "English", "english", " en-au "])
+def test_every_spelling_of_english_gets_the_english_normaliser(tag):
+    # Before language tags were read once, only "en", "english" and None did: "en-US" lost the
+    # spelling table and number handling, so "colour"/"color" and "10"/"ten" counted as errors.
+    assert score(["the colour of 10 apples"], ["the color of ten apples"], tag).wer == 0.0
+    assert normalizer_for(tag)("Mr. Smith") == normalizer_for(None)("Mr. Smith") == "mister smith"
+
+
+@pytest.mark.parametrize("tag, code", [("sw-KE", "sw"), ("Swahili", "sw"), ("pt_BR", "pt"), ("Castilian", "es"),
+                                       ("multi", "multi"), (None, None), ("xx-YY", "xx"), ("", None)])
+def test_language_tags_are_read_once_into_whisper_codes(tag, code):
+    from asrtune.languages import canonical_language
+
+    assert canonical_language(tag) == code
+
+
+def test_run_config_reads_its_language_tag_once():
+    from asrtune.config import config_from_dict
+
+    assert config_from_dict({"language": "en-US"}).language == "en"
+    assert config_from_dict({"language": "Swahili"}).language == "sw"
