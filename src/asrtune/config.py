@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from asrtune.errors import AsrtuneError
+from asrtune.languages import canonical_language
 
 MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")  # auto: asrtune.training.precision
 
@@ -171,6 +172,7 @@ class RunConfig:
     loop: LoopConfig = _help("training loop", factory=LoopConfig)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "language", canonical_language(self.language))  # en-US, English -> en
         if self.task not in ("transcribe", "translate"):
             raise AsrtuneError("task must be transcribe or translate")
 
