@@ -277,10 +277,106 @@ def test_a_run_is_skipped_resumed_or_started(tmp_path, monkeypatch):
     assert runner._train_one(plan, {}, False) == "trained"
     (plan.run_dir / "checkpoints" / "last").mkdir(parents=True)
     (plan.run_dir / "checkpoints" / "last" / "state.json").write_text("{}")
+    from asrtune.config import save_config
+
+    save_config(plan.config, plan.run_dir / "config.yaml")  # the recipe writes it before any checkpoint
     assert runner._train_one(plan, {}, False) == "resumed"
-    (plan.run_dir / "results.json").write_text("{}")
+    (plan.run_dir / "results.json").write_text(json.dumps({"config_hash": runner.planned_hash(plan)}))
     assert runner._train_one(plan, {}, False) == "skipped (has results)"
     assert calls == [False, True]
+
+
+def _fake_train(calls):
+    """A stand-in for the recipe: writes the results.json a run of ``config`` would (its hash included)."""
+    from asrtune.config import config_hash
+
+    def train(config, run_dir, resume, **kwargs):
+        calls.append((run_dir, resume))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "results.json").write_text(json.dumps({"config_hash": config_hash(config)}))
+
+    return train
+
+
+def test_a_run_of_an_edited_grid_cell_is_rerun_not_skipped(tmp_path, monkeypatch):
+    # The old sweep skipped any folder with results.json: after a grid edit (here max_steps 200 -> 50)
+    # the report silently mixed the old run's numbers with the new grid's.
+    files = DatasetFiles(name="d", language=None, train="/t.jsonl", eval="/e.jsonl", test="")
+    before = sweep_from_dict({"strategies": ["full"], "datasets": [{"name": "d", "train": "a", "eval": "b"}]})
+    after = sweep_from_dict({"strategies": ["full"], "datasets": [{"name": "d", "train": "a", "eval": "b"}],
+                             "run": {"loop": {"max_steps": 50}}})
+    calls = []
+    monkeypatch.setattr(runner, "train", _fake_train(calls))
+    old_plan = runner.plan_runs(before, [files], (), tmp_path)[0]
+    assert runner._train_one(old_plan, {}, False) == "trained"
+    old_hash = runner.recorded_hash(old_plan.run_dir)
+    plan = runner.plan_runs(after, [files], (), tmp_path)[0]
+    assert plan.run_dir == old_plan.run_dir and runner.planned_hash(plan) != old_hash
+    assert "config hash" in runner.stale_run(plan)
+    with pytest.raises(AsrtuneError, match=f"refused: its run was made from config hash {old_hash}"):
+        runner._train_one(plan, {}, False, stale="refuse")
+    assert len(calls) == 1  # refused: nothing trained, nothing moved
+    outcome = runner._train_one(plan, {}, False)
+    assert outcome.startswith(f"re-ran: its run was made from config hash {old_hash}")
+    assert len(calls) == 2 and calls[1] == (plan.run_dir, False)  # from scratch, not resumed
+    assert runner.recorded_hash(plan.run_dir) == runner.planned_hash(plan)
+    kept = plan.run_dir.with_name(f"seed-0.stale-{old_hash}")
+    assert runner.recorded_hash(kept) == old_hash  # the old run is kept, never deleted
+    assert runner._train_one(plan, {}, False) == "skipped (has results)"
+
+
+def test_a_partial_run_of_an_edited_cell_is_not_resumed(tmp_path, monkeypatch):
+    from asrtune.config import save_config
+
+    files = DatasetFiles(name="d", language=None, train="/t.jsonl", eval="/e.jsonl", test="")
+    grid = sweep_from_dict({"strategies": ["full"], "datasets": [{"name": "d", "train": "a", "eval": "b"}]})
+    plan = runner.plan_runs(grid, [files], (), tmp_path)[0]
+    (plan.run_dir / "checkpoints" / "last").mkdir(parents=True)
+    (plan.run_dir / "checkpoints" / "last" / "state.json").write_text("{}")
+    import dataclasses
+
+    other = dataclasses.replace(plan.config, loop=dataclasses.replace(plan.config.loop, batch_size=3))
+    save_config(other, plan.run_dir / "config.yaml")
+    calls = []
+    monkeypatch.setattr(runner, "train", _fake_train(calls))
+    assert runner._train_one(plan, {}, False).startswith("re-ran")
+    assert calls == [(plan.run_dir, False)]
+
+
+def test_the_report_says_which_runs_were_rerun_or_left_out(tmp_path, monkeypatch):
+    """run_sweep end to end with the recipe, the base model and the report stubbed out."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Record:
+        run: str
+
+    files = DatasetFiles(name="d", language=None, train="/t.jsonl", eval="/e.jsonl", test="")
+    spec = {"strategies": ["full", "freeze:n=1"], "datasets": [{"name": "d", "train": "a", "eval": "b"}],
+            "cka": False}
+    calls, written = [], []
+    monkeypatch.setattr(runner, "train", _fake_train(calls))
+    monkeypatch.setattr(runner, "materialise", lambda d, folder, progress: files)
+    monkeypatch.setattr(runner, "load_model", lambda source: None)
+    monkeypatch.setattr(runner, "build_eval_sets", lambda *a, **k: {})
+    monkeypatch.setattr(runner, "base_transcripts", lambda *a, **k: {})
+    monkeypatch.setattr(runner, "evidence", lambda *a, **k: {"main_set": None, "sets": {}})
+    monkeypatch.setattr(runner, "_base_record", lambda name, report: Record(name))
+    monkeypatch.setattr(runner, "read_run", lambda run_dir, **k: Record(str(run_dir)))
+    monkeypatch.setattr(runner, "aggregate", lambda records: records)
+    monkeypatch.setattr(runner, "write_report", lambda inputs, out: written.append(inputs) or (out / "r.md",
+                                                                                              out / "r.html"))
+    first = runner.run_sweep(sweep_from_dict(spec), tmp_path, progress=False)
+    assert len(calls) == 2 and not first.failures
+    edited = {**spec, "run": {"loop": {"max_steps": 7}}}
+    refused = runner.run_sweep(sweep_from_dict(edited), tmp_path, progress=False, stale="refuse")
+    assert len(calls) == 2 and len(refused.failures) == 2 and refused.records == []  # stale runs left out
+    assert any("Left out 2 run(s)" in note for note in written[-1].notes)
+    rerun = runner.run_sweep(sweep_from_dict(edited), tmp_path, progress=False)
+    assert len(calls) == 4 and len(rerun.records) == 2
+    assert any(note.startswith("Re-ran 2 run(s)") for note in written[-1].notes)
+    summary = json.loads((tmp_path / "sweep.json").read_text())
+    assert len(summary["reran"]) == 2 and summary["left_out"] == []
 
 
 def test_every_figure_is_drawn_when_the_grid_allows(tmp_path):

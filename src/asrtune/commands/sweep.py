@@ -22,6 +22,13 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--report-only", action="store_true", help="train nothing; rebuild the report from the runs"
     )
+    parser.add_argument(
+        "--stale",
+        choices=["rerun", "refuse"],
+        default="rerun",
+        help="a cell whose folder holds a run of another config (the grid was edited): move the old run "
+        "aside and train again (rerun), or refuse it and leave it out of the report (refuse)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -33,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     from asrtune.sweep.runner import run_sweep
 
     grid = load_sweep(args.grid)
-    outcome = run_sweep(grid, args.output_dir, progress=not args.no_progress, report_only=args.report_only)
+    outcome = run_sweep(
+        grid, args.output_dir, progress=not args.no_progress, report_only=args.report_only, stale=args.stale
+    )
     for dataset, base in outcome.bases.items():
         print(f"\n{dataset}")
         print_table(*dataset_table(dataset, base, outcome.rows))

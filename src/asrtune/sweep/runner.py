@@ -10,7 +10,11 @@ Layout of the output folder::
     sweep.json  report.md  report.html  plots/*.png
 
 A run with ``results.json`` is skipped and one with a last checkpoint is resumed, so an interrupted
-sweep picks up where it stopped. A failed run is reported and the sweep goes on.
+sweep picks up where it stopped, but only when the folder's run was made from the cell's current
+config (same ``config_hash``): after a grid edit a stale run is moved aside (``seed-<k>.stale-<hash>``)
+and trained again (``stale="rerun"``, the default), or refused and left out of the report
+(``stale="refuse"``); the report says which runs were re-run or refused. A failed run is reported
+and the sweep goes on.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from tqdm import tqdm
 from asrtune.analysis.cka import layer_cka
 from asrtune.analysis.report import ReportInputs, write_report
 from asrtune.analysis.tables import BaseRecord, Row, RunRecord, aggregate, read_run
-from asrtune.config import GeneralSet, RunConfig, apply_overrides, config_from_dict
+from asrtune.config import (GeneralSet, RunConfig, absolute_model, apply_overrides, config_from_dict, config_hash,
+                            parse_yaml)
 from asrtune.errors import AsrtuneError
 from asrtune.evaluation.sets import BASE_TRANSCRIPTS, base_transcripts, build_eval_sets, evidence
 from asrtune.models.load import LoadedModel, load_model
@@ -35,7 +40,10 @@ from asrtune.sweep.data import DatasetFiles, materialise, materialise_general
 from asrtune.training.checkpoint import LAST
 from asrtune.training.recipe import train
 
-__all__ = ["SweepOutcome", "RunPlan", "run_config", "plan_runs", "run_sweep"]
+__all__ = ["SweepOutcome", "RunPlan", "run_config", "plan_runs", "run_sweep", "planned_hash", "recorded_hash",
+           "STALE_CHOICES"]
+
+STALE_CHOICES = ("rerun", "refuse")
 
 SYNTHETIC_NOTE = (
     "Datasets built from packaged corpora are synthetic-voice benchmarks (espeak-ng reading "
@@ -117,12 +125,75 @@ def _base_record(name: str, report: dict) -> BaseRecord:
     )
 
 
-def _train_one(plan: RunPlan, baseline: dict, progress: bool) -> str:
-    """Run, resume or skip one cell; returns what happened."""
-    if (plan.run_dir / "results.json").is_file():
+def planned_hash(plan: RunPlan) -> str:
+    """The ``config_hash`` the cell's run records (the recipe hashes its config with the model made absolute)."""
+    return config_hash(dataclasses.replace(plan.config, model=absolute_model(plan.config.model, Path.cwd())))
+
+
+def recorded_hash(run_dir: Path) -> str | None:
+    """The config hash of the run a folder holds: from ``results.json``, else from a partial run's config.yaml.
+
+    None when the folder holds no run, or a run whose config cannot be read (then it counts as stale).
+    """
+    results = run_dir / "results.json"
+    if results.is_file():
+        try:
+            return json.loads(results.read_text()).get("config_hash")
+        except (json.JSONDecodeError, AttributeError):
+            return None
+    config = run_dir / "config.yaml"
+    if config.is_file():
+        try:
+            return config_hash(config_from_dict(parse_yaml(config.read_text())))
+        except (AsrtuneError, ValueError, TypeError):
+            return None
+    return None
+
+
+def _holds_run(run_dir: Path) -> bool:
+    return (run_dir / "results.json").is_file() or (run_dir / "checkpoints").exists()
+
+
+def stale_run(plan: RunPlan) -> str | None:
+    """Why the cell's folder holds a run made from another config (None: no run there, or the same config)."""
+    if not _holds_run(plan.run_dir):
+        return None
+    recorded, wanted = recorded_hash(plan.run_dir), planned_hash(plan)
+    if recorded == wanted:
+        return None
+    return f"its run was made from config hash {recorded or 'unknown'}, the grid now gives {wanted}"
+
+
+def _set_aside(run_dir: Path) -> Path:
+    """Move a stale run out of the cell's way (never deleted); returns where it went."""
+    recorded = recorded_hash(run_dir) or "unknown"
+    target = run_dir.with_name(f"{run_dir.name}.stale-{recorded}")
+    count = 1
+    while target.exists():
+        count += 1
+        target = run_dir.with_name(f"{run_dir.name}.stale-{recorded}-{count}")
+    run_dir.rename(target)
+    return target
+
+
+def _train_one(plan: RunPlan, baseline: dict, progress: bool, stale: str = "rerun") -> str:
+    """Run, resume or skip one cell; returns what happened.
+
+    A folder whose run has another config hash than the cell's (the grid was edited) is re-run from
+    scratch after moving the old run aside, or refused (AsrtuneError), as ``stale`` says.
+    """
+    why = stale_run(plan)
+    moved = None
+    if why:
+        if stale == "refuse":
+            raise AsrtuneError(f"refused: {why}; move or delete {plan.run_dir}, or run with --stale rerun")
+        moved = _set_aside(plan.run_dir)
+    elif (plan.run_dir / "results.json").is_file():
         return "skipped (has results)"
     resume = (plan.run_dir / "checkpoints" / LAST / "state.json").is_file()
     train(plan.config, plan.run_dir, resume=resume, progress=progress, baseline_transcripts=baseline)
+    if moved:
+        return f"re-ran: {why}; the old run is kept at {moved}"
     return "resumed" if resume else "trained"
 
 
@@ -156,9 +227,22 @@ def _cka(plan: RunPlan, sweep: SweepConfig, base: LoadedModel, sets: dict, progr
 
 
 def run_sweep(
-    sweep: SweepConfig, output_dir: str | Path, *, progress: bool = True, report_only: bool = False
+    sweep: SweepConfig,
+    output_dir: str | Path,
+    *,
+    progress: bool = True,
+    report_only: bool = False,
+    stale: str = "rerun",
 ) -> SweepOutcome:
-    """Run (or resume) the whole grid, write the report and ``sweep.json``."""
+    """Run (or resume) the whole grid, write the report and ``sweep.json``.
+
+    Args:
+        stale: what to do with a cell whose folder holds a run of another config (the grid was
+            edited since): ``rerun`` (move it aside, train again) or ``refuse`` (a failure, left out
+            of the report). ``report_only`` never trains: such runs are left out and listed.
+    """
+    if stale not in STALE_CHOICES:
+        raise AsrtuneError(f"stale must be one of {', '.join(STALE_CHOICES)}, not {stale!r}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     general = tuple(
@@ -170,6 +254,8 @@ def run_sweep(
     base = load_model(sweep.model)  # decodes the base transcripts and is CKA's reference
     bases: dict[str, BaseRecord] = {}
     failures: list[str] = []
+    reran: list[str] = []
+    left_out: list[str] = []
     records: list[RunRecord] = []
     bar = tqdm(total=len(plans), desc="sweep", unit="run", disable=not progress)
     for dataset in datasets:
@@ -191,12 +277,19 @@ def run_sweep(
             where = f"{dataset.name} / {plan.strategy.label} / seed {plan.seed}"
             if not report_only:
                 try:
-                    outcome = _train_one(plan, baseline, progress)
+                    outcome = _train_one(plan, baseline, progress, stale)
+                    if outcome.startswith("re-ran"):
+                        reran.append(f"{where}: {outcome}")
                     _cka(plan, sweep, base, sets, progress)
                     tqdm.write(f"sweep: {where}: {outcome}")
                 except (AsrtuneError, RuntimeError, ValueError, OSError) as error:
                     failures.append(f"{where}: {type(error).__name__}: {error}")
                     tqdm.write(f"sweep: {where} failed:\n{traceback.format_exc()}")
+            why = stale_run(plan)
+            if why:  # refused, failed before training, or --report-only: its numbers are not this grid's
+                left_out.append(f"{where}: {why}")
+                bar.update(1)
+                continue
             record = read_run(
                 plan.run_dir,
                 dataset=dataset.name,
@@ -209,6 +302,14 @@ def run_sweep(
             bar.update(1)
     bar.close()
     rows = aggregate(records)
+    notes = [SYNTHETIC_NOTE] if any(d.corpus for d in sweep.datasets + sweep.general) else []
+    if reran:
+        notes.append(f"Re-ran {len(reran)} run(s) whose grid cell changed since their results were written "
+                     "(another config hash); the old runs are kept beside them: " + "; ".join(reran))
+    if left_out:
+        notes.append(f"Left out {len(left_out)} run(s) made from another config than the grid's (stale "
+                     f"{'runs refused' if stale == 'refuse' else 'runs'}; re-run them with `asrtune sweep` and "
+                     "--stale rerun): " + "; ".join(left_out))
     inputs = ReportInputs(
         title="asrtune sweep",
         model=sweep.model,
@@ -217,7 +318,7 @@ def run_sweep(
         rows=rows,
         seeds=list(sweep.seeds),
         failures=failures,
-        notes=[SYNTHETIC_NOTE] if any(d.corpus for d in sweep.datasets + sweep.general) else [],
+        notes=notes,
     )
     report_md, report_html = write_report(inputs, output_dir)
     summary = {
@@ -225,6 +326,8 @@ def run_sweep(
         "runs": [dataclasses.asdict(r) for r in records],
         "base": {k: dataclasses.asdict(v) for k, v in bases.items()},
         "failures": failures,
+        "reran": reran,
+        "left_out": left_out,
         "report": str(report_md),
         "report_html": str(report_html),
     }
