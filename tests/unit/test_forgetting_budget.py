@@ -13,6 +13,7 @@ from asrtune.config import DataConfig, GeneralSet, LoopConfig, OptimConfig, RunC
 from asrtune.evaluation.decode import Evaluation
 from asrtune.evaluation.forgetting import Transcripts
 from asrtune.evaluation.metrics import score
+from asrtune.evaluation.sets import decoding_key
 from asrtune.training.recipe import train
 
 GENERAL_TEXT = "apple banana cherry grape lemon"
@@ -71,8 +72,10 @@ def test_budget_decides_the_kept_checkpoint(
             forgetting_budget=budget,
         ),
     )
-    # The base model's general transcripts: one wrong word in five (WER 0.2) on both utterances.
-    base = {"fruit": Transcripts(["u0", "u1"], [GENERAL_TEXT] * 2, [with_errors(1)] * 2, "en")}
+    # The base model's general transcripts: one wrong word in five (WER 0.2) on both utterances,
+    # decoded (so the recipe is told) with the run's own decoding settings.
+    base = {"fruit": Transcripts(["u0", "u1"], [GENERAL_TEXT] * 2, [with_errors(1)] * 2, "en",
+                                 decoding_key(config))}
     results = train(config, tmp_path / "run", progress=False, baseline_transcripts=base)
 
     evals = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval_wer" in r]

@@ -10,7 +10,7 @@ one that forgot least is kept, so a run always has a best checkpoint.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from asrtune.evaluation.metrics import score
 
@@ -26,12 +26,15 @@ class Transcripts:
     Attributes:
         ids, references, hypotheses: (N,) tuples, row-aligned (lists are accepted and frozen).
         language: the language the set is scored in (None: English; "multi": mixed).
+        decoding: the decoding settings that produced the hypotheses (a canonical JSON string, see
+            :func:`asrtune.evaluation.sets.decoding_key`); None when unknown. Not part of equality.
     """
 
     ids: tuple[str, ...]
     references: tuple[str, ...]
     hypotheses: tuple[str, ...]
     language: str | None = None
+    decoding: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("ids", "references", "hypotheses"):
@@ -52,6 +55,7 @@ class Transcripts:
             [self.references[i] for i in rows],
             [self.hypotheses[i] for i in rows],
             self.language,
+            self.decoding,
         )
 
     def wer(self) -> float:
@@ -63,12 +67,17 @@ class Transcripts:
             "references": list(self.references),
             "hypotheses": list(self.hypotheses),
             "language": self.language,
+            "decoding": self.decoding,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Transcripts:
         return cls(
-            list(data["ids"]), list(data["references"]), list(data["hypotheses"]), data.get("language")
+            list(data["ids"]),
+            list(data["references"]),
+            list(data["hypotheses"]),
+            data.get("language"),
+            data.get("decoding"),
         )
 
 

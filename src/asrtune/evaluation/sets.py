@@ -16,6 +16,7 @@ Per set the evidence holds WER, CER, S/I/D, a bootstrap 95% CI, the base's numbe
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import json
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from asrtune.config import RunConfig
+from asrtune.config import RunConfig, absolute_model
 from asrtune.data.feature_cache import FeatureCache
 from asrtune.data.features import FeatureDataset
 from asrtune.data.manifest import read_manifest
@@ -51,6 +52,7 @@ __all__ = [
     "evidence",
     "write_set_predictions",
     "BASE_TRANSCRIPTS",
+    "decoding_key",
 ]
 
 TARGET, GENERAL, NONSPEECH_SET = "target", "general", "nonspeech"
@@ -190,9 +192,33 @@ def load_transcripts(path: Path) -> dict[str, Transcripts]:
     return {k: Transcripts.from_dict(v) for k, v in json.loads(path.read_text())["sets"].items()}
 
 
-def _matches(transcripts: Transcripts | None, item: EvalSet) -> bool:
+def decoding_key(config: RunConfig) -> str:
+    """Every setting that changes the base model's greedy transcripts, as a canonical JSON string.
+
+    The base model is decoded with the run's settings (the model, ``loop.max_new_tokens``, no prompt,
+    ``language``, ``task``, greedy, fp32, the full 30 s input), exactly as :func:`decode_sets` decodes
+    the tuned one; stored transcripts are reused only under the same key, so base and tuned are
+    always decoded alike (a sweep's strategies may change ``loop.max_new_tokens``).
+    """
+    return json.dumps(
+        {
+            "model": absolute_model(config.model, Path.cwd()),
+            "max_new_tokens": config.loop.max_new_tokens,
+            "prompt": None,
+            "language": config.language,
+            "task": config.task,
+            "num_beams": 1,
+            "dtype": "float32",
+            "short_input": False,
+        },
+        sort_keys=True,
+    )
+
+
+def _matches(transcripts: Transcripts | None, item: EvalSet, key: str) -> bool:
     return (
         transcripts is not None
+        and transcripts.decoding == key
         and transcripts.ids == tuple(u.id for u in item.dataset.utterances)
         and transcripts.references == tuple(u.text for u in item.dataset.utterances)
     )
@@ -210,19 +236,22 @@ def base_transcripts(
 ) -> dict[str, Transcripts]:
     """The base model's transcripts of every set: from ``path``, from ``given``, or decoded now.
 
-    Only sets with no stored transcripts (same ids and texts) are decoded, by ``base`` when given,
+    Only sets with no stored transcripts (same ids and texts, decoded under the same
+    :func:`decoding_key`) are decoded, by ``base`` when given,
     else by ``config.model`` loaded afresh (the run's own copy already carries its strategy), used
     and freed. The result is written to ``path``.
     """
     known = load_transcripts(path) if path.is_file() else {}
     known = {**(given or {}), **known}
-    found = {name: known[name] for name, item in sets.items() if _matches(known.get(name), item)}
+    key = decoding_key(config)
+    found = {name: known[name] for name, item in sets.items() if _matches(known.get(name), item, key)}
     missing = {name: item for name, item in sets.items() if name not in found}
     if missing:
         model = base or load_model(config.model)
         if device is not None:
             model.model.to(device)
         found.update(decode_sets(model, missing, config, progress=progress, device=device))
+        found.update({name: dataclasses.replace(found[name], decoding=key) for name in missing})
         del model
         gc.collect()
     ordered = {name: found[name] for name in sets}

@@ -5,6 +5,7 @@ Layout of the output folder::
     data/<dataset>/{train,validation,test}/   spoken corpora (or nothing: manifests are used in place)
     data/general/<name>/                       spoken general sets
     base/<dataset>/base_transcripts.json       the base model on every set, decoded once per dataset
+                                               (and once more per other decoding_key a strategy asks for)
     base/<dataset>/evidence.json               its scores (the PT row); ``--report-only`` reads them
     runs/<dataset>/<strategy>/seed-<k>/        ordinary run folders (asrtune train), plus cka.json
     sweep.json  report.md  report.html  plots/*.png
@@ -20,6 +21,7 @@ and the sweep goes on.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import traceback
 from dataclasses import dataclass
@@ -33,7 +35,7 @@ from asrtune.analysis.tables import BaseRecord, Row, RunRecord, aggregate, read_
 from asrtune.config import (GeneralSet, RunConfig, absolute_model, apply_overrides, config_from_dict, config_hash,
                             parse_yaml)
 from asrtune.errors import AsrtuneError
-from asrtune.evaluation.sets import BASE_TRANSCRIPTS, base_transcripts, build_eval_sets, evidence
+from asrtune.evaluation.sets import BASE_TRANSCRIPTS, base_transcripts, build_eval_sets, decoding_key, evidence
 from asrtune.models.load import LoadedModel, load_model
 from asrtune.sweep.config import StrategyEntry, SweepConfig
 from asrtune.sweep.data import DatasetFiles, materialise, materialise_general
@@ -273,11 +275,18 @@ def run_sweep(
             base_evidence = evidence(sets, baseline, None)
             (folder / "evidence.json").write_text(json.dumps(base_evidence, indent=1))
             bases[dataset.name] = _base_record(dataset.name, base_evidence)
+        baselines = {decoding_key(config): baseline}  # by decoding settings: base and tuned decoded alike
         for plan in mine:
             where = f"{dataset.name} / {plan.strategy.label} / seed {plan.seed}"
             if not report_only:
                 try:
-                    outcome = _train_one(plan, baseline, progress, stale)
+                    key = decoding_key(plan.config)
+                    if key not in baselines:  # a strategy's overrides changed how it decodes
+                        name = f"base_transcripts-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+                        baselines[key] = base_transcripts(
+                            plan.config, sets, folder / name, base=base, progress=progress
+                        )
+                    outcome = _train_one(plan, baselines[key], progress, stale)
                     if outcome.startswith("re-ran"):
                         reran.append(f"{where}: {outcome}")
                     _cka(plan, sweep, base, sets, progress)
