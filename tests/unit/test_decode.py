@@ -12,7 +12,14 @@ from conftest import make_processor, read_jsonl, write_tone
 
 from asrtune.data.features import FeatureDataset, collate
 from asrtune.data.manifest import Utterance, read_manifest
-from asrtune.evaluation.decode import evaluate_dataset, transcribe_dataset, write_predictions
+from asrtune.evaluation.decode import (
+    TruncationWarning,
+    decode_dataset,
+    evaluate_dataset,
+    safe_max_new_tokens,
+    transcribe_dataset,
+    write_predictions,
+)
 from asrtune.evaluation.metrics import score
 from asrtune.models.load import LoadedModel
 
@@ -22,8 +29,9 @@ WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf"]
 class ScriptedWhisper(torch.nn.Module):
     """Stands in for Whisper: "transcribes" utterance i (its features are filled with i) as WORDS[i]."""
 
-    def __init__(self, tokenizer, multilingual: bool, words=WORDS):
+    def __init__(self, tokenizer, multilingual: bool, words=WORDS, cut=()):
         super().__init__()
+        self.cut = set(cut)  # utterances whose hypothesis runs to max_new_tokens without end-of-text
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.generation_config = GenerationConfig(is_multilingual=multilingual)
         self.tokenizer = tokenizer
@@ -42,11 +50,14 @@ class ScriptedWhisper(torch.nn.Module):
             }
         )
         rows = [
-            [50257, 50362] + self.tokenizer.encode(" " + self.words[i], add_special_tokens=False) + [50256]
+            [50257, 50362] + self.tokenizer.encode(" " + self.words[i], add_special_tokens=False)
+            + ([] if i in self.cut else [50256])
             for i in indices
         ]
-        width = max(map(len, rows))
-        return torch.tensor([row + [50256] * (width - len(row)) for row in rows])
+        width = max(map(len, rows)) + 2 if self.cut & set(indices) else max(map(len, rows))
+        # as generate: a row that never ended runs to the batch's full width, the others pad with end-of-text
+        return torch.tensor([row + ([row[-1]] if i in self.cut else [50256]) * (width - len(row))
+                             for i, row in zip(indices, rows)])
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +122,8 @@ def test_evaluate_picks_the_normaliser_from_the_rows_language(tmp_path, processo
     assert evaluation.scores.wer == 0.0  # English normaliser: same words
     assert evaluation.hypotheses == answers and evaluation.references == texts
     assert evaluation.ids == ["id0", "id1", "id2"]
-    assert evaluation.summary() == evaluation.scores.as_dict()
+    assert evaluation.summary() == {**evaluation.scores.as_dict(), "max_new_tokens": 128, "hit_max_new_tokens": 0,
+                                    "hit_max_new_tokens_ids": []}
 
     mixed = _dataset(tmp_path / "mixed", processor, ["en", "fr", "en"], texts)
     evaluation = evaluate_dataset(loaded, mixed, progress=False)
@@ -141,7 +153,7 @@ def test_real_tiny_model_batched_decoding_matches_generate(tiny_loaded, tiny_dat
     assert len(hypotheses) == len(dataset) == 3
     assert all(isinstance(h, str) for h in hypotheses)
     # The same thing, one utterance at a time, straight through generate.
-    expected = []
+    expected, generated = [], []
     for i in range(len(dataset)):
         with torch.no_grad():
             ids = loaded.model.generate(
@@ -151,8 +163,46 @@ def test_real_tiny_model_batched_decoding_matches_generate(tiny_loaded, tiny_dat
                 num_beams=1,
             )
         expected.append(loaded.processor.tokenizer.decode(ids[0], skip_special_tokens=True).strip())
+        generated.append(ids[0].tolist())
     assert hypotheses == expected
     evaluation = evaluate_dataset(loaded, dataset, batch_size=3, max_new_tokens=5, progress=False)
     assert evaluation.hypotheses == expected
     assert evaluation.scores == score([u.text for u in dataset.utterances], expected)
     json.dumps(evaluation.summary())  # plain data
+    # The record counts the hypotheses generate cut off at the cap (no end-of-text), one by one above.
+    cut = [u.id for u, ids in zip(dataset.utterances, generated) if loaded.processor.tokenizer.eos_token_id not in ids]
+    assert evaluation.capped_ids == cut and evaluation.summary()["hit_max_new_tokens"] == len(cut)
+
+
+def test_hypotheses_cut_off_at_max_new_tokens_are_counted_and_warned(tmp_path, processor):
+    # Utterance 1's hypothesis never reaches end-of-text: it stopped at the cap, and its lost words
+    # count as deletions. Before, nothing in the record or on screen said so.
+    dataset = _dataset(tmp_path, processor, [None, None, None])
+    model = ScriptedWhisper(processor.tokenizer, multilingual=False, cut={1})
+    loaded = LoadedModel(model=model, processor=processor, source="s")
+    with pytest.warns(TruncationWarning, match="1 of 3 hypotheses stopped at max_new_tokens=6"):
+        evaluation = evaluate_dataset(loaded, dataset, max_new_tokens=6, progress=False)
+    assert evaluation.capped_ids == ["id1"]
+    summary = evaluation.summary()
+    assert (summary["hit_max_new_tokens"], summary["hit_max_new_tokens_ids"], summary["max_new_tokens"]) == (
+        1, ["id1"], 6)
+    with pytest.warns(TruncationWarning):
+        decoded = decode_dataset(loaded, dataset, max_new_tokens=6, progress=False)
+    assert decoded.capped == [False, True, False]
+
+
+def test_no_warning_when_every_hypothesis_ends(tmp_path, processor, recwarn):
+    dataset = _dataset(tmp_path, processor, [None, None])
+    loaded = LoadedModel(model=ScriptedWhisper(processor.tokenizer, multilingual=False), processor=processor,
+                         source="s")
+    assert evaluate_dataset(loaded, dataset, progress=False).capped_ids == []
+    assert not [w for w in recwarn if issubclass(w.category, TruncationWarning)]
+
+
+def test_safe_max_new_tokens_follows_the_longest_label():
+    assert safe_max_new_tokens([10, 30, 20]) == 2 * 30 + 8
+    assert safe_max_new_tokens([3, 4]) == 32  # a floor for very short labels
+    assert safe_max_new_tokens([300]) == 448 - 4  # never more than the decoder's positions leave
+    assert safe_max_new_tokens([]) == 32
+    # the default cap (128) cuts a 100-token label's hypothesis; the derived one does not
+    assert safe_max_new_tokens([100]) > 100 + 4

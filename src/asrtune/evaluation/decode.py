@@ -1,9 +1,17 @@
-"""Batched greedy decoding through ``generate`` and scoring against a manifest."""
+"""Batched greedy decoding through ``generate`` and scoring against a manifest.
+
+A hypothesis that reaches ``max_new_tokens`` without an end-of-text token was cut off: its missing
+words count as deletions. Such hypotheses are counted (and their ids kept) in the evaluation
+record and a :class:`TruncationWarning` says so; :func:`safe_max_new_tokens` derives a cap from the
+label lengths that no reference would reach.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -12,48 +20,122 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from asrtune.data.features import FeatureDataset
 from asrtune.evaluation.metrics import Scores, score
+from asrtune.languages import canonical_language
 from asrtune.models.load import LoadedModel
 from asrtune.models.short_input import encode_short, short_input_frames
 
-__all__ = ["Evaluation", "transcribe_dataset", "evaluate_dataset", "write_predictions"]
+__all__ = ["Evaluation", "Decoded", "TruncationWarning", "decode_dataset", "transcribe_dataset", "evaluate_dataset",
+           "write_predictions", "safe_max_new_tokens"]
+
+
+SHOWN_IDS = 20  # ids of cut-off hypotheses kept in the record (the count is always complete)
+DECODER_POSITIONS = 448  # Whisper's decoder positions: prompt + hypothesis must fit
+
+
+class TruncationWarning(UserWarning):
+    """Hypotheses stopped at ``max_new_tokens`` without end-of-text: WER counts their lost words."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class Evaluation:
+    """Scores of one decode, with the hypotheses and how many were cut off by ``max_new_tokens``.
+
+    Attributes:
+        capped_ids: ids of the utterances whose hypothesis reached ``max_new_tokens`` without end-of-text.
+        max_new_tokens: the cap they were decoded with (None: unknown).
+    """
+
     scores: Scores
     hypotheses: list[str]
     references: list[str]
     ids: list[str]
+    capped_ids: list[str] = field(default_factory=list)
+    max_new_tokens: int | None = None
 
     def summary(self) -> dict:
-        return {**self.scores.as_dict()}
+        return {
+            **self.scores.as_dict(),
+            "max_new_tokens": self.max_new_tokens,
+            "hit_max_new_tokens": len(self.capped_ids),
+            "hit_max_new_tokens_ids": self.capped_ids[:SHOWN_IDS],
+        }
 
 
-@torch.no_grad()
+@dataclass(frozen=True, kw_only=True)
+class Decoded:
+    """Greedy transcripts in dataset order, and which of them hit the ``max_new_tokens`` cap."""
+
+    hypotheses: list[str]
+    capped: list[bool]
+
+
+def safe_max_new_tokens(label_lengths: Iterable[int], *, floor: int = 32,
+                        positions: int = DECODER_POSITIONS, prompt: int = 4) -> int:
+    """A ``max_new_tokens`` no reference of the data would reach.
+
+    Twice the longest label (in tokens: a hypothesis may legitimately run longer than its
+    reference, and a cut one loses words as deletions), at least ``floor``, at most what the
+    decoder's positions leave after the prompt (``<|startoftranscript|>``, language, task,
+    ``<|notimestamps|>``).
+
+    Args:
+        label_lengths: token count of each label (training targets; prompt and end-of-text may be
+            included: they only make the cap safer).
+    """
+    longest = max(label_lengths, default=0)
+    return int(min(positions - prompt, max(floor, 2 * longest + 8)))
+
+
+def _warn_capped(desc: str, capped: int, total: int, max_new_tokens: int) -> None:
+    if capped:
+        warnings.warn(f"{desc}: {capped} of {total} hypotheses stopped at max_new_tokens={max_new_tokens} "
+                      "without end-of-text, so their lost words count as deletions; raise loop.max_new_tokens "
+                      "(asrtune.evaluation.decode.safe_max_new_tokens derives one from the label lengths)",
+                      TruncationWarning, stacklevel=4)  # the caller of decode_dataset (under no_grad)
+
+
 def transcribe_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: str | None = None,
                        task: str = "transcribe", batch_size: int = 16, max_new_tokens: int = 128,
                        progress: bool = True, device: torch.device | None = None,
                        desc: str = "decode", short_input: bool = False) -> list[str]:
-    """Greedy transcripts of every utterance, in order.
+    """Greedy transcripts of every utterance, in order (see :func:`decode_dataset`)."""
+    return decode_dataset(loaded, dataset, language=language, task=task, batch_size=batch_size,
+                          max_new_tokens=max_new_tokens, progress=progress, device=device, desc=desc,
+                          short_input=short_input).hypotheses
+
+
+@torch.no_grad()
+def decode_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: str | None = None,
+                   task: str = "transcribe", batch_size: int = 16, max_new_tokens: int = 128,
+                   progress: bool = True, device: torch.device | None = None,
+                   desc: str = "decode", short_input: bool = False) -> Decoded:
+    """Greedy transcripts of every utterance, in order, and which of them hit ``max_new_tokens``.
 
     Batches group utterances of one language, since ``generate`` takes one language per call.
     ``short_input``: the encoder sees each batch's longest utterance instead of 30 s (see
-    :mod:`asrtune.models.short_input`; faster, not what Whisper was trained on).
+    :mod:`asrtune.models.short_input`; faster, not what Whisper was trained on). A hypothesis with
+    no end-of-text token stopped at the cap; a :class:`TruncationWarning` counts them.
     """
     model = loaded.model
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    order = sorted(range(len(dataset)), key=lambda i: (dataset.utterances[i].language or language or ""))
+    eos = loaded.processor.tokenizer.eos_token_id
+
+    def language_of(i: int) -> str | None:
+        return canonical_language(dataset.utterances[i].language or language)
+
+    order = sorted(range(len(dataset)), key=lambda i: language_of(i) or "")
     hypotheses: dict[int, str] = {}
+    capped: dict[int, bool] = {}
     bar = tqdm(total=len(order), desc=desc, disable=not progress, unit="utt", leave=False)
     start = 0
     while start < len(order):
-        lang = dataset.utterances[order[start]].language or language
+        lang = language_of(order[start])
         batch = [order[start]]
         while (len(batch) < batch_size and start + len(batch) < len(order)
-               and (dataset.utterances[order[start + len(batch)]].language or language) == lang):
+               and language_of(order[start + len(batch)]) == lang):
             batch.append(order[start + len(batch)])
         features = torch.stack([dataset.features[i] for i in batch]).to(device=device, dtype=dtype)
         if short_input:
@@ -65,27 +147,37 @@ def transcribe_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language
                                 **loaded.language_kwargs(lang, task))
         sequences = output.sequences if hasattr(output, "sequences") else output
         texts = loaded.processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)
-        for index, text in zip(batch, texts):
+        for index, text, row in zip(batch, texts, sequences.tolist()):
             hypotheses[index] = text.strip()
+            capped[index] = eos not in row  # finished rows end in (and are padded with) end-of-text
         start += len(batch)
         bar.update(len(batch))
     bar.close()
     model.train(was_training)
-    return [hypotheses[i] for i in range(len(dataset))]
+    flags = [capped[i] for i in range(len(dataset))]
+    _warn_capped(desc, sum(flags), len(dataset), max_new_tokens)
+    return Decoded(hypotheses=[hypotheses[i] for i in range(len(dataset))], capped=flags)
 
 
 def evaluate_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: str | None = None,
                      task: str = "transcribe", batch_size: int = 16, max_new_tokens: int = 128,
                      progress: bool = True, desc: str = "decode", short_input: bool = False) -> Evaluation:
-    """Decode and score; the normaliser follows the utterances' language (English when unset)."""
-    hypotheses = transcribe_dataset(loaded, dataset, language=language, task=task, batch_size=batch_size,
-                                    max_new_tokens=max_new_tokens, progress=progress, desc=desc,
-                                    short_input=short_input)
+    """Decode and score; the normaliser follows the utterances' language (English when unset).
+
+    The record counts the hypotheses that hit ``max_new_tokens`` (``summary()["hit_max_new_tokens"]``).
+    """
+    decoded = decode_dataset(loaded, dataset, language=language, task=task, batch_size=batch_size,
+                             max_new_tokens=max_new_tokens, progress=progress, desc=desc,
+                             short_input=short_input)
+    hypotheses = decoded.hypotheses
     references = [u.text for u in dataset.utterances]
-    languages = {u.language or language for u in dataset.utterances}
+    ids = [u.id for u in dataset.utterances]
+    languages = {canonical_language(u.language or language) for u in dataset.utterances}
     scoring_language = languages.pop() if len(languages) == 1 else "multi"
     return Evaluation(scores=score(references, hypotheses, scoring_language), hypotheses=hypotheses,
-                      references=references, ids=[u.id for u in dataset.utterances])
+                      references=references, ids=ids,
+                      capped_ids=[i for i, cut in zip(ids, decoded.capped, strict=True) if cut],
+                      max_new_tokens=max_new_tokens)
 
 
 def write_predictions(evaluation: Evaluation, path: str | Path) -> None:
