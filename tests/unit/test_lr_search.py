@@ -157,9 +157,12 @@ def test_lr_search_cli_then_train_records_where_the_lr_came_from(tiny_model_dir,
 
     save_config(config, config_path)
     code = main(["lr-search", str(config_path), "--output-dir", str(tmp_path / "s"), "--trials", "2",
-                 "--rung-steps", "1", "--max-steps", "1", "--then-train"])
+                 "--rung-steps", "1", "--max-steps", "1", "--extend", "0", "--then-train"])
     assert code == 0
     search = json.loads((tmp_path / "s" / "lr_search.json").read_text())
+    # Two trials: the best is always at an end of the range, and with no extension that is said loudly.
+    assert search["edge"] in ("low", "high") and search["warning"]
+    assert f"WARNING: {search['warning']}" in capsys.readouterr().out
     final = json.loads((tmp_path / "s" / "final" / "results.json").read_text())
     assert final["learning_rate"] == search["best_lr"]
     assert final["learning_rate_source"].startswith("lr-search ")

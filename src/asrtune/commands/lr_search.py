@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 from asrtune.commands import COMMANDS
@@ -20,6 +21,9 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-steps", type=int, default=40, help="longest trial")
     parser.add_argument("--min-lr", type=float, default=None, help="range start (default: strategy default / 10)")
     parser.add_argument("--max-lr", type=float, default=None, help="range end (default: strategy default x 10)")
+    parser.add_argument("--extend", type=int, default=1,
+                        help="when the best LR is at an end of the range, extend it a decade that way and search "
+                        "on, at most this many times (0: never; a warning says the optimum may lie beyond)")
     parser.add_argument("--target", choices=["learning_rate", "encoder_learning_rate"], default="learning_rate",
                         help="search the LR of every parameter, or the encoder group's only")
     parser.add_argument("--then-train", action="store_true",
@@ -35,13 +39,19 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.set or [])
     settings = SearchSettings(min_lr=args.min_lr, max_lr=args.max_lr, trials=args.trials,
-                              rung_steps=args.rung_steps, max_steps=args.max_steps, target=args.target)
+                              rung_steps=args.rung_steps, max_steps=args.max_steps, target=args.target,
+                              extend=args.extend)
     result = run_lr_search(config, args.output_dir, settings)
-    print_table(["lr", "eval WER", "train loss", "steps", "pruned"], [
+    print_table(["lr", "eval WER", "train loss", "steps", "rank there", "pruned"], [
         [f"{t['lr']:.3g}", f"{t['wer']:.4f}", f"{t['loss']:.4f}" if t["loss"] is not None else "-",
-         str(t["steps"]), "yes" if t["pruned"] else ""] for t in result["trials"]])
-    print(f"\nbest {args.target}: {result['best_lr']:.3g}  ({args.output_dir / 'lr_search.json'}, "
-          f"{args.output_dir / 'lr_search.png'})")
+         str(t["steps"]), f"{t['rank_at_last_rung']}/{t['compared_with']}", "yes" if t["pruned"] else ""]
+        for t in result["trials"]])
+    print(f"\nbest {args.target}: {result['best_lr']:.3g}, {result['selection']}  "
+          f"({args.output_dir / 'lr_search.json'}, {args.output_dir / 'lr_search.png'})")
+    if result["warning"]:
+        message = f"WARNING: {result['warning']}"
+        print(f"\n{'!' * len(message)}\n{message}\n{'!' * len(message)}")
+        print(message, file=sys.stderr)
     if args.then_train:
         source = f"lr-search {args.output_dir / 'lr_search.json'} (best of {len(result['trials'])} trials)"
         optim = dataclasses.replace(config.optim, **{args.target: result["best_lr"]}, learning_rate_source=source)
