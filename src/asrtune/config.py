@@ -66,7 +66,8 @@ class GeneralSet:
 class DataConfig:
     train: str = _help("training manifest (JSONL: audio, text, optional language, id)", "")
     eval: str = _help("held-out manifest scored by WER during training", "")
-    eval_limit: int | None = _help("score at most this many eval rows during training (None: all)", None)
+    eval_limit: int | None = _help("score a seeded random subset of this many eval rows during training; the "
+                                   "final score uses all (None: all)", None)
     test: str = _help("held-out target manifest scored before and after training, never used to choose the "
                       "checkpoint ('': none)", "")
     general: tuple[GeneralSet, ...] = _help("named general sets ({name, manifest}) scored for forgetting; "
@@ -117,7 +118,12 @@ class OptimConfig:
 @dataclass(frozen=True, kw_only=True)
 class LoopConfig:
     max_steps: int = _help("optimizer steps to train", 200)
-    batch_size: int = _help("utterances per forward pass", 8)
+    batch_size: int = _help("utterances per forward pass, per process (the global batch is batch_size x "
+                            "processes x grad_accum_steps)", 8)
+    max_batch_seconds: float | None = _help("instead of batch_size: pack each process's forward pass up to this "
+                                            "many seconds of audio (null: fixed batch_size)", None)
+    num_workers: int | None = _help("DataLoader worker processes reading features (null: from the CPU count, "
+                                    "shared among local processes)", None)
     grad_accum_steps: int = _help("forward passes per optimizer step", 1)
     warmup_ratio: float = _help("share of max_steps spent warming the learning rate up linearly", 0.1)
     eval_every: int = _help("score WER on the eval set every this many optimizer steps", 50)
@@ -125,6 +131,10 @@ class LoopConfig:
     eval_batch_size: int = _help("utterances per batch when decoding", 16)
     max_new_tokens: int = _help("longest hypothesis decoded, in tokens", 128)
     log_every: int = _help("write training loss to TensorBoard every this many steps", 5)
+    save_every: int | None = _help("also write checkpoints/last every this many steps (null: at each "
+                                   "evaluation)", None)
+    max_nonfinite_steps: int = _help("stop the run after this many consecutive steps with a non-finite loss or "
+                                     "gradient (each is skipped: no update)", 5)
     mixed_precision: str = _help("training arithmetic: auto (bf16 where the hardware multiplies bf16 natively: "
                                  "CUDA bf16, CPU AMX; else fp32), no, fp16 or bf16", "auto")
     encoder_cache_mb: int = _help("when the encoder is frozen, cache its outputs up to this many MB", 4096)
@@ -141,11 +151,17 @@ class LoopConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_every", "eval_batch_size",
-                     "max_new_tokens", "log_every"):
+                     "max_new_tokens", "log_every", "max_nonfinite_steps"):
             if getattr(self, name) < 1:
                 raise AsrtuneError(f"loop.{name} must be >= 1")
         if not 0 <= self.warmup_ratio < 1:
             raise AsrtuneError("loop.warmup_ratio must be in [0, 1)")
+        if self.max_batch_seconds is not None and not self.max_batch_seconds > 0:
+            raise AsrtuneError("loop.max_batch_seconds must be > 0 or null")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise AsrtuneError("loop.num_workers must be >= 0 or null")
+        if self.save_every is not None and self.save_every < 1:
+            raise AsrtuneError("loop.save_every must be >= 1 or null")
         if self.patience is not None and self.patience < 1:
             raise AsrtuneError("loop.patience must be >= 1 or null")
         if self.schedule not in ("linear", "constant"):

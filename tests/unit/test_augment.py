@@ -182,7 +182,7 @@ def test_augmented_items_keep_labels_and_shape(tmp_path):
         augmenter = Augmenter.from_spec(spec, seed=1)
         item = augmented_item(dataset, 0, augmenter, draw=0)
         assert item["input_features"].shape == (80, 100) and item["input_features"].dtype == torch.float32
-        assert item["labels"] == dataset[0]["labels"] and item["index"] == 0
+        assert list(item["labels"]) == list(dataset[0]["labels"]) and item["index"] == 0
         assert not torch.equal(item["input_features"], dataset[0]["input_features"])
         assert torch.equal(
             item["input_features"], augmented_item(dataset, 0, augmenter, draw=0)["input_features"]

@@ -96,7 +96,7 @@ def test_matches_a_hand_computation_on_speech_frames_only(tiny_set):
     other = LoadedModel(model=tiny_whisper(seed=5, perturb=0.05), processor=base.processor, source="other")
     result = layer_cka(base, other, dataset, progress=False)
     keep = [math.ceil(d * 16000 / 320) for d in dataset.durations]
-    features = torch.stack(dataset.features)
+    features = torch.stack(list(dataset.features))
     with torch.no_grad():
         hidden = [
             m.model.model.encoder(features, output_hidden_states=True).hidden_states for m in (base, other)

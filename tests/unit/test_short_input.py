@@ -9,6 +9,7 @@ import torch
 from test_training import make_config
 
 import asrtune.training.recipe as recipe
+import asrtune.training.step as step
 from asrtune.data.features import FeatureDataset, collate
 from asrtune.data.manifest import read_manifest
 from asrtune.evaluation.decode import transcribe_dataset
@@ -84,7 +85,7 @@ def test_the_recipe_trains_on_the_cut_input_unless_the_whole_encoder_is_cached(t
         frames_seen.append(frames)
         return encode_short(model, features, frames)
 
-    monkeypatch.setattr(recipe, "encode_short", recording)
+    monkeypatch.setattr(step, "encode_short", recording)
     config = make_config(tiny_model_dir, tiny_data, max_steps=3, eval_every=3)
     config = dataclasses.replace(config, strategy="full", loop=dataclasses.replace(config.loop, short_input=True))
     recipe.train(config, tmp_path / "cut", progress=False)

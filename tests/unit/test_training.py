@@ -21,6 +21,8 @@ from asrtune.evaluation.decode import Evaluation
 from asrtune.evaluation.metrics import Scores, score
 from asrtune.models.load import load_model
 from asrtune.training.recipe import train
+from asrtune.data.sampler import RankBatchSampler
+from test_training_data import crashing_sampler
 
 LORA = "lora:r=4,alpha=8"
 RESULT_KEYS = {
@@ -56,6 +58,7 @@ def make_config(model_dir, data, **loop) -> RunConfig:
         max_new_tokens=4,
         log_every=1,
         warmup_ratio=0.0,
+        num_workers=0,
     )
     settings.update(loop)
     return RunConfig(
@@ -118,7 +121,7 @@ def test_run_folder_layout_and_results(lora_run, tiny_model_dir):
         "checkpoints/best/trainable.safetensors",
         "checkpoints/best/meta.json",
         "checkpoints/last/trainable.safetensors",
-        "checkpoints/last/optimizer.pt",
+        "checkpoints/last/training_state.pt",
         "checkpoints/last/state.json",
     ):
         assert (run_dir / name).is_file(), name
@@ -172,7 +175,9 @@ def test_predictions_match_the_reported_final_scores(lora_run, tiny_data):
     assert [r["id"] for r in rows] == ["u0", "u1", "u2"]
     assert [r["reference"] for r in rows] == ["hello world", "good morning", "the cat sat"]
     rescored = score([r["reference"] for r in rows], [r["hypothesis"] for r in rows])
-    assert results["final"] == rescored.as_dict()
+    assert {key: results["final"][key] for key in rescored.as_dict()} == rescored.as_dict()
+    assert results["final"]["max_new_tokens"] == 4  # the cut-off count is recorded beside the scores
+    assert results["final"]["hit_max_new_tokens"] == len(results["final"]["hit_max_new_tokens_ids"])
     assert results["final_wer"] == rescored.wer and results["final_raw_wer"] == rescored.raw_wer
 
 
@@ -341,18 +346,11 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tiny_model_dir, tiny_dat
     )
     train(config, tmp_path / "straight", progress=False)
 
-    real_batches = recipe.batch_indices
-
-    def crash_in_step_3(n_items, batch_size, seed, micro_batch):
-        if micro_batch >= 4:  # step 3's first micro-batch (2 per step)
-            raise KeyboardInterrupt
-        return real_batches(n_items, batch_size, seed, micro_batch)
-
-    monkeypatch.setattr(recipe, "batch_indices", crash_in_step_3)
+    monkeypatch.setattr(recipe, "RankBatchSampler", crashing_sampler(4))  # step 3's first micro-batch
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "interrupted", progress=False)
     assert json.loads((tmp_path / "interrupted/checkpoints/last/state.json").read_text())["step"] == 2
-    monkeypatch.setattr(recipe, "batch_indices", real_batches)
+    monkeypatch.setattr(recipe, "RankBatchSampler", RankBatchSampler)
     train(config, tmp_path / "interrupted", resume=True, progress=False)
 
     straight = load_file(str(tmp_path / "straight/checkpoints/last/trainable.safetensors"))

@@ -12,6 +12,7 @@ import asrtune.training.recipe as recipe
 from asrtune.config import DataConfig, LoopConfig, OptimConfig, RunConfig
 from asrtune.evaluation.decode import Evaluation
 from asrtune.evaluation.metrics import Scores
+from asrtune.data.sampler import RankBatchSampler
 from asrtune.training.recipe import train
 
 AUGMENT = "speed:factors=0.9|1.1+noise:p=1,min_snr_db=15,max_snr_db=25+gain+specaugment:time_width=20"
@@ -55,8 +56,22 @@ def _config(model_dir, data, **data_options) -> RunConfig:
             max_new_tokens=4,
             log_every=1,
             warmup_ratio=0.0,
+            num_workers=0,  # the monkeypatched augmenter below runs in this process
         ),
     )
+
+
+def crashing_sampler(at: int):
+    """A RankBatchSampler that raises KeyboardInterrupt when asked for global batch ``at``."""
+
+    class Crashing(RankBatchSampler):
+        def __iter__(self):
+            for batch in super().__iter__():
+                if batch[0][1] >= at:
+                    raise KeyboardInterrupt
+                yield batch
+
+    return Crashing
 
 
 def _losses(run_dir):
@@ -67,7 +82,7 @@ def test_augmented_bucketed_run_resumes_to_the_same_weights(tiny_model_dir, tiny
     monkeypatch.setattr(recipe, "_evaluate", _fixed_evaluation)
     config = _config(tiny_model_dir, tiny_data, augment=AUGMENT, duration_buckets=2)
     calls = []
-    real_item, real_batches = recipe.augmented_item, recipe.bucketed_batch_indices
+    real_item = recipe.augmented_item
     monkeypatch.setattr(recipe, "augmented_item", lambda *a, **k: calls.append(a[1:]) or real_item(*a, **k))
     train(config, tmp_path / "straight", progress=False)
     # 6 items in 2 buckets of 3, batches of 2: 4 batches (2+1+2+1 items) an epoch; 8 micro-batches = 2 epochs.
@@ -75,15 +90,11 @@ def test_augmented_bucketed_run_resumes_to_the_same_weights(tiny_model_dir, tiny
     assert sorted(index for index, _, _ in calls) == sorted(list(range(6)) * 2)
     assert [draw for _, _, draw in calls] == sorted(draw for _, _, draw in calls)
 
-    def crash_in_step_3(durations, batch_size, seed, micro_batch, n_buckets):
-        if micro_batch >= 4:
-            raise KeyboardInterrupt
-        return real_batches(durations, batch_size, seed, micro_batch, n_buckets)
-
-    monkeypatch.setattr(recipe, "bucketed_batch_indices", crash_in_step_3)
+    monkeypatch.setattr(recipe, "RankBatchSampler", crashing_sampler(4))
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "interrupted", progress=False)
-    monkeypatch.setattr(recipe, "bucketed_batch_indices", real_batches)
+    monkeypatch.undo()
+    monkeypatch.setattr(recipe, "_evaluate", _fixed_evaluation)
     train(config, tmp_path / "interrupted", resume=True, progress=False)
 
     straight = load_file(str(tmp_path / "straight/checkpoints/last/trainable.safetensors"))
@@ -122,7 +133,6 @@ def test_without_augmentation_nothing_changes(tiny_model_dir, tiny_data, tmp_pat
         raise AssertionError("no augmentation is configured")
 
     monkeypatch.setattr(recipe, "augmented_item", never)
-    monkeypatch.setattr(recipe, "bucketed_batch_indices", never)
     cached = train(_config(tiny_model_dir, tiny_data), tmp_path / "cached", progress=False)
     uncached = train(
         _config(tiny_model_dir, tiny_data, feature_cache=False), tmp_path / "uncached", progress=False

@@ -169,7 +169,7 @@ def _decoder_inputs(
     dataset: FeatureDataset, indices: list[int], start_id: int, pad_id: int
 ) -> tuple[torch.Tensor, list[int]]:
     """Teacher-forcing inputs (B, L): start token + labels without the last; and each row's length."""
-    rows = [[start_id] + dataset.labels[i][:-1] for i in indices]
+    rows = [[start_id] + list(dataset.labels[i][:-1]) for i in indices]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     for b, row in enumerate(rows):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from asrtune.commands import COMMANDS
@@ -26,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.set or [])
     results = train(config, args.output_dir, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # several processes: the main one prints
     baseline = (results.get("baseline_subset") or {}).get("wer")
     print_table(["", "value"], [
         ["strategy", results["strategy"]],
@@ -33,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
         ["eval WER at step 0", f"{baseline:.4f}" if baseline is not None else "-"],
         ["final WER (best ckpt)", f"{results['final_wer']:.4f}"],
         ["best step", str(results["best_step"])],
+        ["processes x batch", f"{results['world_size']} x {config.loop.batch_size} "
+                              f"(global {results['global_batch_size']})"],
         ["train seconds", f"{results['train_seconds']:.1f}"],
         ["run", str(args.output_dir)],
     ])

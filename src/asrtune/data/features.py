@@ -1,11 +1,19 @@
-"""Log-mel features and label ids for Whisper, computed once per utterance and kept in memory."""
+"""Log-mel features and label ids for Whisper, read lazily: nothing is held per utterance but its row,
+its label ids and its duration.
+
+Features are computed when an item is read (from the on-disk feature cache when it holds them), so
+memory does not grow with the corpus and training starts without a pass over it. Durations come from
+the manifest's ``duration`` field, else from the audio file's header (no decoding).
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
+import numpy as np
+import soundfile as sf
 import torch
-from tqdm import tqdm
 from transformers import WhisperProcessor
 
 from asrtune.data.audio import SAMPLE_RATE
@@ -13,7 +21,7 @@ from asrtune.data.feature_cache import FeatureCache, extract_features
 from asrtune.data.manifest import Utterance
 from asrtune.errors import AsrtuneError
 
-__all__ = ["prefix_ids", "label_ids", "FeatureDataset", "MAX_LABEL_TOKENS"]
+__all__ = ["prefix_ids", "label_ids", "FeatureDataset", "MAX_LABEL_TOKENS", "collate", "audio_duration"]
 
 MAX_LABEL_TOKENS = 448  # Whisper's decoder positions
 
@@ -41,8 +49,40 @@ def label_ids(processor: WhisperProcessor, text: str, prefix: list[int]) -> list
     return prefix + text_ids + [tokenizer.eos_token_id]
 
 
+def audio_duration(utterance: Utterance) -> float:
+    """Seconds of audio: the manifest's ``duration`` when it has one, else the file header's (no decoding).
+
+    Raises:
+        AsrtuneError: the file is missing or not audio libsndfile reads.
+    """
+    if utterance.duration is not None:
+        return float(utterance.duration)
+    if not os.path.isfile(utterance.audio):
+        raise AsrtuneError(f"{utterance.id}: audio file not found: {utterance.audio}")
+    try:
+        info = sf.info(utterance.audio)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as error:
+        raise AsrtuneError(f"{utterance.id}: cannot read the audio header of {utterance.audio}: {error}") from error
+    return info.frames / info.samplerate
+
+
+class _LazyFeatures(Sequence):
+    """``dataset.features[i]``: the (n_mels, 3000) log-mel of item ``i``, computed (or read) on access."""
+
+    def __init__(self, dataset: FeatureDataset) -> None:
+        self._dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self._dataset)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self._dataset.item_features(index)
+
+
 class FeatureDataset(torch.utils.data.Dataset):
-    """Utterances with their log-mel features (n_mels, 3000) and label ids, computed once.
+    """Utterances with their label ids; log-mel features (n_mels, 3000) computed when an item is read.
 
     Args:
         utterances: the rows.
@@ -53,49 +93,83 @@ class FeatureDataset(torch.utils.data.Dataset):
         cache: an on-disk feature cache to read from and fill (None: always extract).
 
     Attributes:
-        durations: each utterance's audio length in seconds (for duration-bucketed batches).
+        durations: each utterance's audio length in seconds (manifest ``duration`` or audio header).
         valid_frames: each utterance's log-mel frames before the 30 s padding (for a shorter encoder input).
+        labels: each utterance's label ids (int32 arrays).
+        features: a lazy sequence: ``features[i]`` computes item ``i``'s log-mel.
+
+    Raises:
+        AsrtuneError: a transcript longer than the decoder holds, or unreadable audio headers.
     """
 
     def __init__(self, utterances: Sequence[Utterance], processor: WhisperProcessor, *, multilingual: bool,
                  language: str | None = None, task: str = "transcribe", progress: bool = True,
                  desc: str = "features", cache: FeatureCache | None = None) -> None:
+        del progress, desc  # nothing is computed up front any more; kept for callers' signatures
         self.utterances = list(utterances)
         self.processor = processor
+        self.cache = cache
         extractor = processor.feature_extractor
-        self.features: list[torch.Tensor] = []
-        self.labels: list[list[int]] = []
-        self.durations: list[float] = []
-        self.valid_frames: list[int] = []
-        for utterance in tqdm(self.utterances, desc=desc, disable=not progress, unit="utt"):
-            features, n_samples = extract_features(utterance.audio, extractor, cache)
-            self.features.append(torch.from_numpy(features))
-            self.durations.append(n_samples / SAMPLE_RATE)
-            self.valid_frames.append(min(-(-n_samples // extractor.hop_length), features.shape[-1]))
-            prefix = prefix_ids(processor, multilingual=multilingual, language=utterance.language or language,
-                                task=task)
-            labels = label_ids(processor, utterance.text, prefix)
-            if len(labels) + 1 > MAX_LABEL_TOKENS:
-                raise AsrtuneError(f"{utterance.id}: transcript is {len(labels)} tokens, more than Whisper's "
+        self.durations = np.array([audio_duration(u) for u in self.utterances], dtype=np.float64)
+        max_frames = extractor.n_samples // extractor.hop_length
+        self.valid_frames = [min(-(-int(round(d * SAMPLE_RATE)) // extractor.hop_length), max_frames)
+                             for d in self.durations]
+        self.labels = self._label_ids(processor, multilingual=multilingual, language=language, task=task)
+        self.features = _LazyFeatures(self)
+
+    def _label_ids(self, processor, *, multilingual: bool, language: str | None, task: str) -> list[np.ndarray]:
+        prefixes: dict[str | None, list[int]] = {}
+        texts = [" " + u.text.strip() for u in self.utterances]
+        encoded = processor.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        labels = []
+        eos = processor.tokenizer.eos_token_id
+        for utterance, text_ids in zip(self.utterances, encoded, strict=True):
+            lang = utterance.language or language
+            if lang not in prefixes:
+                prefixes[lang] = prefix_ids(processor, multilingual=multilingual, language=lang, task=task)
+            ids = prefixes[lang] + list(text_ids) + [eos]
+            if len(ids) + 1 > MAX_LABEL_TOKENS:
+                raise AsrtuneError(f"{utterance.id}: transcript is {len(ids)} tokens, more than Whisper's "
                                    f"decoder holds ({MAX_LABEL_TOKENS}); `asrtune prepare` drops such rows")
-            self.labels.append(labels)
+            labels.append(np.asarray(ids, dtype=np.int32))
+        return labels
+
+    def item_features(self, index: int) -> torch.Tensor:
+        """Item ``index``'s log-mel features (n_mels, frames), float32."""
+        features, _ = extract_features(self.utterances[index].audio, self.processor.feature_extractor, self.cache)
+        return torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+
+    def subset(self, indices: Sequence[int]) -> FeatureDataset:
+        """The utterances at ``indices``, in that order (features still computed on access)."""
+        subset = object.__new__(type(self))
+        subset.processor, subset.cache = self.processor, self.cache
+        subset.utterances = [self.utterances[i] for i in indices]
+        subset.durations = self.durations[list(indices)] if len(indices) else self.durations[:0]
+        subset.valid_frames = [self.valid_frames[i] for i in indices]
+        subset.labels = [self.labels[i] for i in indices]
+        subset.features = _LazyFeatures(subset)
+        return subset
 
     def head(self, count: int) -> FeatureDataset:
-        """The first ``count`` utterances, sharing this dataset's features."""
-        subset = object.__new__(FeatureDataset)
-        subset.processor = self.processor
-        subset.utterances = self.utterances[:count]
-        subset.features = self.features[:count]
-        subset.labels = self.labels[:count]
-        subset.durations = self.durations[:count]
-        subset.valid_frames = self.valid_frames[:count]
-        return subset
+        """The first ``count`` utterances."""
+        return self.subset(range(min(count, len(self))))
+
+    def sample(self, count: int, seed: int) -> FeatureDataset:
+        """A seeded random subset of ``count`` utterances (all when ``count`` >= the size), in corpus order."""
+        if count >= len(self):
+            return self
+        chosen = np.sort(np.random.default_rng([seed, 17]).choice(len(self), size=count, replace=False))
+        return self.subset(chosen.tolist())
+
+    def shard(self, rank: int, world: int) -> FeatureDataset:
+        """Every ``world``-th utterance from ``rank`` (distributed evaluation)."""
+        return self.subset(range(rank, len(self), world))
 
     def __len__(self) -> int:
         return len(self.utterances)
 
     def __getitem__(self, index: int) -> dict:
-        return {"input_features": self.features[index], "labels": self.labels[index], "index": index,
+        return {"input_features": self.item_features(index), "labels": self.labels[index], "index": index,
                 "frames": self.valid_frames[index]}
 
 
@@ -112,13 +186,10 @@ def collate(items: list[dict], pad_to_multiple_of: int = 1) -> dict[str, torch.T
     width = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
     labels = torch.full((len(items), width), -100, dtype=torch.long)
     for row, item in enumerate(items):
-        labels[row, : len(item["labels"])] = torch.tensor(item["labels"], dtype=torch.long)
+        labels[row, : len(item["labels"])] = torch.as_tensor(np.asarray(item["labels"]), dtype=torch.long)
     return {
         "input_features": torch.stack([item["input_features"] for item in items]),
         "labels": labels,
         "index": torch.tensor([item["index"] for item in items], dtype=torch.long),
         "frames": torch.tensor([item["frames"] for item in items], dtype=torch.long),
     }
-
-
-__all__.append("collate")

@@ -24,8 +24,8 @@ from asrtune.languages import canonical_language
 from asrtune.models.load import LoadedModel
 from asrtune.models.short_input import encode_short, short_input_frames
 
-__all__ = ["Evaluation", "Decoded", "TruncationWarning", "decode_dataset", "transcribe_dataset", "evaluate_dataset",
-           "write_predictions", "safe_max_new_tokens"]
+__all__ = ["Evaluation", "Decoded", "TruncationWarning", "decode_dataset", "transcribe_dataset", "transcribe_sharded",
+           "evaluate_dataset", "write_predictions", "safe_max_new_tokens"]
 
 
 SHOWN_IDS = 20  # ids of cut-off hypotheses kept in the record (the count is always complete)
@@ -157,6 +157,17 @@ def decode_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: st
     flags = [capped[i] for i in range(len(dataset))]
     _warn_capped(desc, sum(flags), len(dataset), max_new_tokens)
     return Decoded(hypotheses=[hypotheses[i] for i in range(len(dataset))], capped=flags)
+
+
+def transcribe_sharded(loaded: LoadedModel, dataset: FeatureDataset, processes=None, **options) -> list[str]:
+    """:func:`transcribe_dataset` split across processes: each decodes every ``world``-th utterance and
+    every process gets all transcripts, in order. ``processes`` None (or one process): one decodes all."""
+    if processes is None or processes.world == 1:
+        return transcribe_dataset(loaded, dataset, **options)
+    mine = range(processes.rank, len(dataset), processes.world)
+    texts = transcribe_dataset(loaded, dataset.shard(processes.rank, processes.world), **options)
+    gathered = dict(processes.gather(list(zip(mine, texts, strict=True))))
+    return [gathered[i] for i in range(len(dataset))]
 
 
 def evaluate_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: str | None = None,

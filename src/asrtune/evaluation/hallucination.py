@@ -193,21 +193,25 @@ def write_nonspeech_clips(
     kinds: tuple[str, ...] | None = None,
     seed: int = 0,
     language: str | None = None,
+    write: bool = True,
 ) -> list[Utterance]:
     """Write one 16 kHz clip per (kind, length) into ``folder``; rows have empty text.
 
     The clips are a pure function of (kind, length, seed), so the base model and every tuned model
-    hear the same ones. Existing files are rewritten identically.
+    hear the same ones. Existing files are rewritten identically. ``write=False`` only names them
+    (the other processes of a run, once the main one has written them).
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if write:
+        folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for k, kind in enumerate(kinds or tuple(NONSPEECH.names())):
         make = NONSPEECH.get(kind)
         for j, length in enumerate(seconds):
             rng = np.random.default_rng([seed, k, j])
             path = folder / f"{kind}-{j}.wav"
-            sf.write(str(path), make(rng, int(length * SAMPLE_RATE)), SAMPLE_RATE, subtype="PCM_16")
+            if write:
+                sf.write(str(path), make(rng, int(length * SAMPLE_RATE)), SAMPLE_RATE, subtype="PCM_16")
             rows.append(
                 Utterance(
                     id=f"nonspeech-{kind}-{j}",

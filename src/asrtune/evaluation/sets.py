@@ -29,7 +29,7 @@ from asrtune.data.feature_cache import FeatureCache
 from asrtune.data.features import FeatureDataset
 from asrtune.data.manifest import read_manifest
 from asrtune.evaluation.bootstrap import bootstrap_wer, paired_bootstrap_delta, utterance_counts
-from asrtune.evaluation.decode import Evaluation, transcribe_dataset
+from asrtune.evaluation.decode import Evaluation, transcribe_sharded
 from asrtune.evaluation.forgetting import Transcripts
 from asrtune.evaluation.hallucination import hallucination_stats, nonspeech_stats, write_nonspeech_clips
 from asrtune.evaluation.metrics import score
@@ -87,6 +87,7 @@ def build_eval_sets(
     *,
     eval_set: FeatureDataset | None = None,
     progress: bool = False,
+    write_clips: bool = True,
 ) -> dict[str, EvalSet]:
     """Features for every evaluation set of a run, in report order (eval, test, general..., nonspeech).
 
@@ -95,6 +96,7 @@ def build_eval_sets(
         loaded: a model whose processor extracts the features.
         nonspeech_dir: where the generated non-speech clips are written.
         eval_set: the eval set when the caller already has it (the recipe does).
+        write_clips: write the non-speech clips (False: they are there already, written by the main process).
     """
     cache = (
         FeatureCache.for_extractor(loaded.processor.feature_extractor) if config.data.feature_cache else None
@@ -123,7 +125,7 @@ def build_eval_sets(
             GENERAL,
             FeatureDataset(read_manifest(general.manifest), desc=f"features {general.name}", **common),
         )
-    clips = write_nonspeech_clips(nonspeech_dir, language=config.language)
+    clips = write_nonspeech_clips(nonspeech_dir, language=config.language, write=write_clips)
     sets["nonspeech"] = EvalSet(
         "nonspeech",
         NONSPEECH_SET,
@@ -139,13 +141,19 @@ def decode_sets(
     *,
     progress: bool = False,
     device: torch.device | None = None,
+    processes=None,
 ) -> dict[str, Transcripts]:
-    """Greedy transcripts of every set by one model."""
+    """Greedy transcripts of every set by one model.
+
+    ``processes`` (an :class:`asrtune.training.distributed.Processes`): each process decodes every
+    ``world``-th utterance and all of them get every transcript.
+    """
     out = {}
     for name, item in sets.items():
-        hypotheses = transcribe_dataset(
+        hypotheses = transcribe_sharded(
             loaded,
             item.dataset,
+            processes,
             language=config.language,
             task=config.task,
             batch_size=config.loop.eval_batch_size,
@@ -233,13 +241,14 @@ def base_transcripts(
     device: torch.device | None = None,
     progress: bool = False,
     base: LoadedModel | None = None,
+    processes=None,
 ) -> dict[str, Transcripts]:
     """The base model's transcripts of every set: from ``path``, from ``given``, or decoded now.
 
     Only sets with no stored transcripts (same ids and texts, decoded under the same
     :func:`decoding_key`) are decoded, by ``base`` when given,
     else by ``config.model`` loaded afresh (the run's own copy already carries its strategy), used
-    and freed. The result is written to ``path``.
+    and freed. The result is written to ``path`` (by the main process only, with ``processes``).
     """
     known = load_transcripts(path) if path.is_file() else {}
     known = {**(given or {}), **known}
@@ -250,12 +259,13 @@ def base_transcripts(
         model = base or load_model(config.model)
         if device is not None:
             model.model.to(device)
-        found.update(decode_sets(model, missing, config, progress=progress, device=device))
+        found.update(decode_sets(model, missing, config, progress=progress, device=device, processes=processes))
         found.update({name: dataclasses.replace(found[name], decoding=key) for name in missing})
         del model
         gc.collect()
     ordered = {name: found[name] for name in sets}
-    save_transcripts(ordered, path, config.model)
+    if processes is None or processes.is_main:
+        save_transcripts(ordered, path, config.model)
     return ordered
 
 

@@ -6,18 +6,22 @@ A run folder holds ``config.yaml`` (resolved), ``metrics.jsonl``, ``results.json
 * ``checkpoints/best/``: the trainable parameters at the lowest eval WER (``trainable.safetensors``)
   and ``meta.json``. Only what the strategy trains is stored; the base weights come from the source
   named in ``config.yaml``, so a LoRA run's checkpoint is a few MB.
-* ``checkpoints/last/``: the same plus optimizer, scheduler and RNG state, for ``--resume``.
+* ``checkpoints/last/``: the same plus ``training_state.pt`` (optimizer, scheduler, every process's
+  RNG and data-loader position, the run's counters and the state of its LR control, checkpoint
+  selector and non-finite guard), for ``--resume``. It loads with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
@@ -26,10 +30,52 @@ from asrtune.config import config_from_dict
 from asrtune.errors import AsrtuneError
 
 __all__ = ["trainable_state", "write_dir_atomically", "save_trainable", "load_trainable", "load_run_model",
-           "BEST", "LAST"]
+           "rng_state", "set_rng_state", "save_training_state", "load_training_state", "BEST", "LAST",
+           "TRAINING_STATE"]
 
 BEST = "best"
 LAST = "last"
+TRAINING_STATE = "training_state.pt"
+
+
+def rng_state() -> dict:
+    """Every random generator a step draws from: Python, NumPy, torch CPU and CUDA (as plain data)."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.copy()), position, has_gauss, gauss],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), position, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_state(folder: Path, state: dict) -> None:
+    """Write ``training_state.pt`` (tensors and plain data only)."""
+    torch.save(state, folder / TRAINING_STATE)
+
+
+def load_training_state(folder: Path) -> dict:
+    """Read ``training_state.pt`` with ``weights_only=True``: a checkpoint cannot run code.
+
+    Raises:
+        AsrtuneError: the file is missing or unreadable.
+    """
+    path = folder / TRAINING_STATE
+    if not path.is_file():
+        raise AsrtuneError(f"{folder}: no {TRAINING_STATE} (a checkpoint from an older asrtune cannot be resumed)")
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as error:  # noqa: BLE001 - unpickling raises many kinds; name the file whatever it was
+        raise AsrtuneError(f"cannot read {path}: {error}") from error
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

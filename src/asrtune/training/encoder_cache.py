@@ -2,9 +2,11 @@
 
 When the encoder's stem (conv1, conv2, positions) and its bottom k layers hold nothing trainable and
 apply no dropout, their output for an utterance is the same at every step. The recipe computes it
-once per utterance and each step runs only the encoder layers above k (and the final layer norm),
-then the decoder. With the whole encoder frozen (``decoder``, ``decoder+lora``), the cached tensor is
-the encoder output itself and a step is a decoder pass.
+the first time a process meets the utterance (no pass over the corpus before step 1) and each step
+runs only the encoder layers above k (and the final layer norm), then the decoder. With the whole
+encoder frozen (``decoder``, ``decoder+lora``), the cached tensor is the encoder output itself and a
+step is a decoder pass. Each process caches the utterances it trains on; outputs stay in memory up
+to ``loop.encoder_cache_mb`` and spill to a memory-mapped file beyond it.
 
 Exact, not an approximation: loss and gradients equal the uncached path (tested). Augmentation that
 changes the inputs every step disables it (the recipe checks).
@@ -12,23 +14,19 @@ changes the inputs every step disables it (the recipe checks).
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
-from tqdm import tqdm
 
-from asrtune.data.features import FeatureDataset
 from asrtune.models.short_input import encoder_stem
 from asrtune.strategies.base import whisper_core
 
-__all__ = ["CPU_CACHE_BATCH", "CachePlan", "cache_plan", "encoder_is_frozen", "cache_bytes", "encode_prefix",
-           "encode_top"]
-
-
-# Utterances per cache batch on a CPU, where small batches ran faster. Measured on
-# the 2-core machine, stem + 3 layers of tiny.en for 64 utterances under bf16 autocast: 2.4-2.7 s in
-# batches of 2-4, 2.9-3.2 s of 8, 3.2-3.3 s of 16, 4.5-4.7 s of 32. GPUs take the eval batch size.
-CPU_CACHE_BATCH = 4
+__all__ = ["CachePlan", "cache_plan", "encoder_is_frozen", "item_bytes", "encode_prefix",
+           "encode_top", "PrefixCache"]
 
 
 @dataclass(frozen=True)
@@ -65,36 +63,27 @@ def encoder_is_frozen(model: torch.nn.Module) -> bool:
     return plan is not None and plan.whole
 
 
-def cache_bytes(model: torch.nn.Module, n_items: int) -> int:
-    """Memory the cache takes: n_items x (max_source_positions, d_model) float32."""
+def item_bytes(model: torch.nn.Module) -> int:
+    """Memory one cached utterance takes: (max_source_positions, d_model) float32."""
     config = whisper_core(model).config
-    return n_items * config.max_source_positions * config.d_model * 4
+    return config.max_source_positions * config.d_model * 4
 
 
 @torch.no_grad()
-def encode_prefix(model: torch.nn.Module, dataset: FeatureDataset, plan: CachePlan, *, batch_size: int,
-                  device: torch.device, progress: bool = True) -> list[torch.Tensor]:
-    """The cached prefix's output for every utterance, (max_source_positions, d_model) each, on CPU."""
+def encode_prefix(model: torch.nn.Module, features: torch.Tensor, plan: CachePlan) -> torch.Tensor:
+    """The cached prefix's output (B, max_source_positions, d_model) for log-mels (B, n_mels, frames)."""
     encoder = whisper_core(model).encoder
-    dtype = next(encoder.parameters()).dtype
     was_training = encoder.training
     encoder.eval()
-    outputs: list[torch.Tensor] = []
-    what = "encoder" if plan.whole else f"stem + {plan.layers} layer(s)"
-    bar = tqdm(total=len(dataset), desc=f"cache {what}", unit="utt", disable=not progress)
-    for start in range(0, len(dataset), batch_size):
-        features = torch.stack(dataset.features[start : start + batch_size]).to(device=device, dtype=dtype)
-        if plan.whole:
-            hidden = encoder(features).last_hidden_state
-        else:
-            hidden = encoder_stem(encoder, features)
-            for layer in encoder.layers[: plan.layers]:
-                hidden = layer(hidden, None)
-        outputs.extend(hidden.to("cpu", torch.float32).unbind(0))
-        bar.update(features.shape[0])
-    bar.close()
+    features = features.to(dtype=next(encoder.parameters()).dtype)
+    if plan.whole:
+        hidden = encoder(features).last_hidden_state
+    else:
+        hidden = encoder_stem(encoder, features)
+        for layer in encoder.layers[: plan.layers]:
+            hidden = layer(hidden, None)
     encoder.train(was_training)
-    return outputs
+    return hidden
 
 
 def encode_top(model: torch.nn.Module, prefix: torch.Tensor, plan: CachePlan) -> torch.Tensor:
@@ -109,3 +98,90 @@ def encode_top(model: torch.nn.Module, prefix: torch.Tensor, plan: CachePlan) ->
     for layer in encoder.layers[plan.layers :]:
         hidden = layer(hidden, None)
     return encoder.layer_norm(hidden)
+
+
+class PrefixCache:
+    """Prefix outputs by item index: in memory up to ``memory_mb``, then in a memory-mapped file.
+
+    Args:
+        key: what the outputs depend on (model, plan, utterances, device, precision); a run may reuse
+            a cache whose key equals its own (lr-search trials do).
+        shape: one item's output shape (positions, d_model).
+        memory_mb: outputs kept in memory up to this many MB.
+        spill_dir: where the memory-mapped file goes once memory is full (None: never spill).
+        n_items: the corpus size (the file is sized for it, sparse: disk is used as items are written).
+
+    Items beyond both (the file is capped at half the free disk) are encoded every time they are met;
+    ``stats()`` counts them.
+    """
+
+    def __init__(self, key: tuple, shape: tuple[int, int], *, memory_mb: float, spill_dir: Path | None,
+                 n_items: int) -> None:
+        self.key, self.shape = key, tuple(shape)
+        self._item_bytes = int(np.prod(self.shape)) * 4
+        self._memory_slots = int(memory_mb * 2**20 // self._item_bytes)
+        self._memory: dict[int, torch.Tensor] = {}
+        self._spill_dir, self._n_items = spill_dir, n_items
+        self._file: np.memmap | None = None
+        self._file_slots: dict[int, int] = {}
+        self._file_capacity = 0
+        self.hits = self.misses = self.uncached = 0
+
+    def _open_file(self) -> None:
+        self._spill_dir.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self._spill_dir).free
+        self._file_capacity = int(min(self._n_items, free // 2 // self._item_bytes))
+        if self._file_capacity:
+            path = self._spill_dir / f"prefix-{abs(hash(self.key)):x}.f32"
+            self._file = np.memmap(path, dtype=np.float32, mode="w+", shape=(self._file_capacity, *self.shape))
+
+    def _lookup(self, item: int) -> torch.Tensor | None:
+        if item in self._memory:
+            return self._memory[item]
+        if item in self._file_slots:
+            return torch.from_numpy(np.array(self._file[self._file_slots[item]]))
+        return None
+
+    def _store(self, item: int, output: torch.Tensor) -> None:
+        if len(self._memory) < self._memory_slots:
+            self._memory[item] = output.clone()
+            return
+        if self._spill_dir is None:
+            self.uncached += 1
+            return
+        if self._file is None and not self._file_capacity:
+            self._open_file()
+        if len(self._file_slots) < self._file_capacity:
+            slot = len(self._file_slots)
+            self._file[slot] = output.numpy()
+            self._file_slots[item] = slot
+        else:
+            self.uncached += 1
+
+    def get(self, items: Sequence[int], compute: Callable[[list[int]], torch.Tensor]) -> torch.Tensor:
+        """Outputs (B, *shape) float32 on CPU for ``items``; ``compute`` encodes the ones not cached yet."""
+        found = {item: self._lookup(item) for item in items}
+        missing = [item for item, output in found.items() if output is None]
+        self.hits += len(items) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            computed = compute(missing).to("cpu", torch.float32)
+            for item, output in zip(missing, computed.unbind(0), strict=True):
+                found[item] = output
+                self._store(item, output)
+        return torch.stack([found[item] for item in items])
+
+    def stats(self) -> dict:
+        return {"in_memory": len(self._memory), "on_disk": len(self._file_slots), "not_cached": self.uncached,
+                "hits": self.hits, "encoded": self.misses,
+                "disk_mb": round(len(self._file_slots) * self._item_bytes / 2**20, 1)}
+
+    def close(self) -> None:
+        """Free the memory and delete the spill file."""
+        self._memory.clear()
+        if self._file is not None:
+            path = Path(self._file.filename)
+            del self._file
+            self._file = None
+            path.unlink(missing_ok=True)
+        self._file_slots.clear()

@@ -66,6 +66,13 @@ class WerPlateau:
         self.changes.append(change)
         return change
 
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "best": self.best, "bad_evals": self.bad_evals, "changes": list(self.changes)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale, self.best, self.bad_evals = state["scale"], state["best"], state["bad_evals"]
+        self.changes = list(state["changes"])
+
 
 @dataclass
 class OverfitWatch:
@@ -91,6 +98,13 @@ class OverfitWatch:
                     f"{wers[0]:.4f} -> {wers[-1]:.4f} over {self.evals} evaluations; the lowest-WER checkpoint "
                     "is kept, consider fewer steps, a lower LR or more data")
         return None
+
+    def state_dict(self) -> dict:
+        return {"history": [list(pair) for pair in self.history], "warned": self.warned}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = [tuple(pair) for pair in state["history"]]
+        self.warned = bool(state["warned"])
 
 
 def warmup_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int, plateau: WerPlateau,

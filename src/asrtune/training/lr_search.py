@@ -129,10 +129,11 @@ def _eval_at(run_dir: Path, steps: int) -> dict | None:
     return {**evals[-1], "loss": losses[-1] if losses else None}
 
 
-def _train_to(config: RunConfig, run_dir: Path, steps: int, progress: bool) -> dict:
+def _train_to(config: RunConfig, run_dir: Path, steps: int, progress: bool, shared_prefix=None) -> dict:
     """Train (or resume) a trial's run folder up to ``steps``; returns its evaluation at ``steps``.
 
     A trial already trained that far is not trained again: its evaluation at that step is read back.
+    ``shared_prefix`` (a :class:`asrtune.training.recipe.SharedPrefix`): the frozen-prefix cache trials hand on.
     """
     from asrtune.training.recipe import train  # late: the recipe imports much
 
@@ -144,7 +145,8 @@ def _train_to(config: RunConfig, run_dir: Path, steps: int, progress: bool) -> d
         raise AsrtuneError(f"{run_dir}: trained to step {reached} but never scored at step {steps}, where this "
                            "search compares trials; delete the folder to search again")
     resume = (run_dir / "checkpoints" / "last" / "state.json").is_file()
-    train(config, run_dir, resume=resume, progress=progress, final_evaluation=False)
+    train(config, run_dir, resume=resume, progress=progress, final_evaluation=False,
+          shared_prefix=shared_prefix)
     found = _eval_at(run_dir, steps)
     if found is None:
         raise AsrtuneError(f"{run_dir}: training stopped without an evaluation at step {steps}")
@@ -214,7 +216,10 @@ def run_lr_search(config: RunConfig, output_dir: Path, settings: SearchSettings 
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    train_trial = functools.partial(_train_to, progress=False)
+    from asrtune.training.recipe import SharedPrefix
+
+    shared_prefix = SharedPrefix()  # every trial's frozen encoder prefix is the same: encode it once
+    train_trial = functools.partial(_train_to, progress=False, shared_prefix=shared_prefix)
     grid = lr_grid(settings, config.strategy)
     trials = {lr: _trial(lr) for lr in grid}
     survivors, steps = _bracket(trials, list(grid), settings, config, output_dir, train_trial, progress)

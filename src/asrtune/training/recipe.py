@@ -1,20 +1,32 @@
-"""The training recipe: one explicit loop on accelerate, read top to bottom.
+"""The training recipe: one class on accelerate, read top to bottom.
 
-AdamW, linear warm-up then linear decay, gradient accumulation and clipping. Every
-``loop.eval_every`` steps the eval set is decoded and scored; the checkpoint is kept only when its
-WER beats the best so far (the paper's lowest-WER checkpoint), and ``loop.patience`` evaluations
-without improvement stop the run. Step 0 is evaluated too, so the best checkpoint is never worse
-than the model we started from.
+``Recipe.setup`` builds the model (strategy applied), the data (lazy features, a stateful loader
+over global batches), the optimizer and the evaluator; ``Recipe.train`` runs the loop:
+:meth:`train_step` (AdamW, linear warm-up then decay, accumulation, clipping, non-finite steps
+skipped), :meth:`evaluate` every ``loop.eval_every`` steps (the kept checkpoint is the lowest eval
+WER under the forgetting budget; ``loop.patience`` evaluations without improvement stop the run),
+:meth:`save_checkpoint` / :meth:`load_checkpoint` (exact resume), and :meth:`finalize` (the kept
+checkpoint scored on every set, ``results.json``). Step 0 is evaluated too, so the kept checkpoint
+is never worse than the model we started from.
+
+Several processes (torchrun, ``accelerate launch``): ``loop.batch_size`` is per process; the loss is
+normalised over the global batch's target tokens, so N processes with batch B train as one with
+batch N x B; evaluation is split across processes and gathered; keep/stop/LR decisions are made by
+the main process and sent to the others; only the main process writes files and prints.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 import subprocess
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,43 +40,54 @@ from asrtune.data.augment import Augmenter, augmented_item
 from asrtune.data.feature_cache import FeatureCache
 from asrtune.data.features import FeatureDataset, collate
 from asrtune.data.manifest import read_manifest
-from asrtune.data.sampler import batch_indices, bucketed_batch_indices
+from asrtune.data.sampler import GlobalBatches, RankBatchSampler
 from asrtune.errors import AsrtuneError
 from asrtune.evaluation.decode import Evaluation, evaluate_dataset, write_predictions
-from asrtune.evaluation.forgetting import (Transcripts, checkpoint_rank, forgetting_of, is_better,
-                                           within_budget)
-from asrtune.evaluation.sets import (BASE_TRANSCRIPTS, GENERAL, base_transcripts, build_eval_sets,
-                                     decode_sets, evidence, pristine_copy, transcripts_of,
-                                     write_set_predictions)
+from asrtune.evaluation.forgetting import Transcripts, forgetting_of, within_budget
+from asrtune.evaluation.metrics import score
+from asrtune.evaluation.sets import (GENERAL, base_transcripts, build_eval_sets, decode_sets, evidence,
+                                     pristine_copy, scoring_language, transcripts_of, write_set_predictions)
 from asrtune.inspection import count_parameters
 from asrtune.models.load import LoadedModel, load_model
-from asrtune.models.short_input import encode_short, short_input_frames
+from asrtune.models.short_input import short_input_frames
 from asrtune.strategies import apply_strategy, default_learning_rate
-from asrtune.training.checkpoint import BEST, LAST, load_trainable, save_trainable, write_dir_atomically
-from asrtune.training.encoder_cache import (CPU_CACHE_BATCH, CachePlan, cache_bytes, cache_plan, encode_prefix,
-                                            encode_top)
+from asrtune.training.checkpoint import (BEST, LAST, load_trainable, load_training_state, rng_state,
+                                         save_trainable, save_training_state, set_rng_state, write_dir_atomically)
+from asrtune.training.distributed import Processes, check_launch
+from asrtune.training.encoder_cache import CachePlan, PrefixCache, cache_plan, encode_prefix, item_bytes
+from asrtune.training.faults import NonFiniteGuard
 from asrtune.training.lr_control import OverfitWatch, WerPlateau, parameter_groups, warmup_schedule
 from asrtune.training.precision import accelerator_mixed_precision, resolve_mixed_precision, step_autocast
+from asrtune.training.run_dir import RunDir
+from asrtune.training.selection import CheckpointSelector
+from asrtune.training.step import TrainingForward
 
-__all__ = ["train"]
+__all__ = ["Recipe", "SharedPrefix", "train"]
 
 LABEL_PAD_MULTIPLE = 8  # training batches' label length rounds up to this (see collate)
+_FIXED_ON_RESUME = ("model", "strategy", "language", "task", "seed", "data")
+_OPTIM_ON_RESUME = ("learning_rate", "encoder_learning_rate", "weight_decay", "betas", "eps")
 
 
 @dataclass
-class _State:
-    """What a resumed run needs besides weights and optimizer."""
+class SharedPrefix:
+    """A frozen-prefix cache that runs in one process hand on (lr-search trials, resumed rungs): frozen
+    weights come from the base model whatever the run's seed or learning rate, so a run whose cache
+    key matches reuses the outputs."""
+
+    cache: PrefixCache | None = None
+
+
+@dataclass
+class Counters:
+    """The run's plain counters, saved with every checkpoint."""
 
     step: int = 0
-    best_wer: float = float("inf")
-    best_step: int = -1
-    evals_without_improvement: int = 0
     baseline: dict | None = None
-    lr_scale: float = 1.0
     loss_since_eval: list[float] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    lr_changes: list[dict] = field(default_factory=list)
-    best_forgetting: float | None = None  # the kept checkpoint's largest WER rise on the general sets
+    samples: int = 0
+    train_seconds: float = 0.0
 
 
 def _git_sha() -> str | None:
@@ -76,375 +99,601 @@ def _git_sha() -> str | None:
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
 
 
-def _append_jsonl(path: Path, record: dict) -> None:
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-
-
-_FIXED_ON_RESUME = ("model", "strategy", "language", "task", "seed", "data")
-
-
-def _prepare_run_dir(output_dir: Path, resume: bool, config: RunConfig) -> None:
-    last = output_dir / "checkpoints" / LAST
-    if resume:
-        if not (last / "state.json").is_file():
-            raise AsrtuneError(f"--resume: no checkpoint to resume in {output_dir}")
-        saved = config_to_dict(config_from_dict(parse_yaml((output_dir / "config.yaml").read_text())))
-        wanted = config_to_dict(config)
-        changed = [key for key in _FIXED_ON_RESUME if saved[key] != wanted[key]]
-        if changed:
-            raise AsrtuneError(f"--resume: the run's config.yaml has another {', '.join(changed)}; "
-                               "a resumed run may change only optim and loop settings")
-        return
-    if (output_dir / "checkpoints").exists() or (output_dir / "results.json").exists():
-        raise AsrtuneError(f"{output_dir} already holds a run; pass --resume to continue it, "
-                           "or choose another --output-dir (asrtune never overwrites a run)")
-    output_dir.mkdir(parents=True, exist_ok=True)
-
-
-def _save_last(folder_root: Path, model, optimizer, scheduler, state: _State) -> None:
-    def write(folder: Path) -> None:
-        save_trainable(model, folder, {"step": state.step})
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state()}, folder / "optimizer.pt")
-        (folder / "state.json").write_text(json.dumps(state.__dict__, indent=2))
-
-    write_dir_atomically(folder_root / LAST, write)
-
-
-def _load_last(folder: Path, model, optimizer, scheduler) -> _State:
-    load_trainable(model, folder)
-    saved = torch.load(folder / "optimizer.pt", weights_only=False)
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    torch.set_rng_state(saved["rng"])
-    return _State(**json.loads((folder / "state.json").read_text()))
-
-
 def _evaluate(loaded: LoadedModel, dataset: FeatureDataset, config: RunConfig) -> Evaluation:
+    """Greedy decoding and scores of one set (one process's share of it, with several)."""
     return evaluate_dataset(loaded, dataset, language=config.language, task=config.task,
                             batch_size=config.loop.eval_batch_size, max_new_tokens=config.loop.max_new_tokens,
                             progress=False)
 
 
-def _datasets(config: RunConfig, loaded: LoadedModel, progress: bool) -> tuple[FeatureDataset, FeatureDataset, FeatureDataset]:
-    if not config.data.train or not config.data.eval:
-        raise AsrtuneError("data.train and data.eval must name manifests")
-    extractor = loaded.processor.feature_extractor
-    cache = FeatureCache.for_extractor(extractor) if config.data.feature_cache else None
-    common = dict(processor=loaded.processor, multilingual=loaded.multilingual, language=config.language,
-                  task=config.task, progress=progress, cache=cache)
-    train_rows = read_manifest(config.data.train)
-    eval_rows = read_manifest(config.data.eval)
-    train_set = FeatureDataset(train_rows, desc="features train", **common)
-    eval_set = FeatureDataset(eval_rows, desc="features eval", **common)
-    limited = eval_set.head(config.data.eval_limit) if config.data.eval_limit else eval_set
-    return train_set, eval_set, limited
+def default_num_workers(local_processes: int) -> int:
+    """DataLoader workers per process: the cores left after one per training process, at most 4."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cores // max(1, local_processes) - 1))
 
 
-# The last frozen prefix encoded, reused by the next run in this process with the same base model,
-# prefix and utterances (lr-search trials and their resumed rungs): frozen weights come from the base
-# model whatever the run's seed or learning rate, so the outputs are the same. One entry at a time.
-_LAST_PREFIX: dict[tuple, list[torch.Tensor]] = {}
+class _TrainItems(torch.utils.data.Dataset):
+    """The training set read by ``(item, draw)`` keys: augmented per draw when augmentation is on."""
+
+    def __init__(self, dataset: FeatureDataset, augmenter: Augmenter | None) -> None:
+        self.dataset, self.augmenter = dataset, augmenter
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, draw = key
+        item = augmented_item(self.dataset, index, self.augmenter, draw) if self.augmenter else self.dataset[index]
+        return {**item, "draw": draw}
 
 
-def _encoder_cache(config: RunConfig, model: torch.nn.Module, train_set: FeatureDataset,
-                   accelerator: Accelerator, precision: str,
-                   progress: bool) -> tuple[CachePlan | None, list[torch.Tensor] | None]:
-    """The frozen encoder prefix's output for the training set, when there is one and it fits the bound."""
-    plan = cache_plan(model)
-    if plan is None:
-        return None, None
-    if not plan.whole and accelerator.num_processes > 1:
-        return None, None  # the layers above the prefix must run inside the DDP wrapper's forward
-    if not plan.whole and config.loop.short_input and accelerator.num_processes == 1:
-        tqdm.write(f"loop.short_input: the encoder runs from its stem on each batch's cut window instead of "
-                   f"caching {plan.layers} frozen layer(s) of the 30 s one")
-        return None, None
-    if config.data.augment:
-        tqdm.write(f"encoder prefix frozen, but data.augment={config.data.augment!r} changes its inputs every "
-                   "step: encoding every step instead of caching")
-        return None, None
-    needed = cache_bytes(model, len(train_set)) / 2**20
-    if needed > config.loop.encoder_cache_mb:
-        tqdm.write(f"encoder prefix frozen, but caching its outputs needs {needed:.0f} MB "
-                   f"> loop.encoder_cache_mb={config.loop.encoder_cache_mb}: encoding every step instead")
-        return None, None
-    dtype = next(model.parameters()).dtype
-    key = (config.model, plan, tuple(u.audio for u in train_set.utterances), str(accelerator.device), dtype,
-           precision)
-    if key not in _LAST_PREFIX:
-        _LAST_PREFIX.clear()
-        batch_size = CPU_CACHE_BATCH if accelerator.device.type == "cpu" else config.loop.eval_batch_size
-        with step_autocast(precision, accelerator):  # the uncached step's arithmetic: its own outputs
-            _LAST_PREFIX[key] = encode_prefix(model, train_set, plan, batch_size=batch_size,
-                                              device=accelerator.device,
-                                              progress=progress and accelerator.is_main_process)
-    return plan, _LAST_PREFIX[key]
+def _collate_training(items: list[dict]) -> dict:
+    batch = collate(items, pad_to_multiple_of=LABEL_PAD_MULTIPLE)
+    batch["draw"] = items[0]["draw"]
+    return batch
 
 
-def _short_input(config: RunConfig, cached: bool, *, world: int) -> bool:
-    """Whether training steps cut the encoder input to the batch's longest utterance (loop.short_input)."""
-    if not config.loop.short_input:
-        return False
-    if cached:
-        tqdm.write("loop.short_input: the whole encoder is frozen and its outputs cached, which costs less; "
-                   "using the cache")
-        return False
-    if world > 1:
-        tqdm.write("loop.short_input: not with several processes (the encoder must run inside the DDP "
-                   "wrapper's forward); using the full 30 s input")
-        return False
-    return True
-
-
-def _batch(config: RunConfig, train_set: FeatureDataset, batch_size: int, micro_batch: int) -> list[int]:
-    """Items of micro-batch ``micro_batch``: a pure function of (seed, micro_batch); resuming needs no state."""
-    if config.data.duration_buckets > 1:
-        return bucketed_batch_indices(train_set.durations, batch_size, config.seed, micro_batch,
-                                      config.data.duration_buckets)
-    return batch_indices(len(train_set), batch_size, config.seed, micro_batch)
-
-
-def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, progress: bool = True,
-          final_evaluation: bool = True, baseline_transcripts: dict[str, Transcripts] | None = None) -> dict:
-    """Fine-tune ``config.model`` with ``config.strategy``; returns what ``results.json`` holds.
+class Recipe:
+    """One fine-tuning run.
 
     Args:
         config: the resolved run config.
         output_dir: the run folder (created; must not already hold a run unless ``resume``).
         resume: continue from ``checkpoints/last``.
-        progress: show tqdm bars.
-        final_evaluation: score the kept checkpoint on the whole eval set at the end (lr-search
-            trials skip it: their score is the last evaluation).
+        progress: show progress bars (main process only).
+        final_evaluation: score the kept checkpoint on every set at the end (lr-search trials skip
+            it: their score is the last evaluation).
         baseline_transcripts: the base model's transcripts of the run's sets, when already known (a
             sweep decodes them once per dataset); missing sets are decoded here.
+        shared_prefix: a frozen-prefix cache to reuse and hand on (see :class:`SharedPrefix`).
     """
-    output_dir = Path(output_dir)
-    config = dataclasses.replace(config, model=absolute_model(config.model, Path.cwd()))
-    _prepare_run_dir(output_dir, resume, config)
-    started = time.perf_counter()
-    set_seed(config.seed)
-    precision = resolve_mixed_precision(config.loop.mixed_precision)
-    accelerator = Accelerator(mixed_precision=accelerator_mixed_precision(precision))
-    if progress and accelerator.is_main_process and config.loop.mixed_precision == "auto":
-        tqdm.write(f"loop.mixed_precision=auto: training in {'bf16 autocast' if precision == 'bf16' else 'fp32'} "
-                   f"on {accelerator.device.type} (evaluation decodes in fp32)")
 
-    base = load_model(config.model)
-    _, base_total = count_parameters(base.model)
-    pristine = pristine_copy(base, output_dir / BASE_TRANSCRIPTS, baseline_transcripts)  # the base, for later
-    model = apply_strategy(base.model, config.strategy)
-    trainable, _ = count_parameters(model)
-    loaded = LoadedModel(model=model, processor=base.processor, source=config.model, strategy=config.strategy)
-    train_set, eval_set, eval_subset = _datasets(config, loaded, progress and accelerator.is_main_process)
-    # Evidence sets (eval, test, general, non-speech) and the base model's transcripts of them:
-    # forgetting and every "change against the base" are measured against these.
-    eval_sets = build_eval_sets(config, loaded, output_dir / "nonspeech", eval_set=eval_set,
-                                progress=progress and accelerator.is_main_process)
-    general_subsets = {name: s.dataset.head(config.data.eval_limit) if config.data.eval_limit else s.dataset
-                       for name, s in eval_sets.items() if s.role == GENERAL}
-    base_runs = base_transcripts(config, eval_sets, output_dir / BASE_TRANSCRIPTS, given=baseline_transcripts,
-                                 device=accelerator.device, progress=progress and accelerator.is_main_process,
-                                 base=pristine) if final_evaluation or general_subsets else None
-    del pristine
+    def __init__(self, config: RunConfig, output_dir: str | Path, *, resume: bool = False, progress: bool = True,
+                 final_evaluation: bool = True, baseline_transcripts: dict[str, Transcripts] | None = None,
+                 shared_prefix: SharedPrefix | None = None) -> None:
+        self.config = dataclasses.replace(config, model=absolute_model(config.model, Path.cwd()))
+        self.run = RunDir(Path(output_dir))
+        self.resume, self.progress, self.final_evaluation = resume, progress, final_evaluation
+        self.given_transcripts = baseline_transcripts
+        self.shared_prefix = shared_prefix or SharedPrefix()
+        self.started = time.perf_counter()
 
-    learning_rate = config.optim.learning_rate or default_learning_rate(config.strategy)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise AsrtuneError(f"strategy {config.strategy!r} leaves nothing to train")
-    groups = parameter_groups(model, learning_rate, config.optim.encoder_learning_rate)
-    # fused: one kernel per step instead of a dozen passes over every parameter (CPU and CUDA; the
-    # Trainer's default optimizer, adamw_torch_fused, is the same)
-    optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=config.optim.betas, eps=config.optim.eps,
-                                  weight_decay=config.optim.weight_decay,
-                                  fused=accelerator.device.type in ("cpu", "cuda"))
-    plateau = WerPlateau(config.loop.plateau_factor, config.loop.plateau_patience,
-                         floor=config.loop.min_learning_rate / learning_rate)
-    overfit = OverfitWatch()
-    warmup = int(config.loop.warmup_ratio * config.loop.max_steps)
-    scheduler = warmup_schedule(optimizer, warmup, config.loop.max_steps, plateau,
-                                decay=config.loop.schedule == "linear")
-    model, optimizer = accelerator.prepare(model, optimizer)
-    # Without accelerate's fp16 autocast wrapper on forward: the loop enters its autocast itself, and
-    # evaluation (generate on loaded.model) decodes in fp32 like the base model it is compared with.
-    loaded.model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    # --- setup ------------------------------------------------------------------------------------------
 
-    checkpoints = output_dir / "checkpoints"
-    metrics_path = output_dir / "metrics.jsonl"
-    state = _State()
-    if resume:
-        state = _load_last(checkpoints / LAST, loaded.model, optimizer, scheduler)
-        plateau.scale, plateau.best, plateau.changes = state.lr_scale, state.best_wer, state.lr_changes
-    save_config(config, output_dir / "config.yaml")  # after a resume has loaded: a failed one changes nothing
-    writer = SummaryWriter(str(output_dir / "tensorboard")) if accelerator.is_main_process else None
+    def setup(self) -> None:
+        """Model, data, optimizer and evaluator; the run folder checked before anything trains."""
+        config = self.config
+        check_launch()
+        self.precision = resolve_mixed_precision(config.loop.mixed_precision)
+        # cpu=True where torch sees no accelerator: accelerate then forms a gloo group under torchrun
+        # (without it, accelerate 1.16 gives every torchrun rank a world of its own)
+        self.accelerator = Accelerator(mixed_precision=accelerator_mixed_precision(self.precision),
+                                       cpu=torch.accelerator.current_accelerator() is None)
+        self.processes = Processes(self.accelerator)
+        if not self.processes.is_main:
+            warnings.simplefilter("ignore")  # the main process reports; N copies of each warning help nobody
+        self._on_main(self._check_run_dir)
+        set_seed(config.seed)
+        if config.loop.mixed_precision == "auto" and self.progress:
+            self.say(f"loop.mixed_precision=auto: training in {'bf16 autocast' if self.precision == 'bf16' else 'fp32'}"
+                     f" on {self.accelerator.device.type} (evaluation decodes in fp32)")
+        self._setup_model()
+        self._setup_data()
+        self._setup_evaluator()
+        self._setup_optimizer()
+        self.counters = Counters()
+        if self.resume:
+            self.load_checkpoint()
+        if self.processes.is_main:
+            save_config(config, self.run.config)  # after a resume has loaded: a failed one changes nothing
+        self.writer = (SummaryWriter(str(self.run.tensorboard), purge_step=self.counters.step + 1 if self.resume
+                                     else None) if self.processes.is_main else None)
 
-    def evaluate_and_keep(step: int) -> bool:
-        """Score the eval subset; keep the checkpoint if it is the best. Returns True to stop early."""
-        evaluation = _evaluate(loaded, eval_subset, config)
+    def _check_run_dir(self) -> None:
+        run = self.run
+        if self.resume:
+            if not (run.checkpoints / LAST / "state.json").is_file():
+                raise AsrtuneError(f"--resume: no checkpoint to resume in {run.root}")
+            saved = config_to_dict(config_from_dict(parse_yaml(run.config.read_text())))
+            wanted = config_to_dict(self.config)
+            changed = [key for key in _FIXED_ON_RESUME if saved[key] != wanted[key]]
+            if changed:
+                raise AsrtuneError(f"--resume: the run's config.yaml has another {', '.join(changed)}; "
+                                   "a resumed run may change only optim and loop settings")
+        elif run.holds_a_run():
+            raise AsrtuneError(f"{run.root} already holds a run; pass --resume to continue it, "
+                               "or choose another --output-dir (asrtune never overwrites a run)")
+        run.check_writable()
+
+    def _setup_model(self) -> None:
+        config = self.config
+        if not config.data.train or not config.data.eval:
+            raise AsrtuneError("data.train and data.eval must name manifests")
+        base = load_model(config.model)
+        _, self.base_total = count_parameters(base.model)
+        self.pristine = pristine_copy(base, self.run.base_transcripts, self.given_transcripts)
+        model = apply_strategy(base.model, config.strategy)
+        self.trainable, _ = count_parameters(model)
+        self.loaded = LoadedModel(model=model, processor=base.processor, source=config.model,
+                                  strategy=config.strategy)
+        self.learning_rate = config.optim.learning_rate or default_learning_rate(config.strategy)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise AsrtuneError(f"strategy {config.strategy!r} leaves nothing to train")
+
+    def _setup_data(self) -> None:
+        config, loaded, processes = self.config, self.loaded, self.processes
+        cache = FeatureCache.for_extractor(loaded.processor.feature_extractor) if config.data.feature_cache else None
+        common = dict(processor=loaded.processor, multilingual=loaded.multilingual, language=config.language,
+                      task=config.task, cache=cache)
+        self.train_set = FeatureDataset(read_manifest(config.data.train), **common)
+        self.eval_set = FeatureDataset(read_manifest(config.data.eval), **common)
+        limit = config.data.eval_limit
+        self.eval_subset = self.eval_set.sample(limit, config.seed) if limit else self.eval_set
+        self.augmenter = Augmenter.from_spec(config.data.augment, config.seed)
+        self.batches = GlobalBatches(self.train_set.durations, batch_size=config.loop.batch_size,
+                                     world=processes.world, seed=config.seed, n_buckets=config.data.duration_buckets,
+                                     max_batch_seconds=config.loop.max_batch_seconds)
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", processes.world if processes.world > 1 else 1))
+        workers = config.loop.num_workers if config.loop.num_workers is not None else default_num_workers(local)
+        self.num_workers = workers
+        with warnings.catch_warnings():  # torchdata calls a deprecated torch.set_vital on construction
+            warnings.simplefilter("ignore", UserWarning)
+            from torchdata.stateful_dataloader import StatefulDataLoader
+
+            self.loader = StatefulDataLoader(
+                _TrainItems(self.train_set, self.augmenter), batch_sampler=RankBatchSampler(self.batches, processes.rank),
+                num_workers=workers, prefetch_factor=2 if workers else None, collate_fn=_collate_training,
+                pin_memory=self.accelerator.device.type == "cuda",
+                # its own generator: starting an iterator then draws nothing from the global RNG, which a
+                # resumed run restores (LoRA dropout draws from it)
+                generator=torch.Generator().manual_seed(config.seed))
+        self.plan, self.short_input = self._encoder_plan()
+
+    def _encoder_plan(self) -> tuple[CachePlan | None, bool]:
+        """The frozen encoder prefix to cache (or None), and whether steps cut the encoder input."""
+        config, say = self.config, self.say
+        plan = cache_plan(self.loaded.model)
+        if plan is not None and config.data.augment:
+            say(f"encoder prefix frozen, but data.augment={config.data.augment!r} changes its inputs every step: "
+                "encoding every step instead of caching")
+            plan = None
+        if plan is not None and config.loop.encoder_cache_mb <= 0:
+            plan = None
+        if plan is not None and not plan.whole and config.loop.short_input:
+            say(f"loop.short_input: the encoder runs from its stem on each batch's cut window instead of caching "
+                f"{plan.layers} frozen layer(s) of the 30 s one")
+            plan = None
+        if not config.loop.short_input:
+            return plan, False
+        if plan is not None:
+            say("loop.short_input: the whole encoder is frozen and its outputs cached, which costs less; using the "
+                "cache")
+            return plan, False
+        return None, True
+
+    def _setup_evaluator(self) -> None:
+        """Evidence sets (eval, test, general, non-speech) and the base model's transcripts of them."""
+        config, processes = self.config, self.processes
+        show = self.progress and processes.is_main
+        def build(write_clips: bool) -> None:
+            self.eval_sets = build_eval_sets(config, self.loaded, self.run.nonspeech, eval_set=self.eval_set,
+                                             progress=show, write_clips=write_clips)
+
+        self._on_main(lambda: build(write_clips=True))
+        if not processes.is_main:  # the main process wrote the non-speech clips; the others only name them
+            build(write_clips=False)
+        limit = config.data.eval_limit
+        self.general_subsets = {name: s.dataset.sample(limit, config.seed) if limit else s.dataset
+                                for name, s in self.eval_sets.items() if s.role == GENERAL}
+        needed = self.final_evaluation or self.general_subsets
+        self.base_runs = base_transcripts(config, self.eval_sets, self.run.base_transcripts,
+                                          given=self.given_transcripts, device=self.accelerator.device,
+                                          progress=show, base=self.pristine, processes=processes) if needed else None
+        self.pristine = None
+
+    def _setup_optimizer(self) -> None:
+        config, accelerator = self.config, self.accelerator
+        groups = parameter_groups(self.loaded.model, self.learning_rate, config.optim.encoder_learning_rate)
+        # fused: one kernel per step instead of a dozen passes over every parameter (CPU and CUDA; the
+        # Trainer's default optimizer, adamw_torch_fused, is the same)
+        optimizer = torch.optim.AdamW(groups, lr=self.learning_rate, betas=config.optim.betas, eps=config.optim.eps,
+                                      weight_decay=config.optim.weight_decay,
+                                      fused=accelerator.device.type in ("cpu", "cuda"))
+        self.plateau = WerPlateau(config.loop.plateau_factor, config.loop.plateau_patience,
+                                  floor=config.loop.min_learning_rate / self.learning_rate)
+        self.overfit = OverfitWatch()
+        self.selector = CheckpointSelector(budget=config.loop.forgetting_budget, patience=config.loop.patience)
+        self.guard = NonFiniteGuard(config.loop.max_nonfinite_steps)
+        warmup = int(config.loop.warmup_ratio * config.loop.max_steps)
+        self.scheduler = warmup_schedule(optimizer, warmup, config.loop.max_steps, self.plateau,
+                                         decay=config.loop.schedule == "linear")
+        self.forward, self.optimizer = accelerator.prepare(TrainingForward(self.loaded.model, self.plan), optimizer)
+        # Evaluation calls generate on the bare model: without accelerate's autocast wrapper it decodes in
+        # fp32, like the base model it is compared with.
+        self.loaded.model = accelerator.unwrap_model(self.forward, keep_fp32_wrapper=False).model
+        self.prefix_cache = self._prefix_cache()
+
+    def _prefix_cache(self) -> PrefixCache | None:
+        if self.plan is None:
+            return None
+        model = self.loaded.model
+        key = (self.config.model, self.plan, tuple(u.audio for u in self.train_set.utterances),
+               str(self.accelerator.device), next(model.parameters()).dtype, self.precision,
+               self.processes.rank, self.processes.world)
+        shared = self.shared_prefix.cache
+        if shared is not None and shared.key == key:
+            return shared
+        if shared is not None:
+            shared.close()
+        config = model.config
+        cache = PrefixCache(key, (config.max_source_positions, config.d_model),
+                            memory_mb=self.config.loop.encoder_cache_mb,
+                            spill_dir=self.run.encoder_cache / f"rank{self.processes.rank}",
+                            n_items=len(self.train_set))
+        self.shared_prefix.cache = cache
+        return cache
+
+    # --- the loop ---------------------------------------------------------------------------------------
+
+    def train(self) -> dict:
+        """Run setup, the loop and finalize; returns what ``results.json`` holds."""
+        self.setup()
+        config, counters = self.config, self.counters
+        if counters.step == 0 and counters.baseline is None and config.loop.eval_at_start:
+            self.evaluate(0)
+            self.save_checkpoint()
+        self.stopped_early = False
+        self.first_step_seconds = None
+        self.forward.train()
+        bar = tqdm(total=config.loop.max_steps, initial=counters.step, desc="train", unit="step",
+                   disable=not (self.progress and self.processes.is_main))
+        batches = iter(self.loader)
+        save_every = config.loop.save_every
+        while counters.step < config.loop.max_steps:
+            started = time.perf_counter()
+            loss, applied = self.train_step([next(batches) for _ in range(config.loop.grad_accum_steps)])
+            counters.train_seconds += time.perf_counter() - started
+            if self.first_step_seconds is None:
+                self.first_step_seconds = time.perf_counter() - self.started
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+            step = counters.step
+            if step % config.loop.eval_every == 0 or step == config.loop.max_steps:
+                self.forward.eval()
+                stop = self.evaluate(step)
+                self.forward.train()
+                self.save_checkpoint()
+                if stop:
+                    self.stopped_early = True
+                    self.say(f"early stop: {config.loop.patience} evaluations without a better WER")
+                    break
+            elif save_every and step % save_every == 0:
+                self.save_checkpoint()
+        bar.close()
+        if self.writer:
+            self.writer.close()
+        return self.finalize()
+
+    def train_step(self, micro_batches: list[dict]) -> tuple[float, bool]:
+        """One optimizer step over ``grad_accum_steps`` micro-batches; returns (global mean loss, applied)."""
+        config, accelerator, counters = self.config, self.accelerator, self.counters
+        started = time.perf_counter()
+        # Target tokens of the whole global step (every process, every micro-batch), from the sampler:
+        # every process knows every global batch, so no communication is needed for the normaliser.
+        numbers = [batch["draw"] for batch in micro_batches]
+        tokens = sum(len(self.train_set.labels[i]) for n in numbers for i in self.batches[n].tolist())
+        local_sum = 0.0
+        for position, batch in enumerate(micro_batches):
+            last = position == len(micro_batches) - 1
+            sync = nullcontext() if last or self.processes.world == 1 else accelerator.no_sync(self.forward)
+            with sync, step_autocast(self.precision, accelerator):
+                loss_sum, _ = self.forward(**self._inputs(batch))
+                accelerator.backward(loss_sum * (self.processes.world / tokens))
+            local_sum += loss_sum.item()
+        loss = self.processes.sum(local_sum) / tokens
+        grad_norm = None
+        if self.precision != "fp16":  # fp16: the gradient scaler skips overflowing steps itself
+            max_norm = config.optim.max_grad_norm if config.optim.max_grad_norm is not None else math.inf
+            grad_norm = float(accelerator.clip_grad_norm_(self.params, max_norm))
+        elif config.optim.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(self.params, config.optim.max_grad_norm)
+        applied = self.guard.check(counters.step + 1, loss, grad_norm)
+        if applied:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        counters.step += 1
+        counters.samples += sum(len(self.batches[n]) for n in numbers)
+        lr = self.scheduler.get_last_lr()[0]
+        record = {"step": counters.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                  "seconds": round(time.perf_counter() - started, 4)}
+        if not applied:
+            record["skipped"] = "non-finite loss or gradient: no update"
+            self.say(f"step {counters.step}: non-finite loss {loss} / gradient norm {grad_norm}: skipped "
+                     f"({self.guard.in_a_row} in a row, {self.guard.skipped} in all)")
+        else:
+            counters.loss_since_eval.append(loss)
+        if self.processes.is_main:
+            self.run.append_metric(record)
+            if counters.step % config.loop.log_every == 0:
+                self.writer.add_scalar("train/loss", loss, counters.step)
+                self.writer.add_scalar("train/lr", lr, counters.step)
+                if grad_norm is not None:
+                    self.writer.add_scalar("train/grad_norm", grad_norm, counters.step)
+        return loss, applied
+
+    def _inputs(self, batch: dict) -> dict:
+        device = self.accelerator.device
+        inputs = {"labels": batch["labels"].to(device)}
+        if self.prefix_cache is not None:  # the cached prefix; the trainable layers above it run in forward
+            features = batch["input_features"]
+
+            def encode(missing: list[int]) -> torch.Tensor:
+                rows = [batch["index"].tolist().index(i) for i in missing]
+                return encode_prefix(self.loaded.model, features[rows].to(device), self.plan)
+
+            inputs["prefix"] = self.prefix_cache.get(batch["index"].tolist(), encode).to(device)
+        else:
+            inputs["input_features"] = batch["input_features"].to(device)
+            if self.short_input:
+                inputs["short_frames"] = short_input_frames(batch["frames"], batch["input_features"].shape[-1])
+        return inputs
+
+    # --- evaluation -------------------------------------------------------------------------------------
+
+    def _score(self, dataset: FeatureDataset) -> Evaluation:
+        """Decode and score a set, split across processes; every process gets the same result."""
+        processes = self.processes
+        if processes.world == 1:
+            return _evaluate(self.loaded, dataset, self.config)
+        part = _evaluate(self.loaded, dataset.shard(processes.rank, processes.world), self.config)
+        mine = range(processes.rank, len(dataset), processes.world)
+        by_index = dict(processes.gather(list(zip(mine, part.hypotheses, strict=True))))
+        capped = set(processes.gather(part.capped_ids))
+        hypotheses = [by_index[i] for i in range(len(dataset))]
+        references, ids = [u.text for u in dataset.utterances], [u.id for u in dataset.utterances]
+        return Evaluation(scores=score(references, hypotheses, scoring_language(dataset, self.config.language)),
+                          hypotheses=hypotheses, references=references, ids=ids,
+                          capped_ids=[i for i in ids if i in capped], max_new_tokens=part.max_new_tokens)
+
+    def evaluate(self, step: int) -> bool:
+        """Score the eval subset (and general sets); keep the checkpoint if it is the best. True: stop."""
+        config = self.config
+        evaluation = self._score(self.eval_subset)
+        general = {name: transcripts_of(self._score(subset), subset, config.language)
+                   for name, subset in self.general_subsets.items()}
+        decision = self._on_main(lambda: self._decide(step, evaluation, general))
+        if not self.processes.is_main:
+            self._load_decision_state(decision["state"])
+        if decision["improved"]:
+            self._write_best(step, evaluation.scores.wer, decision["rises"])
+        return decision["stop"]
+
+    def _decide(self, step: int, evaluation: Evaluation, general: dict[str, Transcripts]) -> dict:
+        """The main process's keep / stop / LR decisions for one evaluation (the others load its state)."""
+        config, counters = self.config, self.counters
         wer = evaluation.scores.wer
         # The forgetting budget: with general sets, only checkpoints whose general WER rose by at most
         # loop.forgetting_budget compete on target WER (see asrtune.evaluation.forgetting).
-        general = {name: transcripts_of(_evaluate(loaded, subset, config), subset, config.language)
-                   for name, subset in general_subsets.items()}
-        rises = forgetting_of(general, base_runs) if general else {}
+        rises = forgetting_of(general, self.base_runs) if general else {}
         forgetting = max(rises.values()) if rises else None
-        budget = config.loop.forgetting_budget
-        kept_rank = (checkpoint_rank(state.best_wer, state.best_forgetting, budget)
-                     if state.best_step >= 0 else None)
-        improved = is_better(checkpoint_rank(wer, forgetting, budget), kept_rank)
-        if improved:
-            state.best_wer, state.best_step, state.evals_without_improvement = wer, step, 0
-            state.best_forgetting = forgetting
-            write_dir_atomically(checkpoints / BEST, lambda folder: save_trainable(
-                loaded.model, folder, {"step": step, "wer": wer, "strategy": config.strategy,
-                                       "general_wer_rise": rises or None}))
-        else:
-            state.evals_without_improvement += 1
-        if state.baseline is None:
-            state.baseline = evaluation.summary()
-        mean_loss = sum(state.loss_since_eval) / len(state.loss_since_eval) if state.loss_since_eval else None
-        state.loss_since_eval = []
-        warning = overfit.observe(mean_loss, wer)
+        improved = self.selector.observe(step, wer, forgetting)
+        if counters.baseline is None:
+            counters.baseline = evaluation.summary()
+        losses = counters.loss_since_eval
+        mean_loss = sum(losses) / len(losses) if losses else None
+        counters.loss_since_eval = []
+        warning = self.overfit.observe(mean_loss, wer)
         if warning:
-            state.warnings.append(warning)
-            tqdm.write(f"warning: {warning}")
-        change = plateau.observe(step, wer)
+            counters.warnings.append(warning)
+            self.say(f"warning: {warning}")
+        change = self.plateau.observe(step, wer)
         if change:
-            state.lr_scale = plateau.scale
-            state.lr_changes = plateau.changes
-            tqdm.write(f"step {step}: LR x{change['scale_to']:.3g} of schedule ({change['reason']})")
-            _append_jsonl(metrics_path, {"step": step, "lr_change": change})
-        record = {"step": step, "eval_wer": wer, "eval_cer": evaluation.scores.cer, "best_wer": state.best_wer,
-                  "kept": improved}
+            self.say(f"step {step}: LR x{change['scale_to']:.3g} of schedule ({change['reason']})")
+            self.run.append_metric({"step": step, "lr_change": change})
+        record = {"step": step, "eval_wer": wer, "eval_cer": evaluation.scores.cer,
+                  "best_wer": self.selector.best_wer, "kept": improved}
+        budget = config.loop.forgetting_budget
         if rises:
             record.update(general_wer_rise=rises, within_budget=within_budget(forgetting, budget))
-            tqdm.write(f"step {step}: general WER rise {forgetting:+.4f} (budget {budget:.4f})")
-        _append_jsonl(metrics_path, record)
-        if writer:
-            writer.add_scalar("eval/wer", wer, step)
-            writer.add_scalar("eval/cer", evaluation.scores.cer, step)
-        tqdm.write(f"step {step}: eval WER {wer:.4f} (best {state.best_wer:.4f} at step {state.best_step})"
-                   + ("  kept" if improved else ""))
-        patience = config.loop.patience
-        return patience is not None and state.evals_without_improvement >= patience
+            self.say(f"step {step}: general WER rise {forgetting:+.4f} (budget {budget:.4f})")
+        self.run.append_metric(record)
+        if self.writer:
+            self.writer.add_scalar("eval/wer", wer, step)
+            self.writer.add_scalar("eval/cer", evaluation.scores.cer, step)
+        self.say(f"step {step}: eval WER {wer:.4f} (best {self.selector.best_wer:.4f} at step "
+                 f"{self.selector.best_step})" + ("  kept" if improved else ""))
+        return {"improved": improved, "rises": rises, "stop": self.selector.should_stop,
+                "state": self._decision_state()}
 
-    if state.step == 0 and state.baseline is None and config.loop.eval_at_start:
-        evaluate_and_keep(0)
-        _save_last(checkpoints, loaded.model, optimizer, scheduler, state)
+    def _decision_state(self) -> dict:
+        return {"selector": self.selector.state_dict(), "plateau": self.plateau.state_dict(),
+                "overfit": self.overfit.state_dict(), "counters": dataclasses.asdict(self.counters)}
 
-    cache_started = time.perf_counter()
-    plan, encoded = _encoder_cache(config, loaded.model, train_set, accelerator, precision, progress)
-    cache_record = {"layers": plan.layers, "whole": plan.whole, "utterances": len(encoded),
-                    "seconds": round(time.perf_counter() - cache_started, 3)} if encoded is not None else None
-    cache_seconds = time.perf_counter() - cache_started  # part of the training cost (a sweep's speed-up)
-    augmenter = Augmenter.from_spec(config.data.augment, config.seed)
-    short_input = _short_input(config, encoded is not None, world=accelerator.num_processes)
+    def _load_decision_state(self, state: dict) -> None:
+        self.selector.load_state_dict(state["selector"])
+        self.plateau.load_state_dict(state["plateau"])
+        self.overfit.load_state_dict(state["overfit"])
+        saved = Counters(**state["counters"])
+        self.counters.baseline, self.counters.warnings = saved.baseline, saved.warnings
+        self.counters.loss_since_eval = saved.loss_since_eval
 
-    accum = config.loop.grad_accum_steps
-    world, rank = accelerator.num_processes, accelerator.process_index
-    stopped_early = False
-    model.train()
-    bar = tqdm(total=config.loop.max_steps, initial=state.step, desc="train", unit="step",
-               disable=not (progress and accelerator.is_main_process))
-    running_loss = 0.0
-    while state.step < config.loop.max_steps:
-        step_started = time.perf_counter()
-        for micro in range(accum):
-            draw = state.step * accum + micro
-            indices = _batch(config, train_set, config.loop.batch_size * world, draw)[rank::world]
-            batch = collate([augmented_item(train_set, i, augmenter, draw) if augmenter else train_set[i]
-                             for i in indices], pad_to_multiple_of=LABEL_PAD_MULTIPLE)
-            labels = batch["labels"].to(accelerator.device)
-            sync = micro == accum - 1
-            context = accelerator.no_sync(model) if not sync and world > 1 else nullcontext()
-            with context, step_autocast(precision, accelerator):
-                if encoded is not None:  # the cached prefix, then the trainable encoder layers above it
-                    prefix = torch.stack([encoded[i] for i in indices]).to(accelerator.device)
-                    inputs = {"encoder_outputs": (encode_top(loaded.model, prefix, plan),)}
-                elif short_input:
-                    features = batch["input_features"].to(accelerator.device)
-                    frames = short_input_frames(batch["frames"], features.shape[-1])
-                    inputs = {"encoder_outputs": (encode_short(loaded.model, features, frames),)}
-                else:
-                    inputs = {"input_features": batch["input_features"].to(accelerator.device)}
-                loss = model(**inputs, labels=labels).loss / accum
-                accelerator.backward(loss)
-            running_loss += loss.item()
-        if config.optim.max_grad_norm is not None:
-            accelerator.clip_grad_norm_(params, config.optim.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        state.step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{running_loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-        if writer and state.step % config.loop.log_every == 0:
-            writer.add_scalar("train/loss", running_loss, state.step)
-            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], state.step)
-        state.loss_since_eval.append(running_loss)
-        _append_jsonl(metrics_path, {"step": state.step, "loss": running_loss, "lr": scheduler.get_last_lr()[0],
-                                     "seconds": round(time.perf_counter() - step_started, 4)})
-        running_loss = 0.0
-        if state.step % config.loop.eval_every == 0 or state.step == config.loop.max_steps:
-            model.eval()
-            stop = evaluate_and_keep(state.step)
-            model.train()
-            _save_last(checkpoints, loaded.model, optimizer, scheduler, state)
-            if stop:
-                stopped_early = True
-                tqdm.write(f"early stop: {config.loop.patience} evaluations without a better WER")
-                break
-    bar.close()
-    if writer:
-        writer.close()
+    def _write_best(self, step: int, wer: float, rises: dict) -> None:
+        if self.processes.is_main:
+            write_dir_atomically(self.run.checkpoints / BEST, lambda folder: save_trainable(
+                self.loaded.model, folder, {"step": step, "wer": wer, "strategy": self.config.strategy,
+                                            "general_wer_rise": rises or None}))
+        self.processes.barrier()
 
-    results = {
-        "model": str(output_dir),
-        "base_model": config.model,
-        "strategy": config.strategy,
-        "learning_rate": learning_rate,
-        "encoder_learning_rate": config.optim.encoder_learning_rate or learning_rate,
-        "learning_rate_source": config.optim.learning_rate_source
-        or ("config" if config.optim.learning_rate else "strategy default"),
-        "lr_changes": state.lr_changes,
-        "encoder_cache": cache_record,
-        "mixed_precision": precision,
-        "warnings": state.warnings,
-        "steps": state.step,
-        "best_step": state.best_step,
-        "stopped_early": stopped_early,
-        "baseline_subset": state.baseline,
-        "best_subset_wer": state.best_wer,
-    }
-    if not final_evaluation:
+    # --- checkpoints ------------------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        """``checkpoints/last``: trainable weights and everything a resume needs, written atomically."""
+        per_process = self.processes.gather([{"rng": rng_state(), "loader": self.loader.state_dict()}])
+        if self.processes.is_main:
+            state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "processes": per_process, "world_size": self.processes.world,
+                     "counters": dataclasses.asdict(self.counters), "selector": self.selector.state_dict(),
+                     "plateau": self.plateau.state_dict(), "overfit": self.overfit.state_dict(),
+                     "guard": self.guard.state_dict(), "optim": config_to_dict(self.config.optim)}
+
+            def write(folder: Path) -> None:
+                save_trainable(self.loaded.model, folder, {"step": self.counters.step})
+                save_training_state(folder, state)
+                (folder / "state.json").write_text(json.dumps(  # the same, for people and scripts to read
+                    {**state["counters"], **state["selector"], "nonfinite": state["guard"]}, indent=2))
+
+            write_dir_atomically(self.run.checkpoints / LAST, write)
+        self.processes.barrier()
+
+    def load_checkpoint(self) -> None:
+        """Restore ``checkpoints/last`` and make the run folder say only what that state has done."""
+        folder = self.run.checkpoints / LAST
+        load_trainable(self.loaded.model, folder)
+        state = load_training_state(folder)
+        if state["world_size"] != self.processes.world:
+            raise AsrtuneError(f"--resume: the run was checkpointed with {state['world_size']} process(es), this "
+                               f"launch has {self.processes.world}; resume with the same number")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        mine = state["processes"][self.processes.rank]
+        self.loader.load_state_dict(mine["loader"])
+        set_rng_state(mine["rng"])
+        self.counters = Counters(**state["counters"])
+        self.selector.load_state_dict(state["selector"])
+        self.plateau.load_state_dict(state["plateau"])
+        self.overfit.load_state_dict(state["overfit"])
+        self.guard.load_state_dict(state["guard"])
+        self._apply_new_optim(state["optim"])
+        if self.processes.is_main:
+            dropped = self.run.truncate_metrics(self.counters.step)
+            self.say(f"resumed at step {self.counters.step}" +
+                     (f" ({dropped} metrics record(s) after it dropped: those steps run again)" if dropped else ""))
+
+    def _apply_new_optim(self, saved: dict) -> None:
+        """A resume that changes optim.* takes the new values (recorded), never silently the old ones."""
+        wanted = config_to_dict(self.config.optim)
+        changed = {key: (saved.get(key), wanted[key]) for key in _OPTIM_ON_RESUME if saved.get(key) != wanted[key]}
+        if not changed:
+            return
+        groups = parameter_groups(self.loaded.model, self.learning_rate, self.config.optim.encoder_learning_rate)
+        peak = {group["name"]: group["lr"] for group in groups}
+        optim = self.config.optim
+        for index, group in enumerate(self.optimizer.param_groups):
+            group["initial_lr"] = peak.get(group.get("name"), self.learning_rate)
+            group["betas"], group["eps"], group["weight_decay"] = tuple(optim.betas), optim.eps, optim.weight_decay
+            self.scheduler.base_lrs[index] = group["initial_lr"]
+            group["lr"] = group["initial_lr"] * self.scheduler.lr_lambdas[index](self.scheduler.last_epoch)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        text = ", ".join(f"optim.{key} {old} -> {new}" for key, (old, new) in changed.items())
+        self.say(f"--resume: applying the new {text}")
+        if self.processes.is_main:
+            self.run.append_metric({"step": self.counters.step, "optim_change": {k: list(v) if isinstance(v, tuple)
+                                                                                  else v for k, v in changed.items()}})
+
+    # --- the end ----------------------------------------------------------------------------------------
+
+    def finalize(self) -> dict:
+        """Score the kept checkpoint on every set, write predictions and ``results.json``."""
+        config, counters, processes = self.config, self.counters, self.processes
+        cache_stats = self.prefix_cache.stats() if self.prefix_cache is not None else None
+        results = {
+            "model": str(self.run.root),
+            "base_model": config.model,
+            "strategy": config.strategy,
+            "learning_rate": self.learning_rate,
+            "encoder_learning_rate": config.optim.encoder_learning_rate or self.learning_rate,
+            "learning_rate_source": config.optim.learning_rate_source
+            or ("config" if config.optim.learning_rate else "strategy default"),
+            "lr_changes": self.plateau.changes,
+            "encoder_cache": {"layers": self.plan.layers, "whole": self.plan.whole, **cache_stats}
+            if cache_stats else None,
+            "mixed_precision": self.precision,
+            "world_size": processes.world,
+            "global_batch_size": self._global_batch_size(),
+            "num_workers": self.num_workers,
+            "warnings": counters.warnings,
+            "steps": counters.step,
+            "nonfinite_steps_skipped": self.guard.skipped,
+            "best_step": self.selector.best_step,
+            "stopped_early": self.stopped_early,
+            "baseline_subset": counters.baseline,
+            "best_subset_wer": self.selector.best_wer,
+            "train_samples_per_second": round(counters.samples / counters.train_seconds, 3)
+            if counters.train_seconds else None,
+            "first_step_seconds": round(self.first_step_seconds, 2) if self.first_step_seconds else None,
+        }
+        if self.prefix_cache is not None and self.shared_prefix.cache is not self.prefix_cache:
+            self.prefix_cache.close()
+        if not self.final_evaluation:
+            return results
+        # Final: the kept (lowest-WER) checkpoint on the whole eval set and every evidence set.
+        processes.barrier()
+        load_trainable(self.loaded.model, self.run.checkpoints / BEST)
+        final = self._score(self.eval_set)
+        tuned_runs = {"eval": transcripts_of(final, self.eval_set, config.language),
+                      **decode_sets(self.loaded, {k: v for k, v in self.eval_sets.items() if k != "eval"}, config,
+                                    device=self.accelerator.device, processes=processes)}
+        results = {
+            **results,
+            "final": final.summary(),
+            "final_wer": final.scores.wer,
+            "final_raw_wer": final.scores.raw_wer,
+            "trainable_params": self.trainable,
+            "total_params": self.base_total,
+            "trainable_percent": 100.0 * self.trainable / self.base_total,
+            "evaluation": evidence(self.eval_sets, tuned_runs, self.base_runs),
+            "forgetting_budget": config.loop.forgetting_budget if config.data.general else None,
+            "best_general_wer_rise": self.selector.best_forgetting,
+            "best_within_budget": within_budget(self.selector.best_forgetting, config.loop.forgetting_budget),
+            "train_seconds": round(time.perf_counter() - self.started, 2),
+            "git_sha": _git_sha(),
+            "config_hash": config_hash(config),
+            "config": config_to_dict(config),
+        }
+        if processes.is_main:
+            write_predictions(final, self.run.predictions)
+            write_set_predictions(self.run.evaluation, tuned_runs, self.base_runs)
+            self.run.results.write_text(json.dumps(results, indent=2))
+        processes.barrier()
         return results
-    # Final: the kept (lowest-WER) checkpoint on the whole eval set.
-    load_trainable(loaded.model, checkpoints / BEST)
-    final = _evaluate(loaded, eval_set, config)
-    write_predictions(final, output_dir / "predictions.jsonl")
-    tuned_runs = {"eval": transcripts_of(final, eval_set, config.language),
-                  **decode_sets(loaded, {k: v for k, v in eval_sets.items() if k != "eval"}, config,
-                                device=accelerator.device)}
-    write_set_predictions(output_dir / "evaluation", tuned_runs, base_runs)
-    results = {
-        **results,
-        "final": final.summary(),
-        "final_wer": final.scores.wer,
-        "final_raw_wer": final.scores.raw_wer,
-        "trainable_params": trainable,
-        "total_params": base_total,
-        "trainable_percent": 100.0 * trainable / base_total,
-        "evaluation": evidence(eval_sets, tuned_runs, base_runs),
-        "forgetting_budget": config.loop.forgetting_budget if config.data.general else None,
-        "best_general_wer_rise": state.best_forgetting,
-        "best_within_budget": within_budget(state.best_forgetting, config.loop.forgetting_budget),
-        "train_seconds": round(time.perf_counter() - started, 2),
-        "encoder_cache_seconds": round(cache_seconds, 2),
-        "git_sha": _git_sha(),
-        "config_hash": config_hash(config),
-        "config": config_to_dict(config),
-    }
-    (output_dir / "results.json").write_text(json.dumps(results, indent=2))
-    return results
 
+    def _global_batch_size(self) -> int | str:
+        loop, world = self.config.loop, self.processes.world
+        if loop.max_batch_seconds is not None:
+            return f"{loop.max_batch_seconds * world * loop.grad_accum_steps:g} s of audio"
+        return loop.batch_size * world * loop.grad_accum_steps
+
+    # --- helpers ----------------------------------------------------------------------------------------
+
+    def say(self, message: str) -> None:
+        """Print once (the main process), above any progress bar."""
+        if self.processes.is_main:
+            tqdm.write(message)
+
+    def _on_main(self, work):
+        """Run ``work`` on the main process; its result, or its AsrtuneError, reaches every process."""
+        if self.processes.world == 1:
+            return work()
+        outcome = None
+        if self.processes.is_main:
+            try:
+                outcome = ("ok", work())
+            except AsrtuneError as error:
+                outcome = ("error", str(error))
+        outcome = self.processes.from_main(outcome)
+        if outcome[0] == "error":
+            raise AsrtuneError(outcome[1])
+        return outcome[1]
+
+
+def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, progress: bool = True,
+          final_evaluation: bool = True, baseline_transcripts: dict[str, Transcripts] | None = None,
+          shared_prefix: SharedPrefix | None = None) -> dict:
+    """Fine-tune ``config.model`` with ``config.strategy``; returns what ``results.json`` holds.
+
+    See :class:`Recipe` for the arguments.
+    """
+    return Recipe(config, output_dir, resume=resume, progress=progress, final_evaluation=final_evaluation,
+                  baseline_transcripts=baseline_transcripts, shared_prefix=shared_prefix).train()
