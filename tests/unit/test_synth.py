@@ -36,7 +36,7 @@ def test_existing_audio_is_not_synthesised_again(tmp_path):
     espeak_or_skip()
     manifest = synthesise_lines(["one two three"], tmp_path, progress=False)
     audio = read_manifest(manifest)[0].audio
-    stamp = (tmp_path / "audio" / "utt-00000.wav").stat().st_mtime_ns
+    stamp = (tmp_path / "audio" / "utt-00000-en-us.wav").stat().st_mtime_ns
 
     def fail(*args, **kwargs):
         raise AssertionError("espeak-ng should not run again")
@@ -48,7 +48,7 @@ def test_existing_audio_is_not_synthesised_again(tmp_path):
     finally:
         synth.synthesise = original
     assert again[0].audio == audio
-    assert (tmp_path / "audio" / "utt-00000.wav").stat().st_mtime_ns == stamp
+    assert (tmp_path / "audio" / "utt-00000-en-us.wav").stat().st_mtime_ns == stamp
 
 
 def test_speaking_rate_changes_duration(tmp_path):

@@ -15,6 +15,8 @@ from asrtune.analysis.tables import (
     BaseRecord,
     Row,
     dataset_table,
+    forgetting_table,
+    least_forgetting,
     paper_orderings,
     summary_table,
     sweep_points,
@@ -104,6 +106,16 @@ def _markdown(inputs: ReportInputs, figures: dict[str, Path], folder: Path) -> s
             format_table(*dataset_table(dataset, inputs.bases.get(dataset), inputs.rows)),
             "",
         ]
+        base = inputs.bases.get(dataset)
+        if base is not None and base.general and inputs.rows:
+            verdict = least_forgetting(dataset, base, inputs.rows)
+            lines += [
+                f"### Forgetting per general set ({dataset})",
+                "",
+                format_table(*forgetting_table(dataset, base, inputs.rows)),
+                "",
+                *([verdict, ""] if verdict else []),
+            ]
     lines += [
         "## Seed 002's orderings",
         "",
@@ -123,6 +135,9 @@ def _markdown(inputs: ReportInputs, figures: dict[str, Path], folder: Path) -> s
         "",
         "- **forgetting**: the largest WER change, in points, on the general sets against the base model "
         "(positive: worse); the kept checkpoint is the best one within `loop.forgetting_budget`.",
+        "- **forgetting per general set**: each general set's WER before (PT) and after, and its relative change; "
+        "*general rise per domain gain* is the worst general set's relative rise divided by the domain's relative "
+        "fall (lower: forgets less for what it gains; `-` when the domain did not improve).",
         "- **halluc. %**: share of test hypotheses that loop (an n-gram repeated back to back) or have more "
         "than twice the reference's words.",
         "- **non-speech words/clip**: words emitted on generated silence, white/pink/brown noise and hum.",

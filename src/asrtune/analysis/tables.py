@@ -4,6 +4,8 @@ Columns follow Tables 4-6: the base model (PT) and each strategy's WER, the rela
 PT and against ``full``, trainable parameters (count and % of the base), training time and the
 speed-up against ``full`` (seed 002 reports 5.2x for adapters, 5.6x for LoRA), plus what the paper
 only discusses: forgetting (WER change on the general sets), hallucination and words on non-speech.
+:func:`forgetting_table` shows each general set on its own (a held-out voice and real speech forget
+differently) and which strategy forgets least for the domain WER it gains.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ __all__ = [
     "read_run",
     "aggregate",
     "dataset_table",
+    "forgetting_table",
+    "least_forgetting",
     "summary_table",
     "sweep_points",
     "paper_orderings",
@@ -53,6 +57,7 @@ class RunRecord:
     best_step: int = 0
     within_budget: bool = True
     cka: dict[int, float] | None = None
+    general: dict[str, float] = field(default_factory=dict)  # WER of the kept checkpoint per general set
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +91,7 @@ class Row:
     nonspeech_words: float | None
     within_budget: bool
     cka: dict[int, float] | None
+    general: dict[str, float] = field(default_factory=dict)
 
     @property
     def trainable_percent(self) -> float:
@@ -137,6 +143,7 @@ def read_run(run_dir: Path, *, dataset: str, label: str, spec: str, seed: int) -
         best_step=results["best_step"],
         within_budget=results.get("best_within_budget", True),
         cka=cka,
+        general={name: s["wer"] for name, s in evidence["sets"].items() if s.get("role") == "general"},
     )
 
 
@@ -174,6 +181,8 @@ def aggregate(records: list[RunRecord]) -> list[Row]:
                 nonspeech_words=_mean(r.nonspeech_words for r in items),
                 within_budget=all(r.within_budget for r in items),
                 cka={k: statistics.fmean(c[k] for c in ckas) for k in ckas[0]} if ckas else None,
+                general={name: statistics.fmean(r.general[name] for r in items)
+                         for name in items[0].general if all(name in r.general for r in items)},
             )
         )
     return rows
@@ -263,6 +272,60 @@ def dataset_table(
             ]
         )
     return header, table
+
+
+def _relative(new: float | None, old: float | None) -> float | None:
+    return None if new is None or not old else (new - old) / old
+
+
+def _forgetting_cost(row: Row, base: BaseRecord) -> tuple[float | None, float | None, float | None]:
+    """(domain relative change, worst general relative change, general rise per unit of domain gain)."""
+    gain = _relative(row.wer, base.wer)
+    rises = [_relative(row.general[g], base.general.get(g)) for g in row.general]
+    rises = [r for r in rises if r is not None]
+    worst = max(rises) if rises else None
+    per_gain = max(worst, 0.0) / -gain if worst is not None and gain is not None and gain < 0 else None
+    return gain, worst, per_gain
+
+
+def forgetting_table(
+    dataset: str, base: BaseRecord | None, rows: list[Row]
+) -> tuple[list[str], list[list[str]]]:
+    """Forgetting per general set: PT and each strategy's WER there, its change against PT, beside the
+    domain WER; the last column is the worst general rise per unit of domain gain (lower: forgets less
+    for what it gains)."""
+    rows = [r for r in rows if r.dataset == dataset]
+    names = list(dict.fromkeys([*(base.general if base else {}), *(g for r in rows for g in r.general)]))
+    header = ["strategy", "domain WER %", "vs PT"]
+    for name in names:
+        header += [f"{name} WER %", f"{name} vs PT"]
+    header += ["worst general vs PT", "general rise per domain gain"]
+    table = []
+    if base is not None:
+        table.append(["PT (base)", fmt_pct(base.wer), "-",
+                      *[c for g in names for c in (fmt_pct(base.general.get(g)), "-")], "-", "-"])
+    for row in rows:
+        gain, worst, per_gain = _forgetting_cost(row, base) if base else (None, None, None)
+        cells = [row.label + ("" if row.within_budget else " (over budget)"), fmt_pct(row.wer),
+                 fmt_rel(row.wer, base.wer if base else None)]
+        for g in names:
+            cells += [fmt_pct(row.general.get(g)), fmt_rel(row.general.get(g), base.general.get(g) if base else None)]
+        cells += ["-" if worst is None else f"{100 * worst:+.1f}%", "-" if per_gain is None else f"{per_gain:.2f}"]
+        table.append(cells)
+    return header, table
+
+
+def least_forgetting(dataset: str, base: BaseRecord | None, rows: list[Row]) -> str | None:
+    """One sentence naming the strategy with the smallest general rise per unit of domain gain."""
+    if base is None or not base.general:
+        return None
+    costs = [(row, *_forgetting_cost(row, base)) for row in rows if row.dataset == dataset]
+    ranked = sorted((c for c in costs if c[3] is not None), key=lambda c: (c[3], c[1]))
+    if not ranked:
+        return None
+    row, gain, worst, per_gain = ranked[0]
+    return (f"Forgets least for its domain gain on {dataset}: {row.label} (domain {100 * gain:+.1f}% vs PT, worst "
+            f"general set {100 * worst:+.1f}%, {per_gain:.2f} points of general rise per point of domain gain).")
 
 
 def summary_table(

@@ -1,4 +1,4 @@
-"""``asrtune demo [--output-dir DIR]``: the embedded default, offline."""
+"""``asrtune demo [--output-dir DIR] [--real-en MANIFEST|none]``: the embedded default, offline."""
 
 from __future__ import annotations
 
@@ -12,12 +12,28 @@ from asrtune.commands import COMMANDS
 def add(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="the embedded default: medical dictation on tiny.en, offline")
     parser.add_argument("--output-dir", default="runs/demo", type=Path, help="demo folder")
+    parser.add_argument("--real-en", default="runs/real-en/manifest.jsonl",
+                        help="real-English general set built by `asrtune data real-en` (none: leave it out; "
+                             "missing: the demo says so and runs without it)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's own)")
+    parser.add_argument("--strategy", default=None, help="strategy spec (default: the demo's own)")
+    parser.add_argument("--learning-rate", type=float, default=None, help="peak learning rate")
+    parser.add_argument("--forgetting-budget", type=float, default=None,
+                        help="largest general-WER rise (absolute) a kept checkpoint may have")
+    parser.add_argument("--replay", type=int, default=None,
+                        help="everyday sentences (training voices) mixed into training")
+    parser.add_argument("--eval-every", type=int, default=None, help="steps between evaluations")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from asrtune.demo import run_demo
+    from dataclasses import replace
 
-    run_demo(args.output_dir, steps=args.steps)
+    from asrtune.demo import DEMO_SETTINGS, run_demo
+
+    given = {"strategy": args.strategy, "learning_rate": args.learning_rate, "steps": args.steps,
+             "forgetting_budget": args.forgetting_budget, "replay": args.replay, "eval_every": args.eval_every}
+    settings = replace(DEMO_SETTINGS, **{k: v for k, v in given.items() if v is not None})
+    real_en = None if str(args.real_en).lower() == "none" else Path(args.real_en)
+    run_demo(args.output_dir, real_en=real_en, settings=settings)
     return 0

@@ -1,4 +1,4 @@
-"""Manifests: JSONL, one utterance per line (``audio``, ``text``, optional ``language``, ``id``).
+"""Manifests: JSONL, one utterance per line (``audio``, ``text``, optional ``language``, ``id``, ``voice``).
 
 ``audio`` is a path relative to the manifest's folder, or absolute. Rows round-trip: reading a
 manifest and writing it elsewhere keeps every row pointing at the same files.
@@ -25,6 +25,7 @@ class Utterance:
     text: str
     language: str | None = None
     duration: float | None = None
+    voice: str | None = None  # who or what spoke it: an espeak-ng voice, or a recorded speaker
 
     def to_row(self, relative_to: Path | None = None) -> dict:
         audio = self.audio
@@ -38,6 +39,8 @@ class Utterance:
             row["language"] = self.language
         if self.duration is not None:
             row["duration"] = round(self.duration, 4)
+        if self.voice:
+            row["voice"] = self.voice
         return row
 
 
@@ -58,6 +61,7 @@ def _row_to_utterance(row: object, line: int, folder: Path, source: Path) -> Utt
         text=row["text"],
         language=row.get("language") or None,
         duration=float(duration) if isinstance(duration, (int, float)) else None,
+        voice=str(row["voice"]) if row.get("voice") else None,
     )
 
 

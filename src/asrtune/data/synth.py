@@ -1,12 +1,16 @@
 """Synthesised speech with espeak-ng: the text-only route to domain data.
 
-Each line of a text file becomes one utterance. Speaking rate and pitch vary per line (seeded), so
-the model does not learn one fixed voice setting.
+Each line of a text file becomes one utterance. Lines are spread over one or more voices (espeak-ng
+voices and variants: ``en-us``, ``en-gb+f2``, ``en-029+m5``), each row recording its voice, and speaking
+rate and pitch vary per line (seeded), so the model does not learn one fixed voice setting. Keep some
+voices out of training for test and general sets: a model adapted to a voice scores better on anything
+that voice reads, which is not the same as recognising speech.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import io
 import subprocess
@@ -21,17 +25,38 @@ from asrtune.data.audio import SAMPLE_RATE, resample
 from asrtune.data.manifest import Utterance, write_manifest
 from asrtune.errors import AsrtuneError
 
-__all__ = ["SynthSettings", "espeak_available", "synthesise", "synthesise_lines", "read_text_lines"]
+__all__ = ["SynthSettings", "espeak_available", "synthesise", "synthesise_lines", "read_text_lines", "parse_voices"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class SynthSettings:
-    """espeak-ng settings; rate (words per minute) and pitch (0-99) are drawn per line."""
+    """espeak-ng settings; rate (words per minute) and pitch (0-99) are drawn per line.
+
+    ``voices``, when given, replaces ``voice``: line i is read by ``voices[i % len(voices)]`` (a
+    seeded rotation), so every voice reads an equal share.
+    """
 
     voice: str = "en-us"
+    voices: tuple[str, ...] = ()
     rate_range: tuple[int, int] = (140, 190)
     pitch_range: tuple[int, int] = (35, 65)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if any(not v or any(c.isspace() for c in v) for v in (self.voice, *self.voices)):
+            raise AsrtuneError(f"espeak-ng voice names are non-empty, without spaces: {(self.voice, *self.voices)}")
+
+    @property
+    def voice_list(self) -> tuple[str, ...]:
+        return tuple(self.voices) or (self.voice,)
+
+
+def parse_voices(text: str) -> tuple[str, ...]:
+    """``"en-us, en-gb+f2"`` -> ``("en-us", "en-gb+f2")``."""
+    voices = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not voices:
+        raise AsrtuneError(f"no voices in {text!r}")
+    return voices
 
 
 def espeak_available() -> bool:
@@ -63,6 +88,10 @@ def synthesise(text: str, path: Path, *, voice: str, rate: int, pitch: int) -> f
     return len(samples) / SAMPLE_RATE
 
 
+def _slug(voice: str) -> str:
+    return re.sub(r"[^A-Za-z0-9-]+", "_", voice)
+
+
 def read_text_lines(path: str | Path) -> list[str]:
     """Non-empty stripped lines of a UTF-8 text file."""
     path = Path(path)
@@ -86,20 +115,24 @@ def synthesise_lines(lines: list[str], out_dir: str | Path, *, settings: SynthSe
     _require_espeak()
     out_dir = Path(out_dir)
     rng = random.Random(settings.seed)
+    voices = settings.voice_list
+    offset = rng.randrange(len(voices))
     jobs = []
     for index, text in enumerate(lines):
         rate = rng.randint(*settings.rate_range)
         pitch = rng.randint(*settings.pitch_range)
-        jobs.append((f"{prefix}-{index:05d}", text, rate, pitch))
+        jobs.append((f"{prefix}-{index:05d}", text, voices[(index + offset) % len(voices)], rate, pitch))
 
-    def run(job: tuple[str, str, int, int]) -> Utterance:
-        utt_id, text, rate, pitch = job
-        path = out_dir / "audio" / f"{utt_id}.wav"
+    def run(job: tuple[str, str, str, int, int]) -> Utterance:
+        utt_id, text, voice, rate, pitch = job
+        # the voice is in the file name: audio from an earlier run with other voices is never reused
+        path = out_dir / "audio" / f"{utt_id}-{_slug(voice)}.wav"
         if path.is_file():
             duration = sf.info(str(path)).duration
         else:
-            duration = synthesise(text, path, voice=settings.voice, rate=rate, pitch=pitch)
-        return Utterance(id=utt_id, audio=str(path.resolve()), text=text, language=language, duration=duration)
+            duration = synthesise(text, path, voice=voice, rate=rate, pitch=pitch)
+        return Utterance(id=utt_id, audio=str(path.resolve()), text=text, language=language, duration=duration,
+                         voice=voice)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         utterances = list(tqdm(pool.map(run, jobs), total=len(jobs), desc=f"synth {prefix}",
