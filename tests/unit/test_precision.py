@@ -32,8 +32,13 @@ def test_auto_picks_bf16_only_where_the_hardware_multiplies_it_natively(monkeypa
     assert resolve_mixed_precision("auto") == expected
 
 
+@pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("requested", ["no", "fp16", "bf16"])
-def test_an_explicit_precision_is_kept(requested):
+def test_an_explicit_precision_is_kept_whatever_the_hardware(requested, native, monkeypatch):
+    import asrtune.training.precision as precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda: native)
+    assert resolve_mixed_precision("auto") == ("bf16" if native else "no")  # the hardware decides auto only
     assert resolve_mixed_precision(requested) == requested
 
 

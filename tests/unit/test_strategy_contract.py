@@ -150,9 +150,23 @@ def test_merged_lora_equals_unmerged(spec):
     assert not torch.allclose(unmerged, _logits(_base(), batch), atol=1e-3)  # the update mattered
 
 
-def test_select_strategies_merge_to_the_same_plain_model():
-    model = apply_strategy(_base(), "freeze:n=1")
-    assert merge_strategy(model, "freeze:n=1") is model
+@pytest.mark.parametrize("spec", ["full", "freeze:n=1", "reinit:m=1", "decoder"])
+def test_select_strategies_merge_to_a_plain_model_that_transformers_reloads(spec, tmp_path):
+    from transformers import WhisperForConditionalGeneration
+
+    model = apply_strategy(_base(), spec)
+    with torch.no_grad():  # a training run's update to what the strategy trains
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.05)
+    batch = _batch()
+    trained = _logits(model, batch)
+    merged = merge_strategy(model, spec)
+    assert type(merged) is WhisperForConditionalGeneration
+    merged.save_pretrained(tmp_path / "plain")
+    reloaded = WhisperForConditionalGeneration.from_pretrained(tmp_path / "plain")
+    torch.testing.assert_close(_logits(reloaded, batch), trained, rtol=0, atol=1e-6)
+    assert not torch.allclose(trained, _logits(_base(), batch), atol=1e-3)  # the update is in what was saved
 
 
 def test_adapters_refuse_to_merge_and_name_the_alternative():

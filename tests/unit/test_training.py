@@ -134,7 +134,9 @@ def test_run_folder_layout_and_results(lora_run, tiny_model_dir):
         LORA,
     )
     assert results["steps"] == 3 and results["stopped_early"] is False
-    assert results["best_step"] in (0, 2, 3)
+    evals = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "eval_wer" in r]
+    lowest = min(r["eval_wer"] for r in evals)
+    assert results["best_step"] == next(r["step"] for r in evals if r["eval_wer"] == lowest)  # the first lowest
     assert results["learning_rate"] == 1e-3  # LoRA's default: optim.learning_rate is null
     # q and v LoRA (r=4) on 6 attentions of width 32.
     assert results["trainable_params"] == 6 * 2 * (4 * 32 + 32 * 4)
@@ -145,6 +147,9 @@ def test_run_folder_layout_and_results(lora_run, tiny_model_dir):
     )
     assert results["train_seconds"] > 0
     assert results["config_hash"] == config_hash(config)
+    provenance = results["provenance"]  # where the numbers came from (asrtune.provenance)
+    assert provenance["libraries"]["torch"] == torch.__version__ and provenance["model"]["kind"] == "folder"
+    assert results["git_sha"] == provenance["asrtune"]["git_sha"]
     assert config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text())) == config
     assert config_from_dict(results["config"]) == config
 
@@ -374,9 +379,25 @@ def test_eval_limit_applies_during_training_but_not_to_the_final_score(
     config = make_config(tiny_model_dir, tiny_data, max_steps=2, eval_every=1)
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, eval_limit=2))
     results = train(config, tmp_path / "run", progress=False)
-    assert script.sizes == [2, 2, 2, 3]  # steps 0, 1, 2 on the first two eval rows; the final on all three
+    assert script.sizes == [2, 2, 2, 3]  # steps 0, 1, 2 on two eval rows; the final on all three
     assert len(read_jsonl(tmp_path / "run" / "predictions.jsonl")) == 3
     assert results["final"]["n"] == 3
+    chosen = results["eval_subset"]
+    assert (chosen["size"], chosen["of"], chosen["seed"]) == (2, 3, config.seed) and len(chosen["ids"]) == 2
+
+
+def test_eval_limit_is_a_seeded_random_subset_not_the_first_rows(tiny_model_dir, tmp_path):
+    from asrtune.data.features import FeatureDataset
+    from asrtune.data.manifest import read_manifest
+    from conftest import make_processor, write_tiny_manifest
+
+    manifest = write_tiny_manifest(tmp_path, [f"row {i}" for i in range(20)], "eval.jsonl")
+    dataset = FeatureDataset(read_manifest(manifest), make_processor(), multilingual=False)
+    ids = {seed: [u.id for u in dataset.sample(5, seed).utterances] for seed in range(4)}
+    assert all(len(set(chosen)) == 5 for chosen in ids.values())
+    assert ids[0] == [u.id for u in dataset.sample(5, 0).utterances]  # the same seed, the same rows
+    assert len({tuple(chosen) for chosen in ids.values()}) > 1  # another seed, other rows
+    assert any(chosen != [f"u{i}" for i in range(5)] for chosen in ids.values())  # not the head
 
 
 def test_a_failed_resume_leaves_the_run_intact(lora_run, tmp_path):

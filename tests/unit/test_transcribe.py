@@ -180,9 +180,19 @@ def test_an_adapter_run_transcribes_unmerged(tiny_model_dir, tmp_path, tones):
     from test_export import _fake_run
 
     _fake_run(tiny_model_dir, tmp_path / "run", spec="adapter:d=4")
-    (transcript,), _ = transcribe_files(load_model(str(tmp_path / "run")), [tones[1]], TranscribeOptions(**GREEDY),
-                                        progress=False)
-    assert transcript.duration == pytest.approx(0.7)
+    loaded = load_model(str(tmp_path / "run"))
+    adapters = [m for m in loaded.model.modules() if type(m).__name__ == "BottleneckAdapter"]
+    calls = []
+    handles = [m.register_forward_hook(lambda *_: calls.append(1)) for m in adapters]
+    try:
+        (transcript,), _ = transcribe_files(loaded, [tones[1]], TranscribeOptions(**GREEDY), progress=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert adapters and calls  # decoding ran through the trained adapters, unmerged
+    (base,), _ = transcribe_files(load_model(str(tiny_model_dir)), [tones[1]], TranscribeOptions(**GREEDY),
+                                  progress=False)
+    assert transcript.segments != base.segments  # and they changed what it says
 
 
 def test_bad_input_is_one_clear_error(tiny_model_dir, tones, tmp_path):
@@ -236,8 +246,15 @@ def test_cli_same_stem_twice_writes_two_files(tiny_model_dir, tones, tmp_path):
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["tone1-2.txt", "tone1.txt"]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_features_follow_the_model_dtype(tiny_model_dir, tones, dtype):
     loaded = load_model(str(tiny_model_dir), dtype=dtype)
-    (transcript,), _ = transcribe_files(loaded, [tones[1]], TranscribeOptions(**GREEDY), progress=False)
-    assert isinstance(transcript.text, str)
+    seen = []
+    conv = loaded.model.model.encoder.conv1
+    handle = conv.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].dtype))
+    try:
+        (transcript,), _ = transcribe_files(loaded, [tones[1]], TranscribeOptions(**GREEDY), progress=False)
+    finally:
+        handle.remove()
+    assert seen and set(seen) == {dtype}  # the encoder got log-mels in its own dtype (a mismatch would raise)
+    assert next(loaded.model.parameters()).dtype == dtype and transcript.duration == pytest.approx(0.7)

@@ -21,7 +21,6 @@ import dataclasses
 import json
 import math
 import os
-import subprocess
 import time
 import warnings
 from contextlib import nullcontext
@@ -50,6 +49,7 @@ from asrtune.evaluation.sets import (GENERAL, base_transcripts, build_eval_sets,
 from asrtune.inspection import count_parameters
 from asrtune.models.load import LoadedModel, load_model
 from asrtune.models.short_input import short_input_frames
+from asrtune.provenance import run_provenance
 from asrtune.strategies import apply_strategy, default_learning_rate
 from asrtune.training.checkpoint import (BEST, LAST, load_trainable, load_training_state, rng_state,
                                          save_trainable, save_training_state, set_rng_state, write_dir_atomically)
@@ -88,15 +88,6 @@ class Counters:
     warnings: list[str] = field(default_factory=list)
     samples: int = 0
     train_seconds: float = 0.0
-
-
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
 
 
 def _evaluate(loaded: LoadedModel, dataset: FeatureDataset, config: RunConfig) -> Evaluation:
@@ -618,6 +609,9 @@ class Recipe:
             "nonfinite_steps_skipped": self.guard.skipped,
             "best_step": self.selector.best_step,
             "stopped_early": self.stopped_early,
+            "eval_subset": {"size": len(self.eval_subset), "of": len(self.eval_set), "seed": config.seed,
+                            "ids": [u.id for u in self.eval_subset.utterances]}
+            if config.data.eval_limit else None,
             "baseline_subset": counters.baseline,
             "best_subset_wer": self.selector.best_wer,
             "train_samples_per_second": round(counters.samples / counters.train_seconds, 3)
@@ -632,6 +626,7 @@ class Recipe:
         processes.barrier()
         load_trainable(self.loaded.model, self.run.checkpoints / BEST)
         final = self._score(self.eval_set)
+        provenance = run_provenance(config.model)
         tuned_runs = {"eval": transcripts_of(final, self.eval_set, config.language),
                       **decode_sets(self.loaded, {k: v for k, v in self.eval_sets.items() if k != "eval"}, config,
                                     device=self.accelerator.device, processes=processes)}
@@ -648,7 +643,8 @@ class Recipe:
             "best_general_wer_rise": self.selector.best_forgetting,
             "best_within_budget": within_budget(self.selector.best_forgetting, config.loop.forgetting_budget),
             "train_seconds": round(time.perf_counter() - self.started, 2),
-            "git_sha": _git_sha(),
+            "git_sha": provenance["asrtune"]["git_sha"],
+            "provenance": provenance,
             "config_hash": config_hash(config),
             "config": config_to_dict(config),
         }
