@@ -38,7 +38,11 @@ espeak:
 	    echo "espeak-ng is missing: install it (Debian/Ubuntu: apt-get install espeak-ng; macOS: brew install espeak-ng)" >&2; exit 1; \
 	  fi; }
 
+# The real-English general set (Debian's Asterisk prompts, fetched with apt-get download) is built
+# once; where it cannot be, the demo says so and runs without it.
 demo: install
+	@test -f runs/real-en/manifest.jsonl || $(VENV)/bin/asrtune data real-en --out runs/real-en || \
+	  echo "real-English general set not built: the demo runs without it" >&2
 	$(VENV)/bin/asrtune demo --output-dir runs/demo
 
 test: install
