@@ -25,7 +25,6 @@ import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -54,7 +53,7 @@ from asrtune.strategies import apply_strategy, default_learning_rate
 from asrtune.training.checkpoint import (BEST, LAST, load_trainable, load_training_state, rng_state,
                                          save_trainable, save_training_state, set_rng_state, write_dir_atomically)
 from asrtune.training.distributed import Processes, check_launch
-from asrtune.training.encoder_cache import CachePlan, PrefixCache, cache_plan, encode_prefix, item_bytes
+from asrtune.training.encoder_cache import CachePlan, PrefixCache, cache_plan, encode_prefix
 from asrtune.training.faults import NonFiniteGuard
 from asrtune.training.lr_control import OverfitWatch, WerPlateau, parameter_groups, warmup_schedule
 from asrtune.training.precision import accelerator_mixed_precision, resolve_mixed_precision, step_autocast
