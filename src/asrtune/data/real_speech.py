@@ -136,6 +136,7 @@ def _unpack_debs(folder: Path, into: Path) -> bool:
         return False
     if shutil.which("dpkg-deb") is None:
         raise AsrtuneError(f"{folder} holds .deb files but dpkg-deb is missing to unpack them")
+    into.mkdir(parents=True, exist_ok=True)  # dpkg-deb -x creates the last folder only
     for deb in debs:
         result = subprocess.run(["dpkg-deb", "-x", str(deb), str(into)], capture_output=True, text=True)
         if result.returncode != 0:
