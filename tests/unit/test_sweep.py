@@ -23,7 +23,8 @@ from asrtune.config import GeneralSet
 from asrtune.errors import AsrtuneError
 from asrtune.sweep import load_sweep, sweep_from_dict
 from asrtune.sweep.config import SplitSizes
-from asrtune.sweep.data import DatasetFiles, available_corpora, corpus_sentences, materialise, split_sentences
+from asrtune.sweep.data import (DatasetFiles, available_corpora, corpus_sentences, materialise, materialise_general,
+                                split_sentences)
 from asrtune.sweep.runner import run_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -66,7 +67,7 @@ def test_grid_parsing_and_errors(tmp_path):
             sweep_from_dict(bad)
 
 
-@pytest.mark.parametrize("name", ["sweep-smoke.yaml", "paper-lowres.yaml"])
+@pytest.mark.parametrize("name", ["sweep-smoke.yaml", "paper-lowres.yaml", "sweep-forgetting.yaml"])
 def test_shipped_grids_load(name):
     grid = load_sweep(CONFIGS / name)
     assert len(grid.strategies) >= 3 and {"full"} <= {s.spec for s in grid.strategies}
@@ -104,7 +105,8 @@ def test_corpus_dataset_is_spoken_and_split(tmp_path):
                 {
                     "name": "med",
                     "corpus": "medical_en",
-                    "voice": "en-us",
+                    "voice": "en-us, en-gb",
+                    "test_voice": "en-us+f4",
                     "language": "en",
                     "split": {"train": 2, "validation": 1, "test": 1},
                 }
@@ -121,8 +123,31 @@ def test_corpus_dataset_is_spoken_and_split(tmp_path):
     assert all(
         r["language"] == "en" and (Path(files.train).parent / r["audio"]).is_file() for r in rows["train"]
     )
+    assert sorted(r["voice"] for r in rows["train"]) == ["en-gb", "en-us"]  # spread over both
+    assert rows["eval"][0]["voice"] in ("en-us", "en-gb") and rows["test"][0]["voice"] == "en-us+f4"
     with pytest.raises(AsrtuneError, match="no packaged corpus"):
         corpus_sentences("klingon")
+
+
+def test_general_manifest_subset_spreads_over_the_whole(tmp_path):
+    rows = [{"id": f"u{i}", "audio": f"/a/{i}.wav", "text": f"line {i}", "duration": 1.0} for i in range(10)]
+    manifest = tmp_path / "real.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = sweep_from_dict({"strategies": ["full"], "datasets": [{"name": "d", "train": "t", "eval": "e"}],
+                            "general": [{"name": "real", "manifest": str(manifest), "sentences": 3}]}).general[0]
+    general = materialise_general(spec, tmp_path / "general", progress=False)
+    picked = [json.loads(line)["id"] for line in Path(general.manifest).read_text().splitlines()]
+    assert picked == ["u0", "u3", "u6"]
+    whole = materialise_general(sweep_from_dict({"strategies": ["full"], "datasets": [{"name": "d"}],
+                                                 "general": [{"name": "real", "manifest": str(manifest)}]}).general[0],
+                                tmp_path / "g2", progress=False)
+    assert whole.manifest == str(manifest)
+    missing = sweep_from_dict({"strategies": ["full"], "datasets": [{"name": "d"}],
+                               "general": [{"name": "real", "manifest": str(tmp_path / "none.jsonl")}]}).general[0]
+    with pytest.raises(AsrtuneError, match="no manifest"):
+        materialise_general(missing, tmp_path / "g3", progress=False)
+    with pytest.raises(AsrtuneError, match="test_voice"):
+        sweep_from_dict({"strategies": ["full"], "datasets": [{"name": "d", "test_voice": "en-us"}]})
 
 
 def test_run_config_applies_the_grid_then_the_strategy(tmp_path):

@@ -78,7 +78,10 @@ class DatasetSpec:
     Attributes:
         name: the dataset's name in folders and tables.
         corpus: packaged sentence list (``asrtune.data.corpora``), e.g. ``everyday_sw``, ``medical_en``.
-        voice: espeak-ng voice for a corpus.
+        voice: espeak-ng voice(s) for a corpus: one, or a comma-separated list the lines are spread over
+            (``en-us, en-gb+f2``); train and validation for a target corpus.
+        test_voice: voice(s) of a target corpus's test split (empty: ``voice``); give voices absent from
+            ``voice`` so the test set measures speech the model never trained on.
         language: language code of the speech (the run's ``language``).
         split: sentence counts for a target corpus; general corpora use ``sentences``.
         sentences: how many sentences of a general corpus (None: all).
@@ -89,6 +92,7 @@ class DatasetSpec:
     name: str
     corpus: str = ""
     voice: str = ""
+    test_voice: str = ""
     language: str | None = None
     split: SplitSizes | None = None
     sentences: int | None = None
@@ -103,6 +107,8 @@ class DatasetSpec:
             raise AsrtuneError(f"sweep dataset name {self.name!r}: use letters, digits, _ . -")
         if self.corpus and not self.voice:
             raise AsrtuneError(f"sweep dataset {self.name}: a corpus needs an espeak-ng voice")
+        if self.test_voice and not self.corpus:
+            raise AsrtuneError(f"sweep dataset {self.name}: test_voice applies to a corpus only")
 
 
 @dataclass(frozen=True, kw_only=True)

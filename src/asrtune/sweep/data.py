@@ -14,7 +14,8 @@ from importlib import resources
 from pathlib import Path
 
 from asrtune.config import GeneralSet
-from asrtune.data.synth import SynthSettings, synthesise_lines
+from asrtune.data.manifest import read_manifest, write_manifest
+from asrtune.data.synth import SynthSettings, parse_voices, synthesise_lines
 from asrtune.errors import AsrtuneError
 from asrtune.sweep.config import DatasetSpec, SplitSizes
 
@@ -86,7 +87,8 @@ def split_sentences(sentences: list[str], sizes: SplitSizes | None, seed: int) -
 
 
 def _speak(lines: list[str], folder: Path, spec: DatasetSpec, split: str, index: int, progress: bool) -> str:
-    settings = SynthSettings(voice=spec.voice, seed=spec.seed * 100 + index)
+    voices = parse_voices(spec.test_voice if split == "test" and spec.test_voice else spec.voice)
+    settings = SynthSettings(voices=voices, seed=spec.seed * 100 + index)
     return str(
         synthesise_lines(
             lines,
@@ -125,10 +127,19 @@ def materialise(spec: DatasetSpec, folder: Path, *, progress: bool = True) -> Da
 
 
 def materialise_general(spec: DatasetSpec, folder: Path, *, progress: bool = True) -> GeneralSet:
-    """A general set's manifest: the first ``sentences`` of a corpus, spoken, or the given manifest."""
+    """A general set's manifest: the first ``sentences`` of a corpus, spoken, or the given manifest
+    (``sentences`` rows of it spread evenly over the whole, when given)."""
     if not spec.corpus:
         if not spec.manifest:
             raise AsrtuneError(f"sweep general set {spec.name}: give a corpus or a manifest")
-        return GeneralSet(name=spec.name, manifest=spec.manifest)
+        if not Path(spec.manifest).is_file():
+            raise AsrtuneError(f"sweep general set {spec.name}: no manifest {spec.manifest}")
+        if spec.sentences is None:
+            return GeneralSet(name=spec.name, manifest=spec.manifest)
+        rows = read_manifest(spec.manifest)
+        picked = rows[:: max(1, len(rows) // spec.sentences)][: spec.sentences]
+        folder.mkdir(parents=True, exist_ok=True)
+        write_manifest(picked, folder / "manifest.jsonl")
+        return GeneralSet(name=spec.name, manifest=str(folder / "manifest.jsonl"))
     lines = corpus_sentences(spec.corpus)[: spec.sentences]
     return GeneralSet(name=spec.name, manifest=_speak(lines, folder, spec, "general", 9, progress))
