@@ -141,8 +141,11 @@ class LoopConfig:
     short_input: bool = _help("train with the encoder input cut to the batch's longest utterance instead of "
                               "30 s (faster; evaluation keeps 30 s; README: what it costs)", False)
     forgetting_budget: float = _help("with data.general sets, keep only checkpoints whose general WER rose "
-                                     "by at most this much (absolute, 0.03 = 3 points) over the base model's",
+                                     "by at most this much over the base model's (see forgetting_measure)",
                                      0.03)
+    forgetting_measure: str = _help("absolute: the budget is WER points (0.03 = 3 points); relative: a share of "
+                                    "the base model's WER on each general set (0.10 = at most 10% worse)",
+                                    "absolute")
     schedule: str = _help("after warm-up: linear (decay to 0 at max_steps) or constant", "linear")
     eval_at_start: bool = _help("score the untouched model at step 0 (the checkpoint to beat)", True)
     plateau_factor: float | None = _help("multiply the LR by this when eval WER stalls or worsens (null: off)", None)
@@ -174,6 +177,8 @@ class LoopConfig:
             raise AsrtuneError(f"loop.mixed_precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}")
         if not self.forgetting_budget >= 0:
             raise AsrtuneError("loop.forgetting_budget must be >= 0")
+        if self.forgetting_measure not in ("absolute", "relative"):
+            raise AsrtuneError("loop.forgetting_measure must be absolute or relative")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -45,9 +45,10 @@ class Script:
         )
 
 
-@pytest.mark.parametrize(("budget", "best_step"), [(0.03, 3), (1.0, 2)])
+@pytest.mark.parametrize(("budget", "measure", "best_step"),
+                         [(0.03, "absolute", 3), (1.0, "absolute", 2), (0.5, "relative", 3), (3.0, "relative", 2)])
 def test_budget_decides_the_kept_checkpoint(
-    tiny_model_dir, tiny_data, tmp_path, monkeypatch, budget, best_step
+    tiny_model_dir, tiny_data, tmp_path, monkeypatch, budget, measure, best_step
 ):
     general = write_tiny_manifest(tmp_path / "general", [GENERAL_TEXT, GENERAL_TEXT], "general.jsonl")
     # Steps 0..3: target WER best at step 2, but there the general WER rose by 2 words in 5 (+0.4).
@@ -70,6 +71,7 @@ def test_budget_decides_the_kept_checkpoint(
             max_new_tokens=4,
             warmup_ratio=0.0,
             forgetting_budget=budget,
+            forgetting_measure=measure,
         ),
     )
     # The base model's general transcripts: one wrong word in five (WER 0.2) on both utterances,
@@ -79,12 +81,15 @@ def test_budget_decides_the_kept_checkpoint(
     results = train(config, tmp_path / "run", progress=False, baseline_transcripts=base)
 
     evals = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval_wer" in r]
-    assert [r["general_wer_rise"]["fruit"] for r in evals] == pytest.approx([0.0, 0.0, 0.4, 0.0])
-    assert [r["within_budget"] for r in evals] == [True, True, budget >= 0.4, True]
+    # +2 words in 5 at step 2: +0.4 WER points, twice the base model's 0.2 (relative +2.0)
+    rise = 0.4 if measure == "absolute" else 2.0
+    assert [r["general_wer_rise"]["fruit"] for r in evals] == pytest.approx([0.0, 0.0, rise, 0.0])
+    assert [r["within_budget"] for r in evals] == [True, True, budget >= rise, True]
     assert results["best_step"] == best_step
     assert results["best_subset_wer"] == {3: 0.4, 2: 0.3}[best_step]
-    assert results["best_general_wer_rise"] == pytest.approx({3: 0.0, 2: 0.4}[best_step])
+    assert results["best_general_wer_rise"] == pytest.approx({3: 0.0, 2: rise}[best_step])
     assert results["best_within_budget"] is True and results["forgetting_budget"] == budget
+    assert results["forgetting_measure"] == measure
     meta = json.loads((tmp_path / "run" / "checkpoints" / "best" / "meta.json").read_text())
     assert meta["step"] == best_step
     # The given base transcripts were used (not re-decoded) and the run reports forgetting on the set.
@@ -96,3 +101,16 @@ def test_budget_decides_the_kept_checkpoint(
     assert evidence["sets"]["fruit"]["base"]["wer"] == pytest.approx(0.2)
     assert evidence["forgetting"]["max"] == pytest.approx(evidence["sets"]["fruit"]["delta_wer"])
     assert (tmp_path / "run" / "evaluation" / "fruit.jsonl").is_file()
+
+
+def test_relative_rise_against_a_perfect_base_is_infinite_unless_nothing_rose():
+    from asrtune.evaluation.forgetting import wer_rise
+
+    base = Transcripts(["u0"], [GENERAL_TEXT], [GENERAL_TEXT], "en")
+    same = Transcripts(["u0"], [GENERAL_TEXT], [GENERAL_TEXT], "en")
+    worse = Transcripts(["u0"], [GENERAL_TEXT], [with_errors(1)], "en")
+    assert wer_rise(same, base, "relative") == 0.0
+    assert wer_rise(worse, base, "relative") == float("inf")
+    assert wer_rise(worse, base, "absolute") == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="measure"):
+        wer_rise(worse, base, "percent")

@@ -2,8 +2,11 @@
 
 Seed 000 warns that fine-tuning on a narrow domain makes a model forget general speech; seed 002
 measures it as catastrophic forgetting. With general sets, the recipe keeps the checkpoint with the
-lowest target WER among those whose general WER rose by at most the budget (absolute WER, default
-0.03) above the base model's on the same utterances. Until some checkpoint is within budget, the
+lowest target WER among those whose general WER rose by at most the budget above the base model's on
+the same utterances: absolute WER points (``loop.forgetting_measure: absolute``, default budget 0.03)
+or a share of the base model's WER on that set (``relative``: 0.10 = at most 10% worse), which
+holds general sets of very different difficulty (real speech at 4% WER, a hard voice at 25%) to the
+same standard. Until some checkpoint is within budget, the
 one that forgot least is kept, so a run always has a best checkpoint.
 """
 
@@ -14,7 +17,9 @@ from dataclasses import dataclass, field
 
 from asrtune.evaluation.metrics import score
 
-__all__ = ["Transcripts", "wer_rise", "forgetting_of", "within_budget", "checkpoint_rank", "is_better"]
+__all__ = ["Transcripts", "wer_rise", "forgetting_of", "within_budget", "checkpoint_rank", "is_better", "MEASURES"]
+
+MEASURES = ("absolute", "relative")
 
 _TOLERANCE = 1e-12  # a rise of exactly the budget is within it, whatever the float rounding
 
@@ -81,14 +86,27 @@ class Transcripts:
         )
 
 
-def wer_rise(tuned: Transcripts, base: Transcripts) -> float:
-    """WER(tuned) - WER(base), the base scored on the tuned transcripts' utterances only."""
-    return tuned.wer() - base.subset(tuned.ids).wer()
+def wer_rise(tuned: Transcripts, base: Transcripts, measure: str = "absolute") -> float:
+    """WER(tuned) - WER(base), the base scored on the tuned transcripts' utterances only.
+
+    ``measure="relative"`` divides by WER(base); a base that made no error has no share to lose: any
+    rise there is infinite.
+    """
+    before = base.subset(tuned.ids).wer()
+    rise = tuned.wer() - before
+    if measure == "absolute":
+        return rise
+    if measure != "relative":
+        raise ValueError(f"forgetting measure {measure!r}: not one of {MEASURES}")
+    if before > 0:
+        return rise / before
+    return 0.0 if rise <= 0 else float("inf")
 
 
-def forgetting_of(tuned: Mapping[str, Transcripts], base: Mapping[str, Transcripts]) -> dict[str, float]:
-    """The WER rise on each general set, by name."""
-    return {name: wer_rise(transcripts, base[name]) for name, transcripts in tuned.items()}
+def forgetting_of(tuned: Mapping[str, Transcripts], base: Mapping[str, Transcripts],
+                  measure: str = "absolute") -> dict[str, float]:
+    """The WER rise on each general set, by name (see :func:`wer_rise`)."""
+    return {name: wer_rise(transcripts, base[name], measure) for name, transcripts in tuned.items()}
 
 
 def within_budget(forgetting: float | None, budget: float) -> bool:

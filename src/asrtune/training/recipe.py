@@ -466,7 +466,7 @@ class Recipe:
         wer = evaluation.scores.wer
         # The forgetting budget: with general sets, only checkpoints whose general WER rose by at most
         # loop.forgetting_budget compete on target WER (see asrtune.evaluation.forgetting).
-        rises = forgetting_of(general, self.base_runs) if general else {}
+        rises = forgetting_of(general, self.base_runs, config.loop.forgetting_measure) if general else {}
         forgetting = max(rises.values()) if rises else None
         improved = self.selector.observe(step, wer, forgetting)
         if counters.baseline is None:
@@ -487,7 +487,8 @@ class Recipe:
         budget = config.loop.forgetting_budget
         if rises:
             record.update(general_wer_rise=rises, within_budget=within_budget(forgetting, budget))
-            self.say(f"step {step}: general WER rise {forgetting:+.4f} (budget {budget:.4f})")
+            unit = " relative" if config.loop.forgetting_measure == "relative" else ""
+            self.say(f"step {step}: general WER rise {forgetting:+.4f}{unit} (budget {budget:.4f})")
         self.run.append_metric(record)
         if self.writer:
             self.writer.add_scalar("eval/wer", wer, step)
@@ -639,6 +640,7 @@ class Recipe:
             "trainable_percent": 100.0 * self.trainable / self.base_total,
             "evaluation": evidence(self.eval_sets, tuned_runs, self.base_runs),
             "forgetting_budget": config.loop.forgetting_budget if config.data.general else None,
+            "forgetting_measure": config.loop.forgetting_measure if config.data.general else None,
             "best_general_wer_rise": self.selector.best_forgetting,
             "best_within_budget": within_budget(self.selector.best_forgetting, config.loop.forgetting_budget),
             "train_seconds": round(time.perf_counter() - self.started, 2),
