@@ -44,3 +44,41 @@ def test_real_english_subset_spreads_over_the_manifest(tmp_path):
     manifest = write_tiny_manifest(tmp_path, [f"prompt {i}" for i in range(9)], "real.jsonl")
     subset = read_manifest(demo.real_english_subset(manifest, tmp_path / "sub", n=3))
     assert [u.text for u in subset] == ["prompt 0", "prompt 3", "prompt 6"]
+
+
+def _set(role: str, n: int, wer: float, base: float) -> dict:
+    return {"role": role, "n": n, "wer": wer, "wer_ci95": [wer - 0.01, wer + 0.01], "cer": wer / 2,
+            "base": {"wer": base, "wer_ci95": [base - 0.01, base + 0.01], "cer": base / 2},
+            "relative_wer_change": wer / base - 1, "delta_wer_ci95": [wer - base - 0.01, wer - base + 0.01]}
+
+
+def test_the_demo_trains_under_its_relative_budget_and_reports_a_forgetful_model_as_such(tmp_path, monkeypatch,
+                                                                                       capsys):
+    """run_demo end to end with the training replaced: its config, results.json and printed verdicts."""
+    from conftest import espeak_or_skip
+
+    espeak_or_skip()
+    seen = {}
+
+    def fake_train(config, run_dir):
+        seen["config"] = config
+        sets = {"test": _set("test", 60, 0.30, 0.86), "everyday_heldout_voice": _set("general", 40, 0.30, 0.23)}
+        return {"evaluation": {"sets": sets}, "best_within_budget": False, "best_general_wer_rise": 0.3,
+                "trainable_params": 10, "total_params": 100, "train_seconds": 1.0, "steps": 60, "best_step": 40}
+
+    monkeypatch.setattr(demo, "train", fake_train)
+    settings = demo.DemoSettings(steps=5)
+    results = demo.run_demo(tmp_path / "demo", real_en=None, settings=settings)
+    config = seen["config"]
+    assert config.loop.forgetting_measure == "relative" and config.loop.forgetting_budget == 0.10
+    assert config.loop.max_steps == 5 and config.strategy == demo.DEMO_SETTINGS.strategy
+    assert [g.name for g in config.data.general] == ["everyday_heldout_voice"]
+    voices = {u.voice for u in read_manifest(config.data.test)}
+    assert voices == set(demo.TEST_VOICES)
+    assert results["verdicts"] == {"domain_halved": True, "everyday_heldout_voice_within": False}
+    out = capsys.readouterr().out
+    assert "domain WER at least halved: yes" in out and "everyday, held-out voice within +10%: NO" in out
+    assert "NO checkpoint stayed within the forgetting budget (general WER at most 10% above" in out
+    assert "real English: not measured (not requested" in out
+    saved = (tmp_path / "demo" / "results.json").read_text()
+    assert '"forgetting_measure": "relative"' in saved

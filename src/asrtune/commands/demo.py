@@ -19,7 +19,9 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--strategy", default=None, help="strategy spec (default: the demo's own)")
     parser.add_argument("--learning-rate", type=float, default=None, help="peak learning rate")
     parser.add_argument("--forgetting-budget", type=float, default=None,
-                        help="largest general-WER rise (absolute) a kept checkpoint may have")
+                        help="largest general-WER rise a kept checkpoint may have (see --forgetting-measure)")
+    parser.add_argument("--forgetting-measure", choices=("absolute", "relative"), default=None,
+                        help="the budget in WER points (absolute) or as a share of the base model's WER (relative)")
     parser.add_argument("--replay", type=int, default=None,
                         help="everyday sentences (training voices) mixed into training")
     parser.add_argument("--eval-every", type=int, default=None, help="steps between evaluations")
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from asrtune.demo import DEMO_SETTINGS, run_demo
 
     given = {"strategy": args.strategy, "learning_rate": args.learning_rate, "steps": args.steps,
-             "forgetting_budget": args.forgetting_budget, "replay": args.replay, "eval_every": args.eval_every}
+             "forgetting_budget": args.forgetting_budget, "forgetting_measure": args.forgetting_measure, "replay": args.replay, "eval_every": args.eval_every}
     settings = replace(DEMO_SETTINGS, **{k: v for k, v in given.items() if v is not None})
     real_en = None if str(args.real_en).lower() == "none" else Path(args.real_en)
     run_demo(args.output_dir, real_en=real_en, settings=settings)
