@@ -6,7 +6,8 @@ Sources, in the order they are tried:
 * a run folder written by ``asrtune train`` (``config.yaml`` + ``best/``).
 * a CTranslate2 / faster-whisper folder (``model.bin``): converted once to HF Whisper and cached
   under the user cache dir, keyed by the SHA-256 of ``model.bin``.
-* a local HF Whisper folder, or a Hugging Face hub id (``openai/whisper-small``).
+* a local HF folder of any model family (``config.json``'s ``model_type``: whisper, qwen2_audio,
+  qwen3_asr; see ``asrtune.models.family``), or a Hugging Face hub id (``openai/whisper-small``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from transformers import (
 
 from asrtune.errors import AsrtuneError
 from asrtune.models.bundled import bundled_ct2_dir
+from asrtune.models.family import ModelFamily, family_for_folder, family_named, family_of
 from asrtune.models.ct2 import ct2_to_hf_state_dict, file_sha256, read_ct2_config, read_model_bin, \
     whisper_config_from_ct2
 from asrtune.paths import cache_dir
@@ -43,21 +45,30 @@ _SPECIAL = ("<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>", "<|tra
 
 @dataclass(kw_only=True)
 class LoadedModel:
-    """A Whisper model ready to train or decode.
+    """A speech model ready to train or decode.
 
     Attributes:
         model: the network (possibly wrapped by a strategy, e.g. a PEFT model).
         processor: feature extractor (right number of mel bins) and tokenizer.
+        family: the model family (read from ``model``; see ``asrtune.models.family``).
         source: what the user asked for.
         base_dir: the HF folder the base weights were loaded from (None for hub ids).
         strategy: the strategy spec applied on top of the base weights ("" for none).
     """
 
     model: torch.nn.Module
-    processor: WhisperProcessor
+    processor: object
     source: str
     base_dir: Path | None = None
     strategy: str = ""
+
+    @property
+    def family(self) -> ModelFamily:
+        """The model's family; a model no family claims (a custom Whisper-like module) decodes as Whisper."""
+        try:
+            return family_of(self.model)
+        except AsrtuneError:
+            return family_named("whisper")
 
     @property
     def multilingual(self) -> bool:
@@ -183,17 +194,13 @@ def convert_ct2_dir(directory: Path) -> Path:
     return target
 
 
-def _load_hf(location: Path | str, dtype: torch.dtype) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
-    try:
-        model = WhisperForConditionalGeneration.from_pretrained(location, dtype=dtype)
-        processor = WhisperProcessor.from_pretrained(location)
-    except OSError as error:
-        raise AsrtuneError(f"cannot load Whisper from {location}: {str(error).splitlines()[0]}") from error
-    return model, processor
+def _load_hf(location: Path | str, dtype: torch.dtype):
+    family = family_for_folder(Path(location)) if Path(location).is_dir() else family_named("whisper")
+    return family.load(location, dtype)
 
 
 def load_model(source: str, *, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load a Whisper model and its processor from any source asrtune accepts.
+    """Load a model of any family and its processor from any source asrtune accepts.
 
     Args:
         source: see the module docstring.

@@ -53,7 +53,7 @@ from asrtune.strategies import apply_strategy, default_learning_rate
 from asrtune.training.checkpoint import (BEST, LAST, load_trainable, load_training_state, rng_state,
                                          save_trainable, save_training_state, set_rng_state, write_dir_atomically)
 from asrtune.training.distributed import Processes, check_launch
-from asrtune.training.encoder_cache import CachePlan, PrefixCache, cache_plan, encode_prefix
+from asrtune.training.encoder_cache import CachePlan, PrefixCache, cache_plan, encode_prefix, prefix_shape
 from asrtune.training.faults import NonFiniteGuard
 from asrtune.training.lr_control import OverfitWatch, WerPlateau, parameter_groups, warmup_schedule
 from asrtune.training.precision import accelerator_mixed_precision, resolve_mixed_precision, step_autocast
@@ -206,7 +206,7 @@ class Recipe:
         self.trainable, _ = count_parameters(model)
         self.loaded = LoadedModel(model=model, processor=base.processor, source=config.model,
                                   strategy=config.strategy)
-        self.learning_rate = config.optim.learning_rate or default_learning_rate(config.strategy)
+        self.learning_rate = config.optim.learning_rate or default_learning_rate(config.strategy, base.family.name)
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise AsrtuneError(f"strategy {config.strategy!r} leaves nothing to train")
@@ -256,6 +256,9 @@ class Recipe:
             plan = None
         if not config.loop.short_input:
             return plan, False
+        if self.loaded.family.name != "whisper":
+            raise AsrtuneError(f"loop.short_input: the {self.loaded.family.name} audio encoder takes its full "
+                               "window only; set loop.short_input to false")
         if plan is not None:
             say("loop.short_input: the whole encoder is frozen and its outputs cached, which costs less; using the "
                 "cache")
@@ -316,8 +319,7 @@ class Recipe:
             return shared
         if shared is not None:
             shared.close()
-        config = model.config
-        cache = PrefixCache(key, (config.max_source_positions, config.d_model),
+        cache = PrefixCache(key, prefix_shape(model),
                             memory_mb=self.config.loop.encoder_cache_mb,
                             spill_dir=self.run.encoder_cache / f"rank{self.processes.rank}",
                             n_items=len(self.train_set))
@@ -372,7 +374,7 @@ class Recipe:
         # Target tokens of the whole global step (every process, every micro-batch), from the sampler:
         # every process knows every global batch, so no communication is needed for the normaliser.
         numbers = [batch["draw"] for batch in micro_batches]
-        tokens = sum(len(self.train_set.labels[i]) for n in numbers for i in self.batches[n].tolist())
+        tokens = sum(self.train_set.target_tokens(i) for n in numbers for i in self.batches[n].tolist())
         local_sum = 0.0
         for position, batch in enumerate(micro_batches):
             last = position == len(micro_batches) - 1
@@ -421,13 +423,17 @@ class Recipe:
 
             def encode(missing: list[int]) -> torch.Tensor:
                 rows = [batch["index"].tolist().index(i) for i in missing]
-                return encode_prefix(self.loaded.model, features[rows].to(device), self.plan)
+                frames = {"frames": batch["frames"][rows]} if "feature_attention_mask" in batch else {}  # LLM families
+                return encode_prefix(self.loaded.model, features[rows].to(device), self.plan, **frames)
 
             inputs["prefix"] = self.prefix_cache.get(batch["index"].tolist(), encode).to(device)
         else:
             inputs["input_features"] = batch["input_features"].to(device)
             if self.short_input:
                 inputs["short_frames"] = short_input_frames(batch["frames"], batch["input_features"].shape[-1])
+        for key in ("input_ids", "attention_mask", "feature_attention_mask"):  # LLM families
+            if key in batch:
+                inputs[key] = batch[key].to(device)
         return inputs
 
     # --- evaluation -------------------------------------------------------------------------------------

@@ -1,0 +1,199 @@
+"""LLM-based ASR families on a tiny random Qwen2-Audio: load, labels, loss, strategies, decode, train, export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import TINY_TEXTS, write_tiny_manifest
+
+from asrtune.config import DataConfig, LoopConfig, RunConfig
+from asrtune.data.features import FeatureDataset, collate
+from asrtune.data.manifest import read_manifest
+from asrtune.errors import AsrtuneError
+from asrtune.inspection import count_parameters, module_counts
+from asrtune.models.family import family_of
+from asrtune.models.load import load_model
+from asrtune.models.qwen2_audio import audio_token_count, prompt_text
+from asrtune.strategies import apply_strategy, default_learning_rate
+from asrtune.training.step import TrainingForward
+
+
+@pytest.fixture(scope="module")
+def llm_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("llm-data")
+    return write_tiny_manifest(folder, TINY_TEXTS, "train.jsonl"), write_tiny_manifest(folder, TINY_TEXTS[:3], "eval.jsonl")
+
+
+@pytest.fixture
+def loaded(tiny_qwen2_audio_dir):
+    return load_model(str(tiny_qwen2_audio_dir))
+
+
+def _dataset(loaded, manifest):
+    return FeatureDataset(read_manifest(manifest), loaded.processor, multilingual=False)
+
+
+def test_a_qwen2_audio_folder_loads_as_its_family(loaded):
+    assert loaded.family.name == "qwen2_audio"
+    assert type(loaded.model).__name__ == "Qwen2AudioForConditionalGeneration"
+    assert type(loaded.processor).__name__ == "Qwen2AudioProcessor"
+
+
+def test_sequences_mask_the_prompt_and_end_with_the_end_token(loaded, llm_data):
+    dataset = _dataset(loaded, llm_data[0])
+    tokenizer = loaded.processor.tokenizer
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    batch = collate([dataset[0], dataset[1]], pad_to_multiple_of=8)
+    for row in range(2):
+        ids, prompt = dataset.labels[row], dataset.prompt_lengths[row]
+        target = batch["labels"][row][batch["labels"][row] != -100].tolist()
+        assert target == list(ids[prompt:])
+        assert target[-1] == end
+        assert tokenizer.decode(target[:-1]).strip() == TINY_TEXTS[row]
+        audio_id = loaded.model.config.audio_token_id
+        assert int((torch.as_tensor(ids[:prompt]) == audio_id).sum()) == audio_token_count(dataset.valid_frames[row])
+        assert audio_id not in target
+        assert dataset.target_tokens(row) == len(target)
+    assert batch["labels"].shape[1] % 8 == 0 and batch["input_ids"].shape == batch["labels"].shape
+
+
+def test_the_prompt_is_what_the_processor_builds_from_the_audio(loaded, llm_data):
+    """Training and decoding prompts equal Qwen2AudioProcessor's own expansion of the chat template."""
+    dataset = _dataset(loaded, llm_data[0])
+    utterance = dataset.utterances[2]
+    audio, rate = sf.read(utterance.audio, dtype="float32")
+    inputs = loaded.processor(text=prompt_text(loaded.processor), audio=[audio], sampling_rate=rate,
+                              return_tensors="pt")
+    assert inputs["input_ids"][0].tolist() == list(dataset.labels[2][: dataset.prompt_lengths[2]])
+    assert int(inputs["feature_attention_mask"].sum()) == dataset.valid_frames[2]
+    assert torch.allclose(inputs["input_features"][0], dataset.features[2], atol=1e-5)
+
+
+def test_the_loss_is_cross_entropy_over_the_transcript_tokens_only(loaded, llm_data):
+    dataset = _dataset(loaded, llm_data[0])
+    batch = collate([dataset[i] for i in range(3)], pad_to_multiple_of=8)
+    forward = TrainingForward(loaded.model)
+    inputs = {k: batch[k] for k in ("labels", "input_features", "input_ids", "attention_mask", "feature_attention_mask")}
+    with torch.no_grad():
+        total, count = forward(**inputs)
+        logits = loaded.model(input_ids=batch["input_ids"], input_features=batch["input_features"],
+                              attention_mask=batch["attention_mask"],
+                              feature_attention_mask=batch["feature_attention_mask"]).logits
+    expected, tokens = 0.0, 0
+    for row in range(3):
+        prompt, length = dataset.prompt_lengths[row], len(dataset.labels[row])
+        ids = torch.as_tensor(dataset.labels[row], dtype=torch.long)
+        log_probs = torch.log_softmax(logits[row, prompt - 1 : length - 1].float(), -1)
+        expected -= log_probs.gather(1, ids[prompt:length, None]).sum().item()
+        tokens += length - prompt
+    assert int(count) == tokens == sum(dataset.target_tokens(i) for i in range(3))
+    assert total.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_cached_audio_path_gives_the_same_loss(loaded, llm_data):
+    """A frozen audio tower's output, computed once and fed back, changes nothing in the loss."""
+    dataset = _dataset(loaded, llm_data[0])
+    batch = collate([dataset[i] for i in (0, 4)], pad_to_multiple_of=8)
+    family = loaded.family
+    forward = TrainingForward(loaded.model)
+    inputs = {k: batch[k] for k in ("labels", "input_features", "input_ids", "attention_mask", "feature_attention_mask")}
+    with torch.no_grad():
+        plain, _ = forward(**inputs)
+        audio = family.encode_audio(loaded.model, batch["input_features"], batch["frames"])
+        cached, _ = forward(**{**inputs, "input_features": None}, prefix=audio)
+    assert cached.item() == pytest.approx(plain.item(), rel=1e-5)
+
+
+def _trainable_names(model) -> set[str]:
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_projector_trains_the_projector_only(loaded):
+    model = apply_strategy(loaded.model, "projector")
+    names = _trainable_names(model)
+    assert names == {"model.multi_modal_projector.linear.weight", "model.multi_modal_projector.linear.bias"}
+    assert default_learning_rate("projector", "qwen2_audio") == 1e-4
+
+
+def test_lora_goes_on_the_llm_linear_layers_only(loaded):
+    model = apply_strategy(loaded.model, "lora:r=8,alpha=32")
+    names = _trainable_names(model)
+    assert names and all(".lora_" in n and ".language_model." in n for n in names)
+    adapted = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in names}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert default_learning_rate("lora", "qwen2_audio") == 1e-4 and default_learning_rate("lora") == 1e-3
+
+
+def test_projector_and_lora_compose(loaded):
+    model = apply_strategy(loaded.model, "projector+lora:r=8,alpha=32")
+    names = _trainable_names(model)
+    assert any("multi_modal_projector" in n for n in names) and any(".lora_" in n for n in names)
+    assert not any("audio_tower" in n for n in names)
+    counts = {m.module: m for m in module_counts(model)}
+    assert counts["multi_modal_projector.linear"].trainable == counts["multi_modal_projector.linear"].total > 0
+    assert counts["audio_tower.layers.0"].trainable == 0 and counts["language_model.layers.1"].trainable > 0
+    order = [m.module for m in module_counts(model)]
+    assert order.index("audio_tower.layers.1") < order.index("multi_modal_projector.linear") < order.index(
+        "language_model.layers.0")
+
+
+def test_full_trains_the_llm_head_but_not_the_fixed_positions(loaded):
+    model = apply_strategy(loaded.model, "full")
+    trainable, total = count_parameters(model)
+    assert total - trainable == model.model.audio_tower.embed_positions.weight.numel()
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"model.audio_tower.embed_positions.weight"}
+    assert "lm_head.weight" in _trainable_names(model)
+    assert default_learning_rate("full", "qwen2_audio") == 2e-5
+
+
+def test_freeze_reinit_and_adapter_act_on_the_audio_encoder(tiny_qwen2_audio_dir):
+    model = apply_strategy(load_model(str(tiny_qwen2_audio_dir)).model, "freeze:n=1")
+    names = _trainable_names(model)
+    assert not any(n.startswith(("model.audio_tower.conv", "model.audio_tower.layers.0.")) for n in names)
+    assert any(n.startswith("model.audio_tower.layers.1.") for n in names)
+
+    base = load_model(str(tiny_qwen2_audio_dir)).model
+    before = base.model.audio_tower.layers[1].fc1.weight.clone()
+    model = apply_strategy(base, "reinit:m=1")
+    assert not torch.equal(model.model.audio_tower.layers[1].fc1.weight, before)
+    assert not any(n.startswith("model.audio_tower.layers.0.") for n in _trainable_names(model))
+
+    model = apply_strategy(load_model(str(tiny_qwen2_audio_dir)).model, "adapter:d=8")
+    names = _trainable_names(model)
+    assert names and all(".adapter." in n and n.startswith("model.audio_tower.layers.") for n in names)
+
+
+def test_projector_needs_a_model_with_one(tiny_loaded):
+    with pytest.raises(AsrtuneError, match="no audio-to-text projector"):
+        apply_strategy(tiny_loaded.model, "projector")
+
+
+def test_a_frozen_audio_encoder_is_cached(loaded):
+    from asrtune.training.encoder_cache import cache_plan, prefix_shape
+
+    assert cache_plan(apply_strategy(loaded.model, "projector+lora:r=4")).whole
+    assert prefix_shape(loaded.model) == (25, 32)
+
+
+def test_full_strategy_audio_encoder_is_not_cached(tiny_qwen2_audio_dir):
+    from asrtune.training.encoder_cache import cache_plan
+
+    assert cache_plan(apply_strategy(load_model(str(tiny_qwen2_audio_dir)).model, "freeze:n=1")) is None
+
+
+def test_every_strategy_for_llm_families_is_tested_here():
+    from asrtune.strategies import STRATEGIES
+
+    tested = {"projector", "lora", "full", "freeze", "reinit", "adapter", "decoder"}
+    assert {n for n in STRATEGIES.names() if "qwen2_audio" in STRATEGIES.get(n).families} <= tested
+
+
+def test_decoder_trains_the_llm_with_the_audio_encoder_frozen(loaded):
+    names = _trainable_names(apply_strategy(loaded.model, "decoder"))
+    assert names and not any("audio_tower" in n for n in names) and "lm_head.weight" in names
