@@ -11,7 +11,7 @@ import torch
 
 from conftest import TINY_TEXTS, write_tiny_manifest
 
-from asrtune.config import DataConfig, LoopConfig, RunConfig
+from asrtune.config import DataConfig, LoopConfig, OptimConfig, RunConfig
 from asrtune.data.features import FeatureDataset, collate
 from asrtune.data.manifest import read_manifest
 from asrtune.errors import AsrtuneError
@@ -197,3 +197,121 @@ def test_every_strategy_for_llm_families_is_tested_here():
 def test_decoder_trains_the_llm_with_the_audio_encoder_frozen(loaded):
     names = _trainable_names(apply_strategy(loaded.model, "decoder"))
     assert names and not any("audio_tower" in n for n in names) and "lm_head.weight" in names
+
+
+def _config(model_dir, data, strategy, **loop) -> RunConfig:
+    settings = dict(max_steps=4, batch_size=2, eval_every=4, eval_batch_size=3, max_new_tokens=6, log_every=1,
+                    warmup_ratio=0.0, num_workers=0)
+    settings.update(loop)
+    return RunConfig(model=str(model_dir), strategy=strategy, seed=3, optim=OptimConfig(learning_rate=1e-2), data=DataConfig(train=str(data[0]), eval=str(data[1])), loop=LoopConfig(**settings))
+
+
+@pytest.fixture(scope="module")
+def llm_run(tiny_qwen2_audio_dir, llm_data, tmp_path_factory):
+    """One projector+LoRA run on the tiny Qwen2-Audio (4 steps, real decoding), shared by readers."""
+    from asrtune.training.recipe import train
+
+    run_dir = tmp_path_factory.mktemp("llm-runs") / "projector-lora"
+    # no step-0 evaluation: the kept checkpoint is the trained one, so exports differ from the base
+    config = _config(tiny_qwen2_audio_dir, llm_data, "projector+lora:r=4,alpha=16", eval_at_start=False)
+    results = train(config, run_dir, progress=False)
+    return run_dir, results
+
+
+def test_a_run_trains_evaluates_and_caches_the_audio_encoder(llm_run):
+    run_dir, results = llm_run
+    assert results["steps"] == 4 and results["strategy"] == "projector+lora:r=4,alpha=16"
+    losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in line]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert results["encoder_cache"]["whole"] and results["encoder_cache"]["hits"] > 0
+    assert 0 < results["trainable_params"] < results["total_params"]
+    assert "final" in results and (run_dir / "predictions.jsonl").is_file()
+
+
+def test_a_run_folder_reloads_and_evaluates_as_the_run_scored_it(llm_run, llm_data):
+    from asrtune.evaluation.decode import evaluate_dataset
+
+    run_dir, results = llm_run
+    reloaded = load_model(str(run_dir))
+    assert reloaded.family.name == "qwen2_audio"
+    evaluation = evaluate_dataset(reloaded, _dataset(reloaded, llm_data[1]), max_new_tokens=6, progress=False)
+    assert evaluation.scores.wer == pytest.approx(results["final_wer"])
+
+
+def test_a_run_resumes_to_more_steps(llm_run, tmp_path):
+    import shutil
+
+    from asrtune.training.recipe import train
+
+    run_dir, results = llm_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    config = results["config"]
+    resumed = train(_config(config["model"], (config["data"]["train"], config["data"]["eval"]), config["strategy"],
+                            max_steps=5, eval_every=5), copy, resume=True, progress=False)
+    assert resumed["steps"] == 5
+
+
+def test_export_hf_loads_in_plain_transformers_and_transcribes_as_asrtune(llm_run, llm_data, tmp_path):
+    """The merged folder: Qwen2AudioForConditionalGeneration + AutoProcessor, greedy, gives evaluate's text."""
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    from asrtune.cli import main
+    from asrtune.evaluation.decode import transcribe_dataset
+
+    run_dir, _ = llm_run
+    out = tmp_path / "hf"
+    assert main(["export", str(run_dir), "--to", "hf", "--out", str(out)]) == 0
+    marker = json.loads((out / "asrtune_export.json").read_text())
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(out).eval()
+    processor = AutoProcessor.from_pretrained(out)
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    base = load_model(json.loads((run_dir / "results.json").read_text())["base_model"]).model
+    for name in ("model.multi_modal_projector.linear.weight", "model.language_model.layers.0.self_attn.q_proj.weight"):
+        assert not torch.equal(model.get_parameter(name), base.get_parameter(name)), name  # trained and merged
+    dataset = _dataset(load_model(str(run_dir)), llm_data[1])
+    expected = transcribe_dataset(load_model(str(run_dir)), dataset, max_new_tokens=6, progress=False)
+    for utterance, hypothesis in zip(dataset.utterances, expected, strict=True):
+        audio, rate = sf.read(utterance.audio, dtype="float32")
+        inputs = processor(text=marker["prompt"], audio=[audio], sampling_rate=rate, return_tensors="pt")
+        with torch.no_grad():
+            output = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+        text = processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+        assert text.strip() == hypothesis
+    assert any(expected)  # the tiny model says something, so the comparison compares text
+
+
+def test_learning_rate_groups_per_component(loaded):
+    from asrtune.training.lr_control import parameter_groups
+
+    model = apply_strategy(loaded.model, "full")
+    groups = {g["name"]: g for g in parameter_groups(model, 1e-4, 1e-5, 3e-4)}
+    assert {name: g["lr"] for name, g in groups.items()} == {"audio_encoder": 1e-5, "projector": 3e-4, "llm": 1e-4}
+    core = model.model
+    assert sum(p.numel() for p in groups["projector"]["params"]) == sum(
+        p.numel() for p in core.multi_modal_projector.parameters())
+    assert sum(p.numel() for p in groups["audio_encoder"]["params"]) == sum(
+        p.numel() for p in core.audio_tower.parameters() if p.requires_grad)
+    lora = apply_strategy(load_model(str(loaded.base_dir)).model, "projector+lora:r=4")
+    names = {g["name"] for g in parameter_groups(lora, 1e-4, None, None)}
+    assert names == {"projector", "llm"}  # LoRA sits in the LLM; the frozen audio encoder has no group
+
+
+def test_lr_search_targets_the_projector():
+    from asrtune.training.lr_search import SearchSettings
+
+    assert SearchSettings(target="projector_learning_rate").target == "projector_learning_rate"
+    with pytest.raises(AsrtuneError, match="projector_learning_rate"):
+        SearchSettings(target="decoder_learning_rate")
+
+
+def test_inspect_counts_an_llm_strategy_module_by_module(tiny_qwen2_audio_dir, capsys):
+    from asrtune.cli import main
+
+    assert main(["inspect", str(tiny_qwen2_audio_dir), "--strategy", "projector+lora:r=8,alpha=32", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    modules = {m["module"]: m for m in summary["modules"]}
+    assert modules["multi_modal_projector.linear"]["trainable"] == 32 * 32 + 32
+    lora = sum(m["trainable"] for name, m in modules.items() if name.startswith("language_model.layers"))
+    assert summary["trainable"] == lora + 32 * 32 + 32 and lora > 0

@@ -183,7 +183,12 @@ def export_hf(source: str | MergedModel, out: str | Path, *, overwrite: bool = F
 
     def write(staging: Path) -> None:
         save_hf(merged, staging)
-        write_marker(staging, merged, "hf")
+        extra = {}
+        if type(merged.model).__name__ != "WhisperForConditionalGeneration":  # LLM families: the prompt to feed
+            from asrtune.models.qwen2_audio import prompt_text
+
+            extra["prompt"] = prompt_text(merged.processor)
+        write_marker(staging, merged, "hf", **extra)
 
     if out.is_dir() and not any(out.iterdir()):
         shutil.rmtree(out)

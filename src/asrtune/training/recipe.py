@@ -65,7 +65,8 @@ __all__ = ["Recipe", "SharedPrefix", "train"]
 
 LABEL_PAD_MULTIPLE = 8  # training batches' label length rounds up to this (see collate)
 _FIXED_ON_RESUME = ("model", "strategy", "language", "task", "seed", "data")
-_OPTIM_ON_RESUME = ("learning_rate", "encoder_learning_rate", "weight_decay", "betas", "eps")
+_OPTIM_ON_RESUME = ("learning_rate", "encoder_learning_rate", "projector_learning_rate", "weight_decay", "betas",
+                    "eps")
 
 
 @dataclass
@@ -287,7 +288,8 @@ class Recipe:
 
     def _setup_optimizer(self) -> None:
         config, accelerator = self.config, self.accelerator
-        groups = parameter_groups(self.loaded.model, self.learning_rate, config.optim.encoder_learning_rate)
+        groups = parameter_groups(self.loaded.model, self.learning_rate, config.optim.encoder_learning_rate,
+                                  config.optim.projector_learning_rate)
         # fused: one kernel per step instead of a dozen passes over every parameter (CPU and CUDA; the
         # Trainer's default optimizer, adamw_torch_fused, is the same)
         optimizer = torch.optim.AdamW(groups, lr=self.learning_rate, betas=config.optim.betas, eps=config.optim.eps,
@@ -573,7 +575,8 @@ class Recipe:
         changed = {key: (saved.get(key), wanted[key]) for key in _OPTIM_ON_RESUME if saved.get(key) != wanted[key]}
         if not changed:
             return
-        groups = parameter_groups(self.loaded.model, self.learning_rate, self.config.optim.encoder_learning_rate)
+        groups = parameter_groups(self.loaded.model, self.learning_rate, self.config.optim.encoder_learning_rate,
+                                  self.config.optim.projector_learning_rate)
         peak = {group["name"]: group["lr"] for group in groups}
         optim = self.config.optim
         for index, group in enumerate(self.optimizer.param_groups):
@@ -600,6 +603,7 @@ class Recipe:
             "strategy": config.strategy,
             "learning_rate": self.learning_rate,
             "encoder_learning_rate": config.optim.encoder_learning_rate or self.learning_rate,
+            "learning_rate_groups": {group["name"]: group["initial_lr"] for group in self.optimizer.param_groups},
             "learning_rate_source": config.optim.learning_rate_source
             or ("config" if config.optim.learning_rate else "strategy default"),
             "lr_changes": self.plateau.changes,
