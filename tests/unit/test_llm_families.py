@@ -315,3 +315,47 @@ def test_inspect_counts_an_llm_strategy_module_by_module(tiny_qwen2_audio_dir, c
     assert modules["multi_modal_projector.linear"]["trainable"] == 32 * 32 + 32
     lora = sum(m["trainable"] for name, m in modules.items() if name.startswith("language_model.layers"))
     assert summary["trainable"] == lora + 32 * 32 + 32 and lora > 0
+
+
+def test_refusals_and_loops_count_in_the_hallucination_metrics():
+    from asrtune.evaluation.hallucination import hallucination_stats, refusal_in
+
+    references = ["open the door", "good morning", "i am sorry i am late", "blue sky today"]
+    hypotheses = ["open the door", "I'm sorry, as an AI I cannot transcribe this audio.", "i am sorry i am late",
+                  "blue sky blue sky blue sky blue sky"]
+    stats = hallucination_stats(references, hypotheses, "en")
+    assert (stats.refusals, stats.loops, stats.flagged) == (1, 1, 2)
+    assert stats.refusal_rate == 0.25 and stats.examples == (1, 3)
+    assert refusal_in("I’m sorry, I can't help") == "i'm sorry"
+    assert refusal_in("i am sorry i am late", "i am sorry i am late") is None  # the speaker said it
+
+
+def test_the_repetition_guard_stops_a_looping_row_only():
+    from asrtune.evaluation.guards import RepetitionStop
+
+    guard = RepetitionStop(prompt_width=2, max_n=3, min_repeats=3, min_unigram_repeats=5)
+    rows = torch.tensor([[9, 9, 5, 6, 5, 6, 5, 6], [9, 9, 1, 2, 3, 4, 5, 6], [9, 9, 7, 7, 7, 7, 8, 8]])
+    assert guard(rows, None).tolist() == [True, False, False]
+    assert guard.stopped == {0}
+    assert guard.looping([4] * 5) and not guard.looping([4] * 4)
+
+
+def test_decoding_bounds_new_tokens_by_the_audio_duration(loaded, llm_data, monkeypatch):
+    from asrtune.evaluation.decode import decode_dataset
+    from asrtune.evaluation.guards import duration_token_cap
+
+    dataset = _dataset(loaded, llm_data[1])
+    budgets: list[int] = []
+    real = loaded.model.generate
+
+    def recording(**kwargs):
+        budgets.append(kwargs["max_new_tokens"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(loaded.model, "generate", recording)
+    decoded = decode_dataset(loaded, dataset, batch_size=2, max_new_tokens=500, progress=False)
+    longest = [max(dataset.durations[:2]), dataset.durations[2]]
+    assert budgets == [duration_token_cap(s) for s in longest] and all(b < 500 for b in budgets)
+    assert len(decoded.hypotheses) == 3
+    decode_dataset(loaded, dataset, batch_size=3, max_new_tokens=3, progress=False)
+    assert budgets[-1] == 3  # a smaller cap still wins

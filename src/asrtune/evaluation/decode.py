@@ -19,6 +19,7 @@ from tqdm import tqdm
 from transformers.modeling_outputs import BaseModelOutput
 
 from asrtune.data.features import FeatureDataset
+from asrtune.evaluation.guards import duration_token_cap
 from asrtune.evaluation.metrics import Scores, score
 from asrtune.languages import canonical_language
 from asrtune.models.load import LoadedModel
@@ -158,8 +159,13 @@ def decode_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: st
                and language_of(order[start + len(batch)]) == lang):
             batch.append(order[start + len(batch)])
         features = torch.stack([dataset.features[i] for i in batch]).to(device=device, dtype=dtype)
+        budget = max_new_tokens
+        if family.decode_guards:  # no more new tokens than the batch's longest audio could hold
+            budget = min(max_new_tokens, duration_token_cap(max(float(dataset.durations[i]) for i in batch)))
         texts, cut = family.decode(loaded, features, [dataset.valid_frames[i] for i in batch], language=lang,
-                                   task=task, max_new_tokens=max_new_tokens, short_input=short_input)
+                                   task=task, max_new_tokens=budget, short_input=short_input)
+        if budget < max_new_tokens:  # stopping at the duration's budget is the guard working, not a cut-off
+            cut = [False] * len(cut)
         for index, text, stopped in zip(batch, texts, cut, strict=True):
             hypotheses[index] = text
             capped[index] = stopped

@@ -66,6 +66,7 @@ class ModelFamily:
     processor_classes: ClassVar[tuple[str, ...]]
     modules: ClassVar[ModuleMap]
     max_label_tokens: ClassVar[int]
+    decode_guards: ClassVar[bool] = False  # new tokens bounded by duration, loops stopped (asrtune.evaluation.guards)
 
     # --- loading ----------------------------------------------------------------------------------------
 

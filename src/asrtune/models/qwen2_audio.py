@@ -9,7 +9,9 @@ utterance's audio gives, exactly as ``Qwen2AudioProcessor`` does.
 Training sequence: ``prompt`` (system, user turn with the audio and :data:`INSTRUCTION`, the
 assistant's opening) then the transcript and ``<|im_end|>`` (the tokenizer's end-of-text when the
 vocabulary has no ``<|im_end|>``). Labels mask the prompt, the audio tokens and padding (-100).
-Decoding feeds the same prompt (left-padded), stops at the end token and strips the prompt.
+Decoding feeds the same prompt (left-padded), stops at the end token and strips the prompt; the
+decoding guards (``asrtune.evaluation.guards``) bound the new tokens by the audio's duration and stop
+a row that loops.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import StoppingCriteriaList
 
 from asrtune.errors import AsrtuneError
+from asrtune.evaluation.guards import RepetitionStop
 from asrtune.models.family import FAMILIES, ModelFamily, ModuleMap, model_core
 
 __all__ = ["Qwen2AudioFamily", "INSTRUCTION", "audio_token_count", "prompt_text", "LLM_LINEARS"]
@@ -61,6 +65,7 @@ class Qwen2AudioFamily(ModelFamily):
                         stem=("audio_tower.conv1", "audio_tower.conv2", "audio_tower.embed_positions"),
                         fixed=("audio_tower.embed_positions.weight",), llm_linears=LLM_LINEARS, head="lm_head")
     max_label_tokens = MAX_SEQUENCE
+    decode_guards = True
 
     def load(self, location: Path | str, dtype: torch.dtype):
         from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
@@ -190,14 +195,18 @@ class Qwen2AudioFamily(ModelFamily):
             input_ids[row, width - len(prompt):], attention[row, width - len(prompt):] = torch.tensor(prompt), 1
         feature_mask = (torch.arange(features.shape[-1])[None, :] < torch.tensor(list(frames))[:, None]).long()
         ends = self.end_token_ids(processor)
+        guard = RepetitionStop(width)
         output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                                 input_features=features, feature_attention_mask=feature_mask.to(device),
                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=ends,
-                                pad_token_id=pad, **generate_options)
+                                pad_token_id=pad, stopping_criteria=StoppingCriteriaList([guard]),
+                                **generate_options)
         sequences = output.sequences if hasattr(output, "sequences") else output
         new = sequences[:, width:]
         texts = processor.tokenizer.batch_decode(new, skip_special_tokens=True)
-        capped = [not any(token in ends for token in row) for row in new.tolist()]
+        # a row the repetition guard stopped did not run to the cap: its loop stays in the text
+        capped = [not any(token in ends for token in row) and i not in guard.stopped
+                  for i, row in enumerate(new.tolist())]
         return [text.strip() for text in texts], capped
 
     # --- export -----------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from asrtune.data.sampler import GlobalBatches, RankBatchSampler
 from asrtune.errors import AsrtuneError
 from asrtune.evaluation.decode import Evaluation, evaluate_dataset, write_predictions
 from asrtune.evaluation.forgetting import Transcripts, forgetting_of, within_budget
+from asrtune.evaluation.hallucination import hallucination_stats
 from asrtune.evaluation.metrics import score
 from asrtune.evaluation.sets import (GENERAL, base_transcripts, build_eval_sets, decode_sets, evidence,
                                      pristine_copy, scoring_language, transcripts_of, write_set_predictions)
@@ -492,6 +493,9 @@ class Recipe:
             self.run.append_metric({"step": step, "lr_change": change})
         record = {"step": step, "eval_wer": wer, "eval_cer": evaluation.scores.cer,
                   "best_wer": self.selector.best_wer, "kept": improved}
+        if evaluation.references and len(evaluation.references) == len(evaluation.hypotheses):
+            stats = hallucination_stats(evaluation.references, evaluation.hypotheses, config.language)
+            record.update(loops=stats.loops, refusals=stats.refusals, too_long=stats.too_long)
         budget = config.loop.forgetting_budget
         if rises:
             record.update(general_wer_rise=rises, within_budget=within_budget(forgetting, budget))
