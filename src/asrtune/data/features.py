@@ -102,7 +102,8 @@ class FeatureDataset(torch.utils.data.Dataset):
         extractor = processor.feature_extractor
         self.durations = np.array([audio_duration(u) for u in self.utterances], dtype=np.float64)
         max_frames = extractor.n_samples // extractor.hop_length
-        self.valid_frames = [min(-(-int(round(d * SAMPLE_RATE)) // extractor.hop_length), max_frames)
+        min_samples = getattr(extractor, "min_length", 0) or 0  # Qwen3-ASR zero-pads short clips to 0.5 s first
+        self.valid_frames = [min(-(-max(int(round(d * SAMPLE_RATE)), min_samples) // extractor.hop_length), max_frames)
                              for d in self.durations]
         self.labels = self._label_ids(processor, multilingual=multilingual, language=language, task=task)
         self.features = _LazyFeatures(self)

@@ -20,7 +20,7 @@ from transformers import GenerationConfig, WhisperForConditionalGeneration, Whis
 
 from asrtune import __version__
 from asrtune.errors import AsrtuneError
-from asrtune.models.family import ModelFamily
+from asrtune.models.family import ModelFamily, family_of
 from asrtune.models.load import LoadedModel, load_model
 
 __all__ = ["EXPORT_MARKER", "MERGEABLE_HINT", "MergedModel", "deployable_generation_config", "export_hf",
@@ -184,10 +184,9 @@ def export_hf(source: str | MergedModel, out: str | Path, *, overwrite: bool = F
     def write(staging: Path) -> None:
         save_hf(merged, staging)
         extra = {}
-        if type(merged.model).__name__ != "WhisperForConditionalGeneration":  # LLM families: the prompt to feed
-            from asrtune.models.qwen2_audio import prompt_text
-
-            extra["prompt"] = prompt_text(merged.processor)
+        family = family_of(merged.model)
+        if family.name != "whisper":  # LLM families: the prompt to feed the exported model (one audio placeholder)
+            extra["prompt"] = family.prompt(merged.processor, None)
         write_marker(staging, merged, "hf", **extra)
 
     if out.is_dir() and not any(out.iterdir()):

@@ -28,7 +28,7 @@ from asrtune.registry import Registry
 __all__ = ["ModuleMap", "ModelFamily", "FAMILIES", "family_of", "family_named", "family_for_folder",
            "family_for_processor", "model_core", "core_prefix"]
 
-_FAMILY_MODULES = ("whisper", "qwen2_audio")
+_FAMILY_MODULES = ("whisper", "qwen2_audio", "qwen3_asr")
 
 
 @dataclass(frozen=True, kw_only=True)

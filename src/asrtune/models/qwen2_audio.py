@@ -66,6 +66,25 @@ class Qwen2AudioFamily(ModelFamily):
                         fixed=("audio_tower.embed_positions.weight",), llm_linears=LLM_LINEARS, head="lm_head")
     max_label_tokens = MAX_SEQUENCE
     decode_guards = True
+    feature_mask_arg = "feature_attention_mask"  # the model's keyword for the log-mel frame mask
+
+    # --- what differs between LLM families (Qwen3-ASR overrides these) -----------------------------------
+
+    def audio_tokens(self, frames: int) -> int:
+        """Audio tokens the processor expands ``<|AUDIO|>`` to for ``frames`` valid log-mel frames."""
+        return audio_token_count(frames)
+
+    def prompt(self, processor, language: str | None) -> str:
+        """The prompt text, with one audio placeholder."""
+        return prompt_text(processor, language)
+
+    def target_ids(self, tokenizer, text: str, language: str | None) -> list[int]:
+        """Token ids of the target before the end token: the transcript."""
+        return tokenizer(text.strip(), add_special_tokens=False)["input_ids"]
+
+    def transcript_ids(self, tokens: list[int], processor) -> list[int]:
+        """The transcript part of generated tokens (all of them here)."""
+        return tokens
 
     def load(self, location: Path | str, dtype: torch.dtype):
         from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
@@ -91,11 +110,11 @@ class Qwen2AudioFamily(ModelFamily):
 
     def prompt_ids(self, processor, frames: int, language: str | None) -> list[int]:
         """The prompt's token ids for an utterance of ``frames`` valid log-mel frames."""
-        text = prompt_text(processor, language)
+        text = self.prompt(processor, language)
         if text.count(processor.audio_token) != 1:
             raise AsrtuneError(f"the prompt must hold one {processor.audio_token}; the chat template gives "
                                f"{text.count(processor.audio_token)}")
-        text = text.replace(processor.audio_token, processor.audio_token * audio_token_count(frames))
+        text = text.replace(processor.audio_token, processor.audio_token * self.audio_tokens(frames))
         return processor.tokenizer(text)["input_ids"]  # special tokens as the processor adds them
 
     def sequences(self, processor, texts, ids, languages, valid_frames, *, multilingual: bool,
@@ -105,10 +124,10 @@ class Qwen2AudioFamily(ModelFamily):
             raise AsrtuneError(f"task {task!r}: the {self.name} family transcribes only")
         tokenizer = processor.tokenizer
         end = self.end_token_ids(processor)[0]
-        encoded = tokenizer([t.strip() for t in texts], add_special_tokens=False)["input_ids"] if texts else []
         prompts: dict[tuple, list[int]] = {}
         sequences, prompt_lengths = [], []
-        for utt_id, lang, frames, text_ids in zip(ids, languages, valid_frames, encoded, strict=True):
+        for utt_id, lang, frames, text in zip(ids, languages, valid_frames, texts, strict=True):
+            text_ids = self.target_ids(tokenizer, text, lang)
             key = (lang, frames)
             if key not in prompts:
                 prompts[key] = self.prompt_ids(processor, frames, lang)
@@ -159,7 +178,7 @@ class Qwen2AudioFamily(ModelFamily):
         """Token embeddings with each row's audio tokens replaced by its projected audio positions."""
         core = model_core(model)
         projected = core.multi_modal_projector(audio)
-        counts = [audio_token_count(int(f)) for f in frames.tolist()]
+        counts = [self.audio_tokens(int(f)) for f in frames.tolist()]
         valid = torch.cat([projected[row, :count] for row, count in enumerate(counts)])
         embeds = core.get_input_embeddings()(input_ids)
         where = (input_ids == core.config.audio_token_id).unsqueeze(-1)
@@ -173,7 +192,7 @@ class Qwen2AudioFamily(ModelFamily):
             logits = model(inputs_embeds=embeds, attention_mask=attention).logits
         else:
             logits = model(input_ids=input_ids, input_features=batch["input_features"], attention_mask=attention,
-                           feature_attention_mask=batch["feature_attention_mask"]).logits
+                           **{self.feature_mask_arg: batch["feature_attention_mask"]}).logits
         targets = labels[:, 1:]
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(),
                                                  ignore_index=-100, reduction="sum")
@@ -197,13 +216,14 @@ class Qwen2AudioFamily(ModelFamily):
         ends = self.end_token_ids(processor)
         guard = RepetitionStop(width)
         output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                input_features=features, feature_attention_mask=feature_mask.to(device),
+                                input_features=features, **{self.feature_mask_arg: feature_mask.to(device)},
                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=ends,
                                 pad_token_id=pad, stopping_criteria=StoppingCriteriaList([guard]),
                                 **generate_options)
         sequences = output.sequences if hasattr(output, "sequences") else output
         new = sequences[:, width:]
-        texts = processor.tokenizer.batch_decode(new, skip_special_tokens=True)
+        texts = processor.tokenizer.batch_decode([self.transcript_ids(row, processor) for row in new.tolist()],
+                                                 skip_special_tokens=True)
         # a row the repetition guard stopped did not run to the cap: its loop stays in the text
         capped = [not any(token in ends for token in row) and i not in guard.stopped
                   for i, row in enumerate(new.tolist())]
@@ -215,16 +235,24 @@ class Qwen2AudioFamily(ModelFamily):
     def probe_logits(self, model: torch.nn.Module) -> torch.Tensor:
         core = model_core(model)
         audio_config = core.audio_tower.config
-        frames = 2 * audio_config.max_source_positions
+        frames = self.probe_frames(audio_config)
         generator = torch.Generator().manual_seed(0)
         parameter = next(model.parameters())
         features = torch.randn(1, audio_config.num_mel_bins, frames, generator=generator)
-        ids = [1, 2] + [core.config.audio_token_id] * audio_token_count(frames) + [3, 4]
+        ids = [1, 2] + [core.config.audio_token_id] * self.audio_tokens(frames) + [3, 4]
         output = model(input_ids=torch.tensor([ids], device=parameter.device),
                        input_features=features.to(parameter.device, parameter.dtype),
                        attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=parameter.device),
-                       feature_attention_mask=torch.ones(1, frames, dtype=torch.long, device=parameter.device))
+                       **{self.feature_mask_arg: torch.ones(1, frames, dtype=torch.long, device=parameter.device)})
         return output.logits.float().cpu()
+
+    def probe_frames(self, audio_config) -> int:
+        return 2 * audio_config.max_source_positions
+
+    def prefix_shape(self, model: torch.nn.Module, processor=None) -> tuple[int, int]:
+        """One cached audio-tower output's shape (positions, width)."""
+        config = model_core(model).audio_tower.config
+        return (config.max_source_positions - 2) // 2 + 1, config.d_model
 
     def prepare_export(self, model: torch.nn.Module, processor) -> None:
         """Plain ``generate`` on the exported folder stops where asrtune's decoding stops."""

@@ -51,22 +51,22 @@ def _audio_encoder_plan(model: torch.nn.Module) -> CachePlan | None:
     family = family_of(model)
     encoder = model_core(model).get_submodule(family.modules.encoder)
     config = encoder.config
-    if config.dropout or config.attention_dropout or config.activation_dropout or config.encoder_layerdrop:
+    if any(getattr(config, name, 0) for name in ("dropout", "attention_dropout", "activation_dropout",
+                                                  "encoder_layerdrop")):
         return None
     if _trains(encoder):
         return None
     return CachePlan(layers=len(encoder.layers), whole=True)
 
 
-def prefix_shape(model: torch.nn.Module) -> tuple[int, int]:
+def prefix_shape(model: torch.nn.Module, processor=None) -> tuple[int, int]:
     """One cached item's shape (positions, width): Whisper's encoder positions, or the audio tower's
-    pooled positions (LLM families)."""
+    output positions for the processor's full window (LLM families)."""
     family = family_of(model)
     if family.name == "whisper":
         config = whisper_core(model).config
         return config.max_source_positions, config.d_model
-    config = model_core(model).get_submodule(family.modules.encoder).config
-    return (config.max_source_positions - 2) // 2 + 1, config.d_model
+    return family.prefix_shape(model, processor)
 
 
 def cache_plan(model: torch.nn.Module) -> CachePlan | None:

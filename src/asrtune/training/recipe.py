@@ -322,7 +322,7 @@ class Recipe:
             return shared
         if shared is not None:
             shared.close()
-        cache = PrefixCache(key, prefix_shape(model),
+        cache = PrefixCache(key, prefix_shape(model, self.loaded.processor),
                             memory_mb=self.config.loop.encoder_cache_mb,
                             spill_dir=self.run.encoder_cache / f"rank{self.processes.rank}",
                             n_items=len(self.train_set))
