@@ -374,3 +374,24 @@ def test_bundled_llm_asr_tiny_resolves_to_the_assembled_folder(tiny_qwen2_audio_
     monkeypatch.setitem(sys.modules, "asrtune.models.llm_asr_tiny", stub)
     assert resolve_source("bundled:llm-asr-tiny") == ("hf_dir", tiny_qwen2_audio_dir)
     assert load_model("bundled:llm-asr-tiny").family.name == "qwen2_audio" and len(calls) == 2
+
+
+def test_lr_search_centres_its_grid_on_the_family_default(tiny_qwen2_audio_dir, tiny_model_dir):
+    from asrtune.models.load import source_family
+    from asrtune.training.lr_search import SearchSettings, lr_grid
+
+    assert source_family(str(tiny_qwen2_audio_dir)) == "qwen2_audio" and source_family(str(tiny_model_dir)) == "whisper"
+    settings = SearchSettings(trials=3)
+    assert lr_grid(settings, "lora", "qwen2_audio") == [1e-5, 1e-4, 1e-3]
+    assert lr_grid(settings, "lora") == [1e-4, 1e-3, 1e-2]
+
+
+def test_evaluate_runs_and_transcribe_refuses_an_llm_model_clearly(tiny_qwen2_audio_dir, llm_data, capsys):
+    from asrtune.cli import main
+
+    assert main(["evaluate", str(tiny_qwen2_audio_dir), "--data", str(llm_data[1]), "--json",
+                 "--max-new-tokens", "4"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 3
+    audio = read_manifest(llm_data[1])[0].audio
+    assert main(["transcribe", str(tiny_qwen2_audio_dir), audio]) == 2
+    assert "runs Whisper models" in capsys.readouterr().err

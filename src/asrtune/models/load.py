@@ -40,7 +40,7 @@ from asrtune.models.ct2 import ct2_to_hf_state_dict, file_sha256, read_ct2_confi
     whisper_config_from_ct2
 from asrtune.paths import cache_dir
 
-__all__ = ["LoadedModel", "load_model", "resolve_source", "convert_ct2_dir", "is_run_dir"]
+__all__ = ["LoadedModel", "load_model", "resolve_source", "convert_ct2_dir", "is_run_dir", "source_family"]
 
 _CONVERSION_FORMAT = 2  # bump when the conversion changes, so stale caches are rebuilt
 _SPECIAL = ("<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>", "<|transcribe|>", "<|translate|>")
@@ -216,6 +216,18 @@ def convert_ct2_dir(directory: Path) -> Path:
 def _load_hf(location: Path | str, dtype: torch.dtype):
     family = family_for_folder(Path(location)) if Path(location).is_dir() else family_named("whisper")
     return family.load(location, dtype)
+
+
+def source_family(source: str) -> str:
+    """The family name of a model source, read from its files (no weights loaded)."""
+    kind, location = resolve_source(source)
+    if kind == "run":
+        import yaml
+
+        return source_family(str(yaml.safe_load((Path(location) / "config.yaml").read_text())["model"]))
+    if kind == "hf_dir":
+        return family_for_folder(Path(location)).name
+    return "whisper"
 
 
 def load_model(source: str, *, dtype: torch.dtype = torch.float32) -> LoadedModel:

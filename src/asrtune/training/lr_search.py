@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from asrtune.config import RunConfig
 from asrtune.errors import AsrtuneError
+from asrtune.models.load import source_family
 from asrtune.strategies import default_learning_rate, parse_spec
 
 __all__ = ["SearchSettings", "lr_grid", "extension_grid", "run_lr_search", "suggested_learning_rate",
@@ -96,9 +97,9 @@ class SearchSettings:
             raise AsrtuneError("lr-search needs 0 < min_lr < max_lr")
 
 
-def lr_grid(settings: SearchSettings, spec: str) -> list[float]:
+def lr_grid(settings: SearchSettings, spec: str, family: str = "whisper") -> list[float]:
     """``trials`` learning rates, log-spaced over the range, lowest first."""
-    centre = default_learning_rate(spec)
+    centre = default_learning_rate(spec, family)
     low = settings.min_lr or centre / 10
     high = settings.max_lr or centre * 10
     ratio = math.log(high / low)
@@ -222,7 +223,7 @@ def run_lr_search(config: RunConfig, output_dir: Path, settings: SearchSettings 
 
     shared_prefix = SharedPrefix()  # every trial's frozen encoder prefix is the same: encode it once
     train_trial = functools.partial(_train_to, progress=False, shared_prefix=shared_prefix)
-    grid = lr_grid(settings, config.strategy)
+    grid = lr_grid(settings, config.strategy, source_family(config.model))
     trials = {lr: _trial(lr) for lr in grid}
     survivors, steps = _bracket(trials, list(grid), settings, config, output_dir, train_trial, progress)
     extensions: list[dict] = []
