@@ -226,3 +226,126 @@ def read_jsonl(path: Path) -> list[dict]:
 def espeak_or_skip() -> None:
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed")
+
+
+# --- LLM-based ASR families: tiny random Qwen2-Audio ---------------------------------------------------
+
+LLM_SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
+
+
+def make_llm_tokenizer():
+    """Whisper's English BPE with the chat and audio special tokens Qwen2-Audio's processor needs, and no
+    post-processor (Whisper's prepends <|startoftranscript|>; Qwen's tokenizers add nothing)."""
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_file(str(tokenizer_file()))
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>",
+                                        pad_token="<|endoftext|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": LLM_SPECIAL_TOKENS})
+    return tokenizer
+
+
+def make_qwen2_audio_processor():
+    """Qwen2AudioProcessor over 1-second inputs (80 x 100 log-mels) with its default chat template."""
+    from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
+
+    extractor = WhisperFeatureExtractor(feature_size=80, chunk_length=1)
+    return Qwen2AudioProcessor(feature_extractor=extractor, tokenizer=make_llm_tokenizer())
+
+
+def tiny_qwen2_audio(seed: int = 0, perturb: float = 0.02):
+    """A tiny random Qwen2-Audio (d_model 32, 2 audio layers, 2 LLM layers, 1 s of audio = 25 audio tokens)."""
+    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+
+    tokenizer = make_llm_tokenizer()
+    config = Qwen2AudioConfig(
+        audio_config=dict(model_type="qwen2_audio_encoder", d_model=32, encoder_layers=2, encoder_attention_heads=2,
+                          encoder_ffn_dim=64, num_mel_bins=80, max_source_positions=50),
+        text_config=dict(model_type="qwen2", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, intermediate_size=64, vocab_size=len(tokenizer),
+                         max_position_embeddings=512),
+        audio_token_id=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
+    )
+    torch.manual_seed(seed)
+    model = Qwen2AudioForConditionalGeneration(config)
+    if perturb:
+        generator = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "embed_positions" not in name:
+                    parameter.add_(torch.randn(parameter.shape, generator=generator) * perturb)
+    model.eval()
+    return model
+
+
+def save_tiny_qwen2_audio(directory: Path, **kwargs) -> Path:
+    tiny_qwen2_audio(**kwargs).save_pretrained(directory)
+    make_qwen2_audio_processor().save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_audio_dir(tmp_path_factory) -> Path:
+    """An HF folder (Qwen2-Audio model + processor) that ``load_model`` reads as an ``hf_dir`` source."""
+    return save_tiny_qwen2_audio(tmp_path_factory.mktemp("tiny-qwen2-audio"))
+
+
+# --- tiny random Qwen3-ASR ------------------------------------------------------------------------------
+
+QWEN3_ASR_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for c in message['content'] %}"
+    "{% if c['type'] == 'audio' %}<|audio_start|><|audio_pad|><|audio_end|>"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_qwen3_asr_processor():
+    """Qwen3ASRProcessor over 1-second inputs with Qwen3-ASR's chat layout and audio / <asr_text> tokens."""
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast, Qwen3ASRFeatureExtractor, Qwen3ASRProcessor
+
+    backend = Tokenizer.from_file(str(tokenizer_file()))
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        extra_special_tokens={"audio_token": "<|audio_pad|>", "audio_bos_token": "<|audio_start|>",
+                              "audio_eos_token": "<|audio_end|>"})
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<asr_text>"]},
+                                 replace_extra_special_tokens=False)
+    extractor = Qwen3ASRFeatureExtractor(feature_size=80, chunk_length=1)
+    return Qwen3ASRProcessor(feature_extractor=extractor, tokenizer=tokenizer, chat_template=QWEN3_ASR_TEMPLATE)
+
+
+def save_tiny_qwen3_asr(directory: Path, seed: int = 0, perturb: float = 0.02) -> Path:
+    """A tiny random Qwen3-ASR (d_model 32, 2 audio layers, 2 Qwen3 layers, tied head) and its processor."""
+    from transformers import Qwen3ASRConfig, Qwen3ASRForConditionalGeneration
+
+    processor = make_qwen3_asr_processor()
+    tokenizer = processor.tokenizer
+    config = Qwen3ASRConfig(
+        audio_config=dict(model_type="qwen3_asr_encoder", d_model=32, encoder_layers=2, encoder_attention_heads=2,
+                          encoder_ffn_dim=64, num_mel_bins=80, output_dim=32, downsample_hidden_size=8,
+                          n_window=50, n_window_infer=100),
+        text_config=dict(model_type="qwen3", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, head_dim=16, intermediate_size=64, vocab_size=len(tokenizer),
+                         max_position_embeddings=512, tie_word_embeddings=True),
+        audio_token_id=tokenizer.convert_tokens_to_ids("<|audio_pad|>"),
+    )
+    torch.manual_seed(seed)
+    model = Qwen3ASRForConditionalGeneration(config)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * perturb)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_asr_dir(tmp_path_factory) -> Path:
+    return save_tiny_qwen3_asr(tmp_path_factory.mktemp("tiny-qwen3-asr"))

@@ -100,12 +100,14 @@ class OptimConfig:
     weight_decay: float = _help("AdamW weight decay", 0.0)
     betas: tuple[float, float] = _help("AdamW betas", (0.9, 0.999))
     eps: float = _help("AdamW epsilon", 1e-8)
-    encoder_learning_rate: float | None = _help("the encoder's own peak LR (null: learning_rate)", None)
+    encoder_learning_rate: float | None = _help("the (audio) encoder's own peak LR (null: learning_rate)", None)
+    projector_learning_rate: float | None = _help("LLM families: the audio-to-text projector's own peak LR "
+                                                  "(null: learning_rate, which the LLM's group takes)", None)
     learning_rate_source: str | None = _help("where the learning rate came from (set by lr-search)", None)
     max_grad_norm: float | None = _help("clip the gradient norm to this (null: no clipping)", 1.0)
 
     def __post_init__(self) -> None:
-        for name in ("learning_rate", "encoder_learning_rate"):
+        for name in ("learning_rate", "encoder_learning_rate", "projector_learning_rate"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise AsrtuneError(f"optim.{name} must be > 0")

@@ -11,6 +11,7 @@ __all__ = ["count_parameters", "ModuleCount", "module_counts"]
 
 _WRAPPERS = re.compile(r"^(base_model\.model\.)?(model\.)?")
 _STEM = ("encoder.conv1", "encoder.conv2", "encoder.embed_positions")
+_AUDIO_STEM = ("audio_tower.conv1", "audio_tower.conv2", "audio_tower.embed_positions")  # LLM families
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -41,14 +42,17 @@ def _group(name: str) -> str:
     name = _WRAPPERS.sub("", name)
     if name.startswith(_STEM):
         return "encoder.stem"
-    match = re.match(r"^((?:encoder|decoder)\.layers\.\d+)\.", name)
+    if name.startswith(_AUDIO_STEM):
+        return "audio_tower.stem"
+    match = re.match(r"^((?:encoder|decoder|audio_tower|language_model)\.layers\.\d+)\.", name)
     if match:
         return match.group(1)
     return name.rsplit(".", 1)[0]
 
 
 def _order(group: str) -> tuple:
-    side = 0 if group.startswith("encoder") else 1 if group.startswith("decoder") else 2
+    side = (0 if group.startswith(("encoder", "audio_tower")) else 1 if group.startswith("multi_modal_projector")
+            else 2 if group.startswith(("decoder", "language_model")) else 3)
     layer = re.search(r"layers\.(\d+)$", group)
     position = 0 if "stem" in group or "embed" in group else 1 if layer else 2
     return side, position, int(layer.group(1)) if layer else 0, group

@@ -24,8 +24,11 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--extend", type=int, default=1,
                         help="when the best LR is at an end of the range, extend it a decade that way and search "
                         "on, at most this many times (0: never; a warning says the optimum may lie beyond)")
-    parser.add_argument("--target", choices=["learning_rate", "encoder_learning_rate"], default="learning_rate",
-                        help="search the LR of every parameter, or the encoder group's only")
+    parser.add_argument("--target", choices=["learning_rate", "encoder_learning_rate", "projector_learning_rate"],
+                        default="learning_rate",
+                        help="search the LR of every parameter, or one group's only: the (audio) encoder's, or "
+                             "the projector's (LLM families); with the others set, learning_rate is the "
+                             "decoder's / LLM's")
     parser.add_argument("--then-train", action="store_true",
                         help="train the full run (the config's loop) with the chosen LR into DIR/final")
     parser.set_defaults(func=run)

@@ -70,7 +70,14 @@ def run(args: argparse.Namespace) -> int:
                                 temperatures=(0.0,) if args.no_fallback else FALLBACK_TEMPERATURES,
                                 max_new_tokens=args.max_new_tokens)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    loaded = prepare_for_inference(load_model(args.model))
+    loaded = load_model(args.model)
+    if loaded.family.name != "whisper":
+        from asrtune.errors import AsrtuneError
+
+        raise AsrtuneError(f"asrtune transcribe (long-form, timestamps) runs Whisper models; {args.model} is a "
+                           f"{loaded.family.name} model: score it with `asrtune evaluate MODEL --data MANIFEST`, "
+                           "or run its `asrtune export --to hf` folder with transformers")
+    loaded = prepare_for_inference(loaded)
     loaded.model.to(device)
     names = _output_names(args.audio, args.format)
     if args.output_dir:

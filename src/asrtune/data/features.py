@@ -1,4 +1,4 @@
-"""Log-mel features and label ids for Whisper, read lazily: nothing is held per utterance but its row,
+"""Log-mel features and label ids, read lazily: nothing is held per utterance but its row,
 its label ids and its duration.
 
 Features are computed when an item is read (from the on-disk feature cache when it holds them), so
@@ -20,23 +20,12 @@ from asrtune.data.audio import SAMPLE_RATE
 from asrtune.data.feature_cache import FeatureCache, extract_features
 from asrtune.data.manifest import Utterance
 from asrtune.errors import AsrtuneError
+from asrtune.models.family import family_for_processor, family_named
+from asrtune.models.whisper import prefix_ids
 
 __all__ = ["prefix_ids", "label_ids", "FeatureDataset", "MAX_LABEL_TOKENS", "collate", "audio_duration"]
 
-MAX_LABEL_TOKENS = 448  # Whisper's decoder positions
-
-
-def prefix_ids(processor: WhisperProcessor, *, multilingual: bool, language: str | None, task: str) -> list[int]:
-    """Decoder prompt after ``<|startoftranscript|>``: language and task (multilingual only), no-timestamps."""
-    tokenizer = processor.tokenizer
-    ids = []
-    if multilingual:
-        lang_id = tokenizer.convert_tokens_to_ids(f"<|{language or 'en'}|>")
-        if lang_id is None or lang_id == tokenizer.unk_token_id:
-            raise AsrtuneError(f"language {language!r} is not one this Whisper model knows")
-        ids += [lang_id, tokenizer.convert_tokens_to_ids(f"<|{task}|>")]
-    ids.append(tokenizer.convert_tokens_to_ids("<|notimestamps|>"))
-    return ids
+MAX_LABEL_TOKENS = 448  # Whisper's decoder positions (each family has its own: ``family.max_label_tokens``)
 
 
 def label_ids(processor: WhisperProcessor, text: str, prefix: list[int]) -> list[int]:
@@ -109,30 +98,27 @@ class FeatureDataset(torch.utils.data.Dataset):
         self.utterances = list(utterances)
         self.processor = processor
         self.cache = cache
+        self.family = family_for_processor(processor)
         extractor = processor.feature_extractor
         self.durations = np.array([audio_duration(u) for u in self.utterances], dtype=np.float64)
         max_frames = extractor.n_samples // extractor.hop_length
-        self.valid_frames = [min(-(-int(round(d * SAMPLE_RATE)) // extractor.hop_length), max_frames)
+        min_samples = getattr(extractor, "min_length", 0) or 0  # Qwen3-ASR zero-pads short clips to 0.5 s first
+        self.valid_frames = [min(-(-max(int(round(d * SAMPLE_RATE)), min_samples) // extractor.hop_length), max_frames)
                              for d in self.durations]
         self.labels = self._label_ids(processor, multilingual=multilingual, language=language, task=task)
         self.features = _LazyFeatures(self)
 
     def _label_ids(self, processor, *, multilingual: bool, language: str | None, task: str) -> list[np.ndarray]:
-        prefixes: dict[str | None, list[int]] = {}
-        texts = [" " + u.text.strip() for u in self.utterances]
-        encoded = processor.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-        labels = []
-        eos = processor.tokenizer.eos_token_id
-        for utterance, text_ids in zip(self.utterances, encoded, strict=True):
-            lang = utterance.language or language
-            if lang not in prefixes:
-                prefixes[lang] = prefix_ids(processor, multilingual=multilingual, language=lang, task=task)
-            ids = prefixes[lang] + list(text_ids) + [eos]
-            if len(ids) + 1 > MAX_LABEL_TOKENS:
-                raise AsrtuneError(f"{utterance.id}: transcript is {len(ids)} tokens, more than Whisper's "
-                                   f"decoder holds ({MAX_LABEL_TOKENS}); `asrtune prepare` drops such rows")
-            labels.append(np.asarray(ids, dtype=np.int32))
+        """Each utterance's token ids from the model family (``self.prompt_lengths``: their prompt part)."""
+        utterances = self.utterances
+        labels, self.prompt_lengths = self.family.sequences(
+            processor, [u.text for u in utterances], [u.id for u in utterances],
+            [u.language or language for u in utterances], self.valid_frames, multilingual=multilingual, task=task)
         return labels
+
+    def target_tokens(self, index: int) -> int:
+        """Tokens of item ``index`` that count in the loss (all but the prompt)."""
+        return len(self.labels[index]) - self.prompt_lengths[index]
 
     def item_features(self, index: int) -> torch.Tensor:
         """Item ``index``'s log-mel features (n_mels, frames), float32."""
@@ -142,11 +128,12 @@ class FeatureDataset(torch.utils.data.Dataset):
     def subset(self, indices: Sequence[int]) -> FeatureDataset:
         """The utterances at ``indices``, in that order (features still computed on access)."""
         subset = object.__new__(type(self))
-        subset.processor, subset.cache = self.processor, self.cache
+        subset.processor, subset.cache, subset.family = self.processor, self.cache, self.family
         subset.utterances = [self.utterances[i] for i in indices]
         subset.durations = self.durations[list(indices)] if len(indices) else self.durations[:0]
         subset.valid_frames = [self.valid_frames[i] for i in indices]
         subset.labels = [self.labels[i] for i in indices]
+        subset.prompt_lengths = [self.prompt_lengths[i] for i in indices]
         subset.features = _LazyFeatures(subset)
         return subset
 
@@ -169,27 +156,22 @@ class FeatureDataset(torch.utils.data.Dataset):
         return len(self.utterances)
 
     def __getitem__(self, index: int) -> dict:
-        return {"input_features": self.item_features(index), "labels": self.labels[index], "index": index,
+        item = {"input_features": self.item_features(index), "labels": self.labels[index], "index": index,
                 "frames": self.valid_frames[index]}
+        if self.prompt_lengths[index]:  # LLM families: the prompt part of ``labels`` is masked in the loss
+            item["prompt_length"], item["family"] = self.prompt_lengths[index], self.family.name
+        return item
 
 
 def collate(items: list[dict], pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
-    """Stack features (B, n_mels, 3000); pad labels (B, L) with -100, which the loss ignores.
+    """Stack features (B, n_mels, frames); pad labels (B, L) with -100, which the loss ignores.
 
     ``pad_to_multiple_of`` rounds L up (as transformers' collators do): the decoder then sees a few
     batch shapes instead of one per label length, and each new shape costs kernel selection (oneDNN
     builds its bf16/AMX kernels per shape). Exact: the loss ignores -100 and the decoder is causal,
     so the extra positions change no real position. ``frames`` (B,) holds each item's log-mel frames
-    before the padding.
+    before the padding. Items of LLM families (they carry ``prompt_length``) collate through their
+    family (input ids, attention mask, labels with the prompt masked).
     """
-    longest = max(len(item["labels"]) for item in items)
-    width = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
-    labels = torch.full((len(items), width), -100, dtype=torch.long)
-    for row, item in enumerate(items):
-        labels[row, : len(item["labels"])] = torch.as_tensor(np.asarray(item["labels"]), dtype=torch.long)
-    return {
-        "input_features": torch.stack([item["input_features"] for item in items]),
-        "labels": labels,
-        "index": torch.tensor([item["index"] for item in items], dtype=torch.long),
-        "frames": torch.tensor([item["frames"] for item in items], dtype=torch.long),
-    }
+    name = items[0]["family"] if "prompt_length" in items[0] else "whisper"
+    return family_named(name).collate(items, pad_to_multiple_of, None)

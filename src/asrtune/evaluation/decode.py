@@ -19,6 +19,7 @@ from tqdm import tqdm
 from transformers.modeling_outputs import BaseModelOutput
 
 from asrtune.data.features import FeatureDataset
+from asrtune.evaluation.guards import duration_token_cap
 from asrtune.evaluation.metrics import Scores, score
 from asrtune.languages import canonical_language
 from asrtune.models.load import LoadedModel
@@ -94,6 +95,26 @@ def _warn_capped(desc: str, capped: int, total: int, max_new_tokens: int) -> Non
                       TruncationWarning, stacklevel=4)  # the caller of decode_dataset (under no_grad)
 
 
+def whisper_decode_batch(loaded: LoadedModel, features: torch.Tensor, frames: list[int], *, language: str | None,
+                         task: str, max_new_tokens: int, short_input: bool = False,
+                         **generate_options) -> tuple[list[str], list[bool]]:
+    """The ``whisper`` family's batch decode: ``generate`` from log-mels (or the encoder on the batch's cut
+    window); transcripts and which of them stopped at ``max_new_tokens`` without end-of-text."""
+    model = loaded.model
+    if short_input:
+        cut = short_input_frames(frames, features.shape[-1])
+        inputs = {"encoder_outputs": BaseModelOutput(last_hidden_state=encode_short(model, features, cut))}
+    else:
+        inputs = {"input_features": features}
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                            **loaded.language_kwargs(language, task), **generate_options)
+    sequences = output.sequences if hasattr(output, "sequences") else output
+    texts = loaded.processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+    eos = loaded.processor.tokenizer.eos_token_id
+    # finished rows end in (and are padded with) end-of-text
+    return [text.strip() for text in texts], [eos not in row for row in sequences.tolist()]
+
+
 def transcribe_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: str | None = None,
                        task: str = "transcribe", batch_size: int = 16, max_new_tokens: int = 128,
                        progress: bool = True, device: torch.device | None = None,
@@ -121,7 +142,7 @@ def decode_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: st
     model.eval()
     device = device or next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    eos = loaded.processor.tokenizer.eos_token_id
+    family = loaded.family
 
     def language_of(i: int) -> str | None:
         return canonical_language(dataset.utterances[i].language or language)
@@ -138,18 +159,16 @@ def decode_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: st
                and language_of(order[start + len(batch)]) == lang):
             batch.append(order[start + len(batch)])
         features = torch.stack([dataset.features[i] for i in batch]).to(device=device, dtype=dtype)
-        if short_input:
-            frames = short_input_frames([dataset.valid_frames[i] for i in batch], features.shape[-1])
-            inputs = {"encoder_outputs": BaseModelOutput(last_hidden_state=encode_short(model, features, frames))}
-        else:
-            inputs = {"input_features": features}
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                **loaded.language_kwargs(lang, task))
-        sequences = output.sequences if hasattr(output, "sequences") else output
-        texts = loaded.processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)
-        for index, text, row in zip(batch, texts, sequences.tolist()):
-            hypotheses[index] = text.strip()
-            capped[index] = eos not in row  # finished rows end in (and are padded with) end-of-text
+        budget = max_new_tokens
+        if family.decode_guards:  # no more new tokens than the batch's longest audio could hold
+            budget = min(max_new_tokens, duration_token_cap(max(float(dataset.durations[i]) for i in batch)))
+        texts, cut = family.decode(loaded, features, [dataset.valid_frames[i] for i in batch], language=lang,
+                                   task=task, max_new_tokens=budget, short_input=short_input)
+        if budget < max_new_tokens:  # stopping at the duration's budget is the guard working, not a cut-off
+            cut = [False] * len(cut)
+        for index, text, stopped in zip(batch, texts, cut, strict=True):
+            hypotheses[index] = text
+            capped[index] = stopped
         start += len(batch)
         bar.update(len(batch))
     bar.close()

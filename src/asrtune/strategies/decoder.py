@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from asrtune.strategies.base import STRATEGIES, Strategy, set_trainable
+from asrtune.strategies.base import STRATEGIES, Strategy, module_map, set_trainable
 
 
 @STRATEGIES.register("decoder")
@@ -24,7 +24,7 @@ class DecoderOnly(Strategy):
     default_lr = 1e-5  # as full fine-tuning (seed 002); the demo's 1e-4 was measured on tiny.en
 
     def frozen_modules(self, model: torch.nn.Module) -> frozenset[str]:
-        return frozenset({"encoder"})
+        return frozenset({module_map(model).encoder})
 
     def apply(self, model: torch.nn.Module, frozen: frozenset[str] = frozenset()) -> torch.nn.Module:
         set_trainable(model, frozen)

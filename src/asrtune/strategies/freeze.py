@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from asrtune.errors import AsrtuneError
-from asrtune.strategies.base import STRATEGIES, Strategy, encoder_layer_count, set_trainable, stem_modules
+from asrtune.strategies.base import STRATEGIES, Strategy, encoder_layer_count, encoder_layer_names, set_trainable, \
+    stem_modules
 
 
 @STRATEGIES.register("freeze")
@@ -30,7 +31,7 @@ class Freeze(Strategy):
         layers = encoder_layer_count(model)
         if self.n > layers:
             raise AsrtuneError(f"freeze:n={self.n}, but the encoder has only {layers} layers")
-        return stem_modules() | {f"encoder.layers.{i}" for i in range(self.n)}
+        return stem_modules(model) | encoder_layer_names(model, range(self.n))
 
     def apply(self, model: torch.nn.Module, frozen: frozenset[str] = frozenset()) -> torch.nn.Module:
         set_trainable(model, frozen)

@@ -8,13 +8,17 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from asrtune.errors import AsrtuneError
-from asrtune.strategies.base import STRATEGIES, Strategy, qualified_modules, whisper_core
+from asrtune.models.family import core_prefix
+from asrtune.strategies.base import STRATEGIES, Strategy, module_map, qualified_modules
 
 
 @STRATEGIES.register("lora")
 @dataclass(frozen=True, kw_only=True)
 class Lora(Strategy):
     """LoRA on q and v of every attention (encoder self, decoder self and cross), r=32, alpha=64.
+
+    On LLM families, LoRA goes on the LLM's linear layers (see :meth:`target_names`); their
+    fine-tuning recipes use ``lora:r=8,alpha=32`` at 1e-4, the default learning rate there.
 
     The default learning rate, 1e-3, is the one in PEFT's Whisper int8 training example. After a
     ``select`` strategy, modules it froze whole get no LoRA (``freeze:n=4+lora`` adapts the layers
@@ -24,6 +28,7 @@ class Lora(Strategy):
     name = "lora"
     kind = "add"
     default_lr = 1e-3
+    family_lr = {"qwen2_audio": 1e-4, "qwen3_asr": 1e-4}  # ms-swift / LLaMA-Factory
     r: int = 32
     alpha: int = 64
     dropout: float = 0.05
@@ -37,10 +42,26 @@ class Lora(Strategy):
         if not self.targets:
             raise ValueError("targets must name at least one module")
 
+    def target_names(self, model: torch.nn.Module, frozen: frozenset[str]) -> list[str]:
+        """Core-relative names of the linear layers LoRA goes on.
+
+        LLM families (Qwen2-Audio, Qwen3-ASR): the LLM's layers only (the audio encoder and projector
+        stay frozen, as ms-swift and LLaMA-Factory do), and with the default ``targets`` every linear
+        layer of the LLM's blocks (q, k, v, o, gate, up, down); Whisper: ``targets`` everywhere.
+        """
+        modules = module_map(model)
+        targets, scope = self.targets, ""
+        if modules.llm_linears:
+            scope = modules.decoder + "."
+            if targets == type(self)().targets:
+                targets = modules.llm_linears
+        return [name for name, module in qualified_modules(model, frozen).items()
+                if name.startswith(scope) and name.rsplit(".", 1)[-1] in targets
+                and isinstance(module, torch.nn.Linear)]
+
     def apply(self, model: torch.nn.Module, frozen: frozenset[str] = frozenset()) -> torch.nn.Module:
-        prefix = _core_prefix(model)
-        names = [prefix + name for name, module in qualified_modules(model, frozen).items()
-                 if name.rsplit(".", 1)[-1] in self.targets and isinstance(module, torch.nn.Linear)]
+        prefix = core_prefix(model)
+        names = [prefix + name for name in self.target_names(model, frozen)]
         if not names:
             raise AsrtuneError(f"lora: no {'/'.join(self.targets)} modules outside the frozen ones")
         config = LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
@@ -58,10 +79,3 @@ class Lora(Strategy):
         """Fold the low-rank updates into the base weights (PEFT ``merge_and_unload``)."""
         return model.merge_and_unload()
 
-
-def _core_prefix(model: torch.nn.Module) -> str:
-    core = whisper_core(model)
-    for name, module in model.named_modules():
-        if module is core:
-            return f"{name}." if name else ""
-    raise AsrtuneError("lora: Whisper core not found")

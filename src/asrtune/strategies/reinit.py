@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from asrtune.errors import AsrtuneError
-from asrtune.strategies.base import STRATEGIES, Strategy, encoder_layer_count, set_trainable, stem_modules, \
-    whisper_core
+from asrtune.strategies.base import STRATEGIES, Strategy, encoder_layer_count, encoder_layer_names, encoder_of, \
+    set_trainable, stem_modules
 
 
 def reinitialise(module: torch.nn.Module) -> None:
@@ -44,10 +44,10 @@ class Reinit(Strategy):
         layers = encoder_layer_count(model)
         if self.m > layers:
             raise AsrtuneError(f"reinit:m={self.m}, but the encoder has only {layers} layers")
-        return stem_modules() | {f"encoder.layers.{i}" for i in range(layers - self.m)}
+        return stem_modules(model) | encoder_layer_names(model, range(layers - self.m))
 
     def apply(self, model: torch.nn.Module, frozen: frozenset[str] = frozenset()) -> torch.nn.Module:
-        layers = whisper_core(model).encoder.layers
+        layers = encoder_of(model).layers
         with torch.no_grad():
             for layer in layers[len(layers) - self.m :]:
                 reinitialise(layer)

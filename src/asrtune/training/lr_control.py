@@ -1,4 +1,5 @@
-"""Learning-rate control beyond the fixed schedule: encoder/decoder groups, WER-driven reductions,
+"""Learning-rate control beyond the fixed schedule: per-component groups (Whisper: encoder / decoder;
+LLM families: audio_encoder / projector / llm, Marco-ASR's per-component control), WER-driven reductions,
 and the overfitting watch (seed 003: the LR, chosen and adjusted by measured WER, decides whether
 fine-tuning helps; small domain sets overfit)."""
 
@@ -9,28 +10,35 @@ from dataclasses import dataclass, field
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from asrtune.strategies.base import whisper_core
+from asrtune.models.family import family_of, model_core
 
 __all__ = ["parameter_groups", "WerPlateau", "OverfitWatch", "warmup_schedule"]
 
 
-def parameter_groups(model: torch.nn.Module, learning_rate: float,
-                     encoder_learning_rate: float | None) -> list[dict]:
-    """AdamW groups: the encoder's trainable parameters (own LR when given) and all the others.
+def parameter_groups(model: torch.nn.Module, learning_rate: float, encoder_learning_rate: float | None,
+                     projector_learning_rate: float | None = None) -> list[dict]:
+    """AdamW groups of the trainable parameters, each component with its own peak LR.
 
-    Strategy-added modules (LoRA, adapters) go with the encoder or decoder they sit in.
+    Whisper: ``encoder`` (``encoder_learning_rate`` when given) and ``decoder`` (everything else).
+    LLM families: ``audio_encoder`` (``encoder_learning_rate``), ``projector``
+    (``projector_learning_rate``) and ``llm`` (everything else: the LLM, its head). A group whose own
+    LR is None takes ``learning_rate``. Strategy-added modules (LoRA, adapters) go with the component
+    they sit in. Empty groups are left out.
     """
-    encoder_ids = {id(p) for p in whisper_core(model).encoder.parameters()}
-    encoder, rest = [], []
+    family = family_of(model)
+    core = model_core(model)
+    encoder_ids = {id(p) for p in core.get_submodule(family.modules.encoder).parameters()}
+    projector = family.modules.projector
+    projector_ids = {id(p) for p in core.get_submodule(projector).parameters()} if projector else set()
+    names = ("encoder", None, "decoder") if projector is None else ("audio_encoder", "projector", "llm")
+    rates = (encoder_learning_rate or learning_rate, projector_learning_rate or learning_rate, learning_rate)
+    members: list[list[torch.nn.Parameter]] = [[], [], []]
     for parameter in model.parameters():
         if parameter.requires_grad:
-            (encoder if id(parameter) in encoder_ids else rest).append(parameter)
-    groups = []
-    if encoder:
-        groups.append({"params": encoder, "lr": encoder_learning_rate or learning_rate, "name": "encoder"})
-    if rest:
-        groups.append({"params": rest, "lr": learning_rate, "name": "decoder"})
-    return groups
+            slot = 0 if id(parameter) in encoder_ids else 1 if id(parameter) in projector_ids else 2
+            members[slot].append(parameter)
+    return [{"params": params, "lr": rate, "name": name}
+            for params, rate, name in zip(members, rates, names, strict=True) if params]
 
 
 @dataclass

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from asrtune.config import RunConfig
 from asrtune.errors import AsrtuneError
+from asrtune.models.load import source_family
 from asrtune.strategies import default_learning_rate, parse_spec
 
 __all__ = ["SearchSettings", "lr_grid", "extension_grid", "run_lr_search", "suggested_learning_rate",
@@ -41,6 +42,7 @@ PRETRAINING_PEAK_LR = {384: 1.5e-3, 512: 1.0e-3, 768: 5.0e-4, 1024: 2.5e-4, 1280
 # Fine-tuning at the pre-training peak divided by 40 is the heuristic the Whisper authors gave the
 # Hugging Face Whisper fine-tuning event; for large-v2 it gives 4.4e-6, the paper's 1e-5 order.
 FINE_TUNE_DIVISOR = 40
+TARGETS = ("learning_rate", "encoder_learning_rate", "projector_learning_rate")  # which group an lr-search moves
 
 
 def suggested_learning_rate(d_model: int, spec: str) -> float:
@@ -67,8 +69,9 @@ class SearchSettings:
         trials: log-spaced learning rates tried.
         rung_steps: steps every trial trains before the first cut.
         max_steps: no trial trains longer than this.
-        target: which LR is searched: ``learning_rate`` (all parameters), or ``encoder_learning_rate``
-            (the encoder's group only, the decoder's fixed at ``learning_rate``).
+        target: which LR is searched: ``learning_rate`` (all parameters; with the others set, the
+            decoder's / LLM's group), ``encoder_learning_rate`` (the (audio) encoder's group only, the rest
+            fixed at ``learning_rate``) or ``projector_learning_rate`` (LLM families' projector group).
         extend: how many times the range may be extended a decade past the end that holds the best
             trial (0: never; the result then warns when the best is at an end).
     """
@@ -88,15 +91,15 @@ class SearchSettings:
             raise AsrtuneError("lr-search needs at least 2 trials")
         if self.rung_steps < 1 or self.max_steps < self.rung_steps:
             raise AsrtuneError("lr-search needs 1 <= rung_steps <= max_steps")
-        if self.target not in ("learning_rate", "encoder_learning_rate"):
-            raise AsrtuneError("lr-search target must be learning_rate or encoder_learning_rate")
+        if self.target not in TARGETS:
+            raise AsrtuneError(f"lr-search target must be one of {', '.join(TARGETS)}")
         if self.min_lr is not None and self.max_lr is not None and not 0 < self.min_lr < self.max_lr:
             raise AsrtuneError("lr-search needs 0 < min_lr < max_lr")
 
 
-def lr_grid(settings: SearchSettings, spec: str) -> list[float]:
+def lr_grid(settings: SearchSettings, spec: str, family: str = "whisper") -> list[float]:
     """``trials`` learning rates, log-spaced over the range, lowest first."""
-    centre = default_learning_rate(spec)
+    centre = default_learning_rate(spec, family)
     low = settings.min_lr or centre / 10
     high = settings.max_lr or centre * 10
     ratio = math.log(high / low)
@@ -220,7 +223,7 @@ def run_lr_search(config: RunConfig, output_dir: Path, settings: SearchSettings 
 
     shared_prefix = SharedPrefix()  # every trial's frozen encoder prefix is the same: encode it once
     train_trial = functools.partial(_train_to, progress=False, shared_prefix=shared_prefix)
-    grid = lr_grid(settings, config.strategy)
+    grid = lr_grid(settings, config.strategy, source_family(config.model))
     trials = {lr: _trial(lr) for lr in grid}
     survivors, steps = _bracket(trials, list(grid), settings, config, output_dir, train_trial, progress)
     extensions: list[dict] = []

@@ -42,6 +42,7 @@ from asrtune.data.sampler import GlobalBatches, RankBatchSampler
 from asrtune.errors import AsrtuneError
 from asrtune.evaluation.decode import Evaluation, evaluate_dataset, write_predictions
 from asrtune.evaluation.forgetting import Transcripts, forgetting_of, within_budget
+from asrtune.evaluation.hallucination import hallucination_stats
 from asrtune.evaluation.metrics import score
 from asrtune.evaluation.sets import (GENERAL, base_transcripts, build_eval_sets, decode_sets, evidence,
                                      pristine_copy, scoring_language, transcripts_of, write_set_predictions)
@@ -53,7 +54,7 @@ from asrtune.strategies import apply_strategy, default_learning_rate
 from asrtune.training.checkpoint import (BEST, LAST, load_trainable, load_training_state, rng_state,
                                          save_trainable, save_training_state, set_rng_state, write_dir_atomically)
 from asrtune.training.distributed import Processes, check_launch
-from asrtune.training.encoder_cache import CachePlan, PrefixCache, cache_plan, encode_prefix
+from asrtune.training.encoder_cache import CachePlan, PrefixCache, cache_plan, encode_prefix, prefix_shape
 from asrtune.training.faults import NonFiniteGuard
 from asrtune.training.lr_control import OverfitWatch, WerPlateau, parameter_groups, warmup_schedule
 from asrtune.training.precision import accelerator_mixed_precision, resolve_mixed_precision, step_autocast
@@ -65,7 +66,8 @@ __all__ = ["Recipe", "SharedPrefix", "train"]
 
 LABEL_PAD_MULTIPLE = 8  # training batches' label length rounds up to this (see collate)
 _FIXED_ON_RESUME = ("model", "strategy", "language", "task", "seed", "data")
-_OPTIM_ON_RESUME = ("learning_rate", "encoder_learning_rate", "weight_decay", "betas", "eps")
+_OPTIM_ON_RESUME = ("learning_rate", "encoder_learning_rate", "projector_learning_rate", "weight_decay", "betas",
+                    "eps")
 
 
 @dataclass
@@ -206,7 +208,7 @@ class Recipe:
         self.trainable, _ = count_parameters(model)
         self.loaded = LoadedModel(model=model, processor=base.processor, source=config.model,
                                   strategy=config.strategy)
-        self.learning_rate = config.optim.learning_rate or default_learning_rate(config.strategy)
+        self.learning_rate = config.optim.learning_rate or default_learning_rate(config.strategy, base.family.name)
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise AsrtuneError(f"strategy {config.strategy!r} leaves nothing to train")
@@ -256,6 +258,9 @@ class Recipe:
             plan = None
         if not config.loop.short_input:
             return plan, False
+        if self.loaded.family.name != "whisper":
+            raise AsrtuneError(f"loop.short_input: the {self.loaded.family.name} audio encoder takes its full "
+                               "window only; set loop.short_input to false")
         if plan is not None:
             say("loop.short_input: the whole encoder is frozen and its outputs cached, which costs less; using the "
                 "cache")
@@ -284,7 +289,8 @@ class Recipe:
 
     def _setup_optimizer(self) -> None:
         config, accelerator = self.config, self.accelerator
-        groups = parameter_groups(self.loaded.model, self.learning_rate, config.optim.encoder_learning_rate)
+        groups = parameter_groups(self.loaded.model, self.learning_rate, config.optim.encoder_learning_rate,
+                                  config.optim.projector_learning_rate)
         # fused: one kernel per step instead of a dozen passes over every parameter (CPU and CUDA; the
         # Trainer's default optimizer, adamw_torch_fused, is the same)
         optimizer = torch.optim.AdamW(groups, lr=self.learning_rate, betas=config.optim.betas, eps=config.optim.eps,
@@ -316,8 +322,7 @@ class Recipe:
             return shared
         if shared is not None:
             shared.close()
-        config = model.config
-        cache = PrefixCache(key, (config.max_source_positions, config.d_model),
+        cache = PrefixCache(key, prefix_shape(model, self.loaded.processor),
                             memory_mb=self.config.loop.encoder_cache_mb,
                             spill_dir=self.run.encoder_cache / f"rank{self.processes.rank}",
                             n_items=len(self.train_set))
@@ -372,7 +377,7 @@ class Recipe:
         # Target tokens of the whole global step (every process, every micro-batch), from the sampler:
         # every process knows every global batch, so no communication is needed for the normaliser.
         numbers = [batch["draw"] for batch in micro_batches]
-        tokens = sum(len(self.train_set.labels[i]) for n in numbers for i in self.batches[n].tolist())
+        tokens = sum(self.train_set.target_tokens(i) for n in numbers for i in self.batches[n].tolist())
         local_sum = 0.0
         for position, batch in enumerate(micro_batches):
             last = position == len(micro_batches) - 1
@@ -421,13 +426,17 @@ class Recipe:
 
             def encode(missing: list[int]) -> torch.Tensor:
                 rows = [batch["index"].tolist().index(i) for i in missing]
-                return encode_prefix(self.loaded.model, features[rows].to(device), self.plan)
+                frames = {"frames": batch["frames"][rows]} if "feature_attention_mask" in batch else {}  # LLM families
+                return encode_prefix(self.loaded.model, features[rows].to(device), self.plan, **frames)
 
             inputs["prefix"] = self.prefix_cache.get(batch["index"].tolist(), encode).to(device)
         else:
             inputs["input_features"] = batch["input_features"].to(device)
             if self.short_input:
                 inputs["short_frames"] = short_input_frames(batch["frames"], batch["input_features"].shape[-1])
+        for key in ("input_ids", "attention_mask", "feature_attention_mask"):  # LLM families
+            if key in batch:
+                inputs[key] = batch[key].to(device)
         return inputs
 
     # --- evaluation -------------------------------------------------------------------------------------
@@ -484,6 +493,9 @@ class Recipe:
             self.run.append_metric({"step": step, "lr_change": change})
         record = {"step": step, "eval_wer": wer, "eval_cer": evaluation.scores.cer,
                   "best_wer": self.selector.best_wer, "kept": improved}
+        if evaluation.references and len(evaluation.references) == len(evaluation.hypotheses):
+            stats = hallucination_stats(evaluation.references, evaluation.hypotheses, config.language)
+            record.update(loops=stats.loops, refusals=stats.refusals, too_long=stats.too_long)
         budget = config.loop.forgetting_budget
         if rises:
             record.update(general_wer_rise=rises, within_budget=within_budget(forgetting, budget))
@@ -568,7 +580,8 @@ class Recipe:
         changed = {key: (saved.get(key), wanted[key]) for key in _OPTIM_ON_RESUME if saved.get(key) != wanted[key]}
         if not changed:
             return
-        groups = parameter_groups(self.loaded.model, self.learning_rate, self.config.optim.encoder_learning_rate)
+        groups = parameter_groups(self.loaded.model, self.learning_rate, self.config.optim.encoder_learning_rate,
+                                  self.config.optim.projector_learning_rate)
         peak = {group["name"]: group["lr"] for group in groups}
         optim = self.config.optim
         for index, group in enumerate(self.optimizer.param_groups):
@@ -595,6 +608,7 @@ class Recipe:
             "strategy": config.strategy,
             "learning_rate": self.learning_rate,
             "encoder_learning_rate": config.optim.encoder_learning_rate or self.learning_rate,
+            "learning_rate_groups": {group["name"]: group["initial_lr"] for group in self.optimizer.param_groups},
             "learning_rate_source": config.optim.learning_rate_source
             or ("config" if config.optim.learning_rate else "strategy default"),
             "lr_changes": self.plateau.changes,

@@ -1,0 +1,198 @@
+"""The model-family interface: what asrtune needs to know about one kind of speech model.
+
+A family (``whisper``, ``qwen2_audio``, ``qwen3_asr``) gives: loading (a folder or hub id), the
+training sequences of a transcript (prompt masked from the loss, target = transcript + end token),
+the training forward's summed loss, batched greedy decoding with the same prompt (prompt stripped
+from the output), the module map that strategies address, and the check an export makes. One file
+per family registers its class with :data:`FAMILIES`; :func:`family_of` finds a model's family.
+
+Module names in a family's :class:`ModuleMap` are relative to the family's *core* module (the one
+holding the audio encoder, the projector if any and the text decoder / LLM): ``WhisperModel`` for
+Whisper, ``Qwen2AudioModel`` for Qwen2-Audio.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from asrtune.errors import AsrtuneError
+from asrtune.registry import Registry
+
+__all__ = ["ModuleMap", "ModelFamily", "FAMILIES", "family_of", "family_named", "family_for_folder",
+           "family_for_processor", "model_core", "core_prefix"]
+
+_FAMILY_MODULES = ("whisper", "qwen2_audio", "qwen3_asr")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModuleMap:
+    """Where a family's parts sit, relative to its core module.
+
+    Attributes:
+        encoder: the audio encoder (has ``.layers``).
+        decoder: the text decoder or LLM (has ``.layers``).
+        projector: the audio-to-text projector (None: Whisper has none).
+        stem: the encoder's input stem (convolutions, positions): frozen by ``freeze`` and ``reinit``.
+        fixed: parameters that never train (fixed sinusoidal positions).
+        llm_linears: the LLM's linear layers LoRA targets by default (empty: use the strategy's targets
+            everywhere, as for Whisper).
+        head: the output projection when it sits outside the core (``lm_head``; trains with the LLM when
+            untied), or None (Whisper's is tied to its token embeddings).
+    """
+
+    encoder: str
+    decoder: str
+    projector: str | None = None
+    stem: tuple[str, ...] = ()
+    fixed: tuple[str, ...] = ()
+    llm_linears: tuple[str, ...] = ()
+    head: str | None = None
+
+
+class ModelFamily:
+    """One family of speech models. Subclasses register with :data:`FAMILIES` (stateless; one instance each)."""
+
+    name: ClassVar[str]
+    core_class: ClassVar[str]  # class name of the core module, found inside any wrapper
+    model_class: ClassVar[str]  # the plain transformers class an export holds
+    model_types: ClassVar[tuple[str, ...]]  # config.json ``model_type`` values this family loads
+    processor_classes: ClassVar[tuple[str, ...]]
+    modules: ClassVar[ModuleMap]
+    max_label_tokens: ClassVar[int]
+    decode_guards: ClassVar[bool] = False  # new tokens bounded by duration, loops stopped (asrtune.evaluation.guards)
+
+    # --- loading ----------------------------------------------------------------------------------------
+
+    def load(self, location: Path | str, dtype: torch.dtype):
+        """(model, processor) from an HF folder or hub id. Raises AsrtuneError when they cannot load."""
+        raise NotImplementedError
+
+    # --- training data ----------------------------------------------------------------------------------
+
+    def sequences(self, processor, texts: Sequence[str], ids: Sequence[str], languages: Sequence[str | None],
+                  valid_frames: Sequence[int], *, multilingual: bool, task: str) -> tuple[list[np.ndarray], list[int]]:
+        """Token ids per utterance and how many of them (from the start) are prompt, not target.
+
+        Raises:
+            AsrtuneError: a sequence longer than the model holds.
+        """
+        raise NotImplementedError
+
+    def collate(self, items: list[dict], pad_to_multiple_of: int, processor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def loss(self, model: torch.nn.Module, batch: dict, *, plan=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed token cross-entropy over the targets and the number of target tokens."""
+        raise NotImplementedError
+
+    # --- decoding ---------------------------------------------------------------------------------------
+
+    def decode(self, loaded, features: torch.Tensor, frames: Sequence[int], *, language: str | None, task: str,
+               max_new_tokens: int, **generate_options) -> tuple[list[str], list[bool]]:
+        """Greedy transcripts of one batch (prompt stripped) and which stopped at ``max_new_tokens``."""
+        raise NotImplementedError
+
+    def end_token_ids(self, processor) -> list[int]:
+        """Tokens that end a hypothesis."""
+        return [processor.tokenizer.eos_token_id]
+
+    # --- export -----------------------------------------------------------------------------------------
+
+    def probe_logits(self, model: torch.nn.Module) -> torch.Tensor:
+        """Logits for a fixed input, to compare a model before and after merging its strategy."""
+        raise NotImplementedError
+
+    # --- module map -------------------------------------------------------------------------------------
+
+    def owns(self, model: torch.nn.Module) -> bool:
+        return any(type(m).__name__ == self.core_class for m in model.modules())
+
+
+FAMILIES: Registry[type[ModelFamily]] = Registry("model family")
+_loaded = False
+_instances: dict[str, ModelFamily] = {}
+
+
+def _load_families() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for name in _FAMILY_MODULES:
+            importlib.import_module(f"asrtune.models.{name}")
+
+
+def family_named(name: str) -> ModelFamily:
+    """The registered family ``name`` (one shared instance)."""
+    _load_families()
+    if name not in _instances:
+        _instances[name] = FAMILIES.get(name)()
+    return _instances[name]
+
+
+def _families() -> list[ModelFamily]:
+    _load_families()
+    return [family_named(name) for name in FAMILIES.names()]
+
+
+def family_of(model: torch.nn.Module) -> ModelFamily:
+    """The family of a model, possibly wrapped (PEFT, DDP, the training forward).
+
+    Raises:
+        AsrtuneError: no family knows the model.
+    """
+    families = {f.core_class: f for f in _families()}
+    for module in model.modules():
+        family = families.get(type(module).__name__)
+        if family is not None:
+            return family
+    raise AsrtuneError(f"{type(model).__name__}: asrtune needs a Whisper model or one of another family it "
+                       f"knows ({', '.join(FAMILIES.names())})")
+
+
+def family_for_processor(processor) -> ModelFamily:
+    for family in _families():
+        if type(processor).__name__ in family.processor_classes:
+            return family
+    raise AsrtuneError(f"{type(processor).__name__}: not a processor of a family asrtune knows")
+
+
+def family_for_folder(folder: Path) -> ModelFamily:
+    """The family whose ``model_type`` an HF folder's ``config.json`` names (Whisper when unreadable)."""
+    import json
+
+    try:
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        model_type = None
+    for family in _families():
+        if model_type in family.model_types:
+            return family
+    if model_type is None:
+        return family_named("whisper")
+    raise AsrtuneError(f"{folder}: model_type {model_type!r} is not one asrtune fine-tunes "
+                       f"(families: {', '.join(FAMILIES.names())})")
+
+
+def model_core(model: torch.nn.Module) -> torch.nn.Module:
+    """The family's core module inside a possibly wrapped model (``WhisperModel``, ``Qwen2AudioModel``)."""
+    core_class = family_of(model).core_class
+    for module in model.modules():
+        if type(module).__name__ == core_class:
+            return module
+    raise AsrtuneError("model core not found")  # unreachable: family_of found it
+
+
+def core_prefix(model: torch.nn.Module) -> str:
+    """The core's qualified name inside ``model`` plus a dot ("" when the model is the core)."""
+    core = model_core(model)
+    for name, module in model.named_modules():
+        if module is core:
+            return f"{name}." if name else ""
+    raise AsrtuneError("model core not found")
