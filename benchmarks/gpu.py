@@ -59,8 +59,8 @@ def _data(work: Path, utterances: int) -> tuple[Path, Path]:
     from asrtune.data.synth import SynthSettings, synthesise_lines
     from asrtune.demo import demo_splits
 
-    train = synthesise_lines(demo_splits()["train"][:utterances], work / "train", settings=SynthSettings(seed=0),
-                             prefix="train", language="en", progress=False)
+    train = synthesise_lines(demo_splits()["train"][:utterances], work / "train",
+                             settings=SynthSettings(seed=0), prefix="train", language="en", progress=False)
     evaluation = work / "eval.jsonl"  # the recipe wants an eval set; the benchmark never evaluates
     write_manifest(read_manifest(train)[:2], evaluation)
     return train, evaluation
@@ -90,8 +90,9 @@ def run_recipe(model: str, strategy: str, args: argparse.Namespace, train: Path,
     device = "cpu" if args.cpu else "cuda"
     config = RunConfig(model=model, strategy=strategy, seed=0,
                        data=DataConfig(train=str(train), eval=str(evaluation)),
-                       loop=LoopConfig(max_steps=args.steps, batch_size=args.batch_size, eval_every=args.steps + 1,
-                                       eval_at_start=False, mixed_precision="no" if args.cpu else "bf16"))
+                       loop=LoopConfig(max_steps=args.steps, batch_size=args.batch_size,
+                                       eval_every=args.steps + 1, eval_at_start=False,
+                                       mixed_precision="no" if args.cpu else "bf16"))
     _reset_peak(device)
     recipe = Recipe(config, out, progress=False, final_evaluation=False)
     results = recipe.train()
@@ -195,9 +196,9 @@ def run_llm_plain(strategy: str, args: argparse.Namespace, train: Path, out: Pat
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - started)
     timed = seconds[args.warmup:]
-    return {"samples_per_second": len(timed) * args.batch_size / sum(timed), "peak_memory_mb": _peak_mb(device),
-            "trainable_params": sum(p.numel() for p in params), "precision": "fp32" if args.cpu else "bf16",
-            "final_loss": float(loss)}
+    return {"samples_per_second": len(timed) * args.batch_size / sum(timed),
+            "peak_memory_mb": _peak_mb(device), "trainable_params": sum(p.numel() for p in params),
+            "precision": "fp32" if args.cpu else "bf16", "final_loss": float(loss)}
 
 
 def _child(args: argparse.Namespace) -> int:
@@ -216,7 +217,7 @@ def _child(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> list[tuple[str, str, str]]:
-    """(model, strategy, runner) rows, in order; LLM rows whose runner cannot run yet are reported as skipped."""
+    """(model, strategy, runner) rows, in order (LLM rows that cannot run yet are skipped in _measure)."""
     plan = []
     if "whisper" in args.models:
         plan += [("whisper", strategy, "asrtune") for strategy in args.whisper_strategies]
@@ -226,7 +227,8 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     return plan
 
 
-def _measure(args: argparse.Namespace, plan: list[tuple[str, str, str]], train: Path, evaluation: Path) -> list[dict]:
+def _measure(args: argparse.Namespace, plan: list[tuple[str, str, str]], train: Path,
+             evaluation: Path) -> list[dict]:
     rows = []
     for model, strategy, runner in plan:
         row = {"model": WHISPER if model == "whisper" else "bundled:llm-asr-tiny", "strategy": strategy,
@@ -239,12 +241,14 @@ def _measure(args: argparse.Namespace, plan: list[tuple[str, str, str]], train: 
                 rows.append({**row, "skipped": reason})
                 print(f"skipped {row['model']} {strategy} (asrtune): {reason}", file=sys.stderr, flush=True)
                 continue
-        command = [sys.executable, __file__, "--child", "--model", model, "--strategy", strategy, "--runner", runner,
-                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
-                   "--train", str(train), "--eval", str(evaluation), *(["--cpu"] if args.cpu else [])]
+        command = [sys.executable, __file__, "--child", "--model", model, "--strategy", strategy,
+                   "--runner", runner, "--steps", str(args.steps), "--warmup", str(args.warmup),
+                   "--batch-size", str(args.batch_size), "--train", str(train), "--eval", str(evaluation),
+                   *(["--cpu"] if args.cpu else [])]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
-            rows.append({**row, "failed": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "?"})
+            last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+            rows.append({**row, "failed": last})
             print(f"FAILED {row}:\n{done.stderr[-3000:]}", file=sys.stderr, flush=True)
             continue
         rows.append({**row, **json.loads(done.stdout.strip().splitlines()[-1])})
@@ -265,10 +269,11 @@ def _table(rows: list[dict], memory: str) -> None:
             continue
         ratio = reference.get(r["strategy"]) if r["model"].endswith("llm-asr-tiny") else None
         table.append([r["model"], r["strategy"], r["runner"], f"{r['samples_per_second']:.2f}",
-                      f"{r['samples_per_second'] / ratio:.2f}x" if ratio else "", f"{r['peak_memory_mb']:,.0f}",
+                      f"{r['samples_per_second'] / ratio:.2f}x" if ratio else "",
+                      f"{r['peak_memory_mb']:,.0f}",
                       f"{r['trainable_params']:,}", r.get("precision", "")])
-    print_table(["model", "strategy", "runner", "samples/s", "vs plain", memory, "trainable", "precision / note"],
-                table)
+    header = ["model", "strategy", "runner", "samples/s", "vs plain", memory, "trainable", "precision / note"]
+    print_table(header, table)
 
 
 def main() -> int:
@@ -282,7 +287,8 @@ def main() -> int:
     parser.add_argument("--llm-strategies", nargs="*", default=LLM_STRATEGIES)
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-gpu"))
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--cpu", action="store_true", help="run on the CPU in fp32 (checks the script, not the GPU)")
+    parser.add_argument("--cpu", action="store_true",
+                        help="run on the CPU in fp32 (checks the script, not the GPU)")
     for hidden in ("--model", "--strategy", "--runner", "--train", "--eval"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

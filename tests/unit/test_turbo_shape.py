@@ -62,7 +62,8 @@ def turbo_run(turbo_dir, tiny_data, tmp_path_factory):
 def _logits(model) -> torch.Tensor:
     features = torch.randn(1, 128, 100, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        return model(input_features=features, decoder_input_ids=torch.tensor([[SOT, NO_TIMESTAMPS, 464]])).logits
+        prompt = torch.tensor([[SOT, NO_TIMESTAMPS, 464]])
+        return model(input_features=features, decoder_input_ids=prompt).logits
 
 
 def test_the_loaded_model_has_turbos_shape(turbo_dir):
@@ -81,7 +82,8 @@ def test_training_runs_and_evaluation_scores_what_results_say(turbo_run, tiny_da
     assert len(losses) == 2 and all(loss > 0 for loss in losses)
     reloaded = load_model(str(run_dir))
     assert reloaded.model.config.num_mel_bins == 128
-    dataset = FeatureDataset(read_manifest(tiny_data[1]), reloaded.processor, multilingual=False, progress=False)
+    rows = read_manifest(tiny_data[1])
+    dataset = FeatureDataset(rows, reloaded.processor, multilingual=False, progress=False)
     assert dataset[0]["input_features"].shape[0] == 128
     evaluation = evaluate_dataset(reloaded, dataset, max_new_tokens=4, progress=False)
     assert evaluation.scores.wer == results["final_wer"]
@@ -91,10 +93,12 @@ def test_hf_export_reloads_in_plain_transformers_with_128_bins(turbo_run, tmp_pa
     run_dir, _ = turbo_run
     out = export_hf(str(run_dir), tmp_path / "hf")
     model = WhisperForConditionalGeneration.from_pretrained(out)
-    assert (model.config.num_mel_bins, model.config.encoder_layers, model.config.decoder_layers) == (128, 32, 4)
+    config = model.config
+    assert (config.num_mel_bins, config.encoder_layers, config.decoder_layers) == (128, 32, 4)
     assert not any("lora" in name for name in model.state_dict())
     assert WhisperProcessor.from_pretrained(out).feature_extractor.feature_size == 128
-    assert torch.allclose(_logits(model), _logits(load_model(str(run_dir)).model.merge_and_unload()), atol=1e-5)
+    merged = load_model(str(run_dir)).model.merge_and_unload()
+    assert torch.allclose(_logits(model), _logits(merged), atol=1e-5)
 
 
 def test_ct2_export_decodes_like_hf_and_reimports_with_turbos_shape(turbo_dir, tmp_path):

