@@ -202,7 +202,13 @@ def run_llm_plain(strategy: str, args: argparse.Namespace, train: Path, out: Pat
 
 
 def _child(args: argparse.Namespace) -> int:
-    out = Path(tempfile.mkdtemp(prefix=f"bench-gpu-{args.runner}-")) / "run"
+    with tempfile.TemporaryDirectory(prefix=f"bench-gpu-{args.runner}-") as work:
+        result = _run_one(args, Path(work) / "run")
+    print(json.dumps(result))
+    return 0
+
+
+def _run_one(args: argparse.Namespace, out: Path) -> dict:
     train, evaluation = Path(args.train), Path(args.eval)
     if args.runner == "plain":
         result = run_llm_plain(args.strategy, args, train, out)
@@ -212,8 +218,7 @@ def _child(args: argparse.Namespace) -> int:
         result = run_recipe(str(build_llm_asr_tiny()), args.strategy, args, train, evaluation, out)
     else:
         result = run_recipe(WHISPER, args.strategy, args, train, evaluation, out)
-    print(json.dumps(result))
-    return 0
+    return result
 
 
 def _plan(args: argparse.Namespace) -> list[tuple[str, str, str]]:
