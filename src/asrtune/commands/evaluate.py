@@ -1,4 +1,4 @@
-"""``asrtune evaluate MODEL --data MANIFEST [--json]``."""
+"""``asrtune evaluate MODEL --data MANIFEST [--terms FILE] [--json]``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ def add(subparsers: argparse._SubParsersAction) -> None:
                         help="feed the encoder each batch's longest utterance instead of 30 s (faster; "
                              "costs accuracy on models trained on 30 s windows: see README)")
     parser.add_argument("--predictions", type=Path, help="write per-utterance hypotheses here (JSONL)")
+    parser.add_argument("--terms", default=None,
+                        help="term list (one term or phrase a line; packaged:medical_terms_en): also score "
+                             "term recall and term insertions")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.set_defaults(func=run)
 
@@ -30,22 +33,50 @@ def run(args: argparse.Namespace) -> int:
     from asrtune.data.features import FeatureDataset
     from asrtune.data.manifest import read_manifest
     from asrtune.evaluation.decode import evaluate_dataset, write_predictions
+    from asrtune.evaluation.terms import read_terms, term_report
     from asrtune.models.load import load_model
     from asrtune.report import print_table
 
+    terms = read_terms(args.terms) if args.terms else None  # a bad list fails before any decoding
     loaded = load_model(args.model)
     rows = read_manifest(args.data)
     dataset = FeatureDataset(rows, loaded.processor, multilingual=loaded.multilingual, language=args.language)
+    scoring_language = _scoring_language(dataset, args.language)
     evaluation = evaluate_dataset(loaded, dataset, language=args.language, batch_size=args.batch_size,
                                   max_new_tokens=args.max_new_tokens, short_input=args.short_input)
     if args.predictions:
         write_predictions(evaluation, args.predictions)
     s = evaluation.scores
-    print_table(["metric", "value"], [
+    rows = [
         ["WER (normalised)", f"{s.wer:.4f}"], ["CER (normalised)", f"{s.cer:.4f}"],
         ["WER (raw)", f"{s.raw_wer:.4f}"], ["subs / dels / ins", f"{s.substitutions} / {s.deletions} / {s.insertions}"],
         ["utterances", str(s.n)],
-    ], file=sys.stderr if args.json else sys.stdout)
+    ]
+    record = {"model": args.model, "data": str(args.data), **s.as_dict()}
+    if terms is not None:
+        found = term_report(evaluation.references, evaluation.hypotheses, terms, scoring_language)
+        rows += term_rows(found)
+        record.update(term_recall=found["term_recall"], term_insertions=found["term_insertions"], terms=found)
+    print_table(["metric", "value"], rows, file=sys.stderr if args.json else sys.stdout)
     if args.json:
-        print(json.dumps({"model": args.model, "data": str(args.data), **s.as_dict()}))
+        print(json.dumps(record, ensure_ascii=False))
     return 0
+
+
+def _scoring_language(dataset, language: str | None) -> str | None:
+    from asrtune.languages import canonical_language
+
+    languages = {canonical_language(u.language or language) for u in dataset.utterances}
+    return languages.pop() if len(languages) == 1 else "multi"
+
+
+def term_rows(found: dict) -> list[list[str]]:
+    """Table rows of a term report: recall (hits / occurrences, 95% CI), insertions, the most missed."""
+    recall = found["term_recall"]
+    ci = found["term_recall_ci95"]
+    shown = "-" if recall is None else f"{recall:.4f} ({found['term_hits']} / {found['term_occurrences']})"
+    if ci:
+        shown += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    missed = ", ".join(f"{m['term']} ({m['missed']})" for m in found["top_missed"][:5]) or "none"
+    return [["term recall", shown], ["term insertions", str(found["term_insertions"])],
+            ["most missed terms", missed]]
