@@ -1,4 +1,4 @@
-"""``asrtune evaluate MODEL --data MANIFEST [--terms FILE] [--json]``."""
+"""``asrtune evaluate MODEL --data MANIFEST [--terms FILE] [--bias FILE [--bias-weight W]] [--json]``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from asrtune.commands import COMMANDS
+
+BIAS_WEIGHT = 2.0  # asrtune.evaluation.biasing.DEFAULT_BIAS_WEIGHT, without importing torch to build the parser
 
 
 @COMMANDS.register("evaluate")
@@ -25,8 +27,44 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--terms", default=None,
                         help="term list (one term or phrase a line; packaged:medical_terms_en): also score "
                              "term recall and term insertions")
+    add_bias_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.set_defaults(func=run)
+
+
+def add_bias_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--bias FILE`` and ``--bias-weight W`` (evaluate and transcribe)."""
+    parser.add_argument("--bias", default=None,
+                        help="term list to bias decoding towards (one term or phrase a line; "
+                             "packaged:medical_terms_en): a bonus for tokens that start or continue a term")
+    parser.add_argument("--bias-weight", type=float, default=None,
+                        help=f"the bonus, in log-probability (nats) per token (default {BIAS_WEIGHT:g}; "
+                             "0: no change)")
+
+
+def bias_terms_from_args(args: argparse.Namespace):
+    """The term list ``--bias`` names (read now, so a bad list fails before any model loads), or None.
+
+    Raises:
+        AsrtuneError: ``--bias-weight`` without ``--bias``, a missing or empty list.
+    """
+    from asrtune.errors import AsrtuneError
+    from asrtune.evaluation.terms import read_terms
+
+    if args.bias is None:
+        if args.bias_weight is not None:
+            raise AsrtuneError("--bias-weight needs --bias FILE (the terms to bias towards)")
+        return None
+    return read_terms(args.bias)
+
+
+def bias_from_args(args: argparse.Namespace, tokenizer, terms):
+    """The ``LogitsProcessorList`` for ``--bias``/``--bias-weight`` (None without ``--bias``)."""
+    from asrtune.evaluation.biasing import bias_processor
+
+    if terms is None:
+        return None
+    return bias_processor(tokenizer, terms, BIAS_WEIGHT if args.bias_weight is None else args.bias_weight)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,12 +76,15 @@ def run(args: argparse.Namespace) -> int:
     from asrtune.report import print_table
 
     terms = read_terms(args.terms) if args.terms else None  # a bad list fails before any decoding
+    bias_terms = bias_terms_from_args(args)
     loaded = load_model(args.model)
+    bias = bias_from_args(args, loaded.processor.tokenizer, bias_terms)
     rows = read_manifest(args.data)
     dataset = FeatureDataset(rows, loaded.processor, multilingual=loaded.multilingual, language=args.language)
     scoring_language = _scoring_language(dataset, args.language)
     evaluation = evaluate_dataset(loaded, dataset, language=args.language, batch_size=args.batch_size,
-                                  max_new_tokens=args.max_new_tokens, short_input=args.short_input)
+                                  max_new_tokens=args.max_new_tokens, short_input=args.short_input,
+                                  logits_processor=bias)
     if args.predictions:
         write_predictions(evaluation, args.predictions)
     s = evaluation.scores
@@ -53,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
         ["utterances", str(s.n)],
     ]
     record = {"model": args.model, "data": str(args.data), **s.as_dict()}
+    if bias is not None:
+        weight = bias[0].weight
+        rows.append(["biasing", f"{args.bias}, weight {weight:g}, {bias[0].trie.sequences} token sequences"])
+        record["bias"] = {"terms": args.bias, "weight": weight}
     if terms is not None:
         found = term_report(evaluation.references, evaluation.hypotheses, terms, scoring_language)
         rows += term_rows(found)

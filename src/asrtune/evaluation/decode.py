@@ -97,26 +97,29 @@ def _warn_capped(desc: str, capped: int, total: int, max_new_tokens: int) -> Non
 def transcribe_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: str | None = None,
                        task: str = "transcribe", batch_size: int = 16, max_new_tokens: int = 128,
                        progress: bool = True, device: torch.device | None = None,
-                       desc: str = "decode", short_input: bool = False) -> list[str]:
+                       desc: str = "decode", short_input: bool = False, logits_processor=None) -> list[str]:
     """Greedy transcripts of every utterance, in order (see :func:`decode_dataset`)."""
     return decode_dataset(loaded, dataset, language=language, task=task, batch_size=batch_size,
                           max_new_tokens=max_new_tokens, progress=progress, device=device, desc=desc,
-                          short_input=short_input).hypotheses
+                          short_input=short_input, logits_processor=logits_processor).hypotheses
 
 
 @torch.no_grad()
 def decode_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: str | None = None,
                    task: str = "transcribe", batch_size: int = 16, max_new_tokens: int = 128,
                    progress: bool = True, device: torch.device | None = None,
-                   desc: str = "decode", short_input: bool = False) -> Decoded:
+                   desc: str = "decode", short_input: bool = False, logits_processor=None) -> Decoded:
     """Greedy transcripts of every utterance, in order, and which of them hit ``max_new_tokens``.
 
     Batches group utterances of one language, since ``generate`` takes one language per call.
     ``short_input``: the encoder sees each batch's longest utterance instead of 30 s (see
     :mod:`asrtune.models.short_input`; faster, not what Whisper was trained on). A hypothesis with
     no end-of-text token stopped at the cap; a :class:`TruncationWarning` counts them.
+    ``logits_processor``: a transformers ``LogitsProcessorList`` passed to ``generate`` (e.g. term
+    biasing, :func:`asrtune.evaluation.biasing.bias_processor`).
     """
     model = loaded.model
+    extra = {} if logits_processor is None else {"logits_processor": logits_processor}
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
@@ -144,7 +147,7 @@ def decode_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: st
         else:
             inputs = {"input_features": features}
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                **loaded.language_kwargs(lang, task))
+                                **loaded.language_kwargs(lang, task), **extra)
         sequences = output.sequences if hasattr(output, "sequences") else output
         texts = loaded.processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)
         for index, text, row in zip(batch, texts, sequences.tolist()):
@@ -172,14 +175,15 @@ def transcribe_sharded(loaded: LoadedModel, dataset: FeatureDataset, processes=N
 
 def evaluate_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: str | None = None,
                      task: str = "transcribe", batch_size: int = 16, max_new_tokens: int = 128,
-                     progress: bool = True, desc: str = "decode", short_input: bool = False) -> Evaluation:
+                     progress: bool = True, desc: str = "decode", short_input: bool = False,
+                     logits_processor=None) -> Evaluation:
     """Decode and score; the normaliser follows the utterances' language (English when unset).
 
     The record counts the hypotheses that hit ``max_new_tokens`` (``summary()["hit_max_new_tokens"]``).
     """
     decoded = decode_dataset(loaded, dataset, language=language, task=task, batch_size=batch_size,
                              max_new_tokens=max_new_tokens, progress=progress, desc=desc,
-                             short_input=short_input)
+                             short_input=short_input, logits_processor=logits_processor)
     hypotheses = decoded.hypotheses
     references = [u.text for u in dataset.utterances]
     ids = [u.id for u in dataset.utterances]
