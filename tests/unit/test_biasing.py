@@ -178,3 +178,41 @@ def test_cli_default_weight_is_the_library_default():
     from asrtune.evaluation.biasing import DEFAULT_BIAS_WEIGHT
 
     assert BIAS_WEIGHT == DEFAULT_BIAS_WEIGHT
+
+
+def test_transcribe_passes_the_bias_to_every_window(tiny_model_dir, tmp_path):
+    from conftest import write_tone
+
+    from asrtune.inference.longform import TranscribeOptions, transcribe_files
+    from asrtune.models.load import load_model
+
+    loaded = load_model(str(tiny_model_dir))
+    audio = tmp_path / "tone.wav"
+    write_tone(audio, seconds=2.5)  # 1 s windows: several windows, each with the previous text forced
+    options = TranscribeOptions(temperatures=(0.0,), compression_ratio_threshold=None, logprob_threshold=None,
+                                no_speech_threshold=None, max_new_tokens=4, prompt="amoxicillin")
+    tokenizer = loaded.processor.tokenizer
+    plain, _ = transcribe_files(loaded, [audio], options, progress=False)
+    zero, _ = transcribe_files(loaded, [audio], options, progress=False,
+                               logits_processor=bias_processor(tokenizer, parse_terms(["amoxicillin"]), 0.0))
+    assert zero[0].text == plain[0].text
+    strong = bias_processor(tokenizer, parse_terms(["amoxicillin"]), 1e4)
+    biased, _ = transcribe_files(loaded, [audio], options, progress=False, logits_processor=strong)
+    assert biased[0].text != plain[0].text and "am" in biased[0].text.lower()
+    prompt_length = len(tokenizer.encode(" amoxicillin", add_special_tokens=False)) + 1  # + <|startofprev|>
+    assert strong[0].begin_index > prompt_length  # the prompt is forced, not generated
+
+
+def test_transcribe_cli_reports_the_bias(tiny_model_dir, tmp_path, capsys):
+    from conftest import write_tone
+
+    from asrtune.cli import main
+
+    write_tone(tmp_path / "tone.wav", seconds=0.8)
+    code = main(["transcribe", str(tiny_model_dir), str(tmp_path / "tone.wav"), "--no-fallback",
+                 "--max-new-tokens", "4", "--bias", "packaged:medical_terms_en", "--bias-weight", "1.5"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "packaged:medical_terms_en, weight 1.5" in captured.err
+    assert main(["transcribe", str(tiny_model_dir), str(tmp_path / "tone.wav"), "--bias", "missing.txt"]) == 2
+    assert "term list not found" in capsys.readouterr().err
