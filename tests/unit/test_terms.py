@@ -161,3 +161,34 @@ def test_bootstrap_ratio_matches_the_point_estimate_on_constant_data():
     assert bootstrap_ratio(np.array([0, 0]), np.array([0, 0])) is None
     low, high = paired_bootstrap_ratio_delta(np.array([0, 1]), np.array([1, 2]), np.array([1, 2]), resamples=50)
     assert low > 0 and high <= 1.0
+
+
+def test_a_run_with_data_terms_reports_term_recall_per_set(tiny_model_dir, tiny_data, tmp_path):
+    from conftest import read_jsonl
+
+    from asrtune.config import DataConfig, LoopConfig, RunConfig
+    from asrtune.evaluation.forgetting import Transcripts
+    from asrtune.evaluation.sets import decoding_key
+    from asrtune.training.recipe import train
+
+    (tmp_path / "terms.txt").write_text("hello world\nthe cat\nopen the door\n", encoding="utf-8")
+    config = RunConfig(
+        model=str(tiny_model_dir), strategy="full",
+        data=DataConfig(train=str(tiny_data[0]), eval=str(tiny_data[1]), terms=str(tmp_path / "terms.txt")),
+        loop=LoopConfig(max_steps=1, batch_size=2, eval_every=1, eval_batch_size=4, max_new_tokens=4,
+                        warmup_ratio=0.0),
+    )
+    rows = read_jsonl(tiny_data[1])
+    refs = [r["text"] for r in rows]
+    # a base model that got every word right: its term recall is 1
+    base = {"eval": Transcripts([r["id"] for r in rows], refs, refs, "en", decoding_key(config))}
+    results = train(config, tmp_path / "run", progress=False, baseline_transcripts=base)
+    evaluation = results["evaluation"]
+    report = evaluation["sets"]["eval"]
+    assert report["terms"]["term_occurrences"] == 2  # "hello world", "the cat" in "the cat sat"
+    assert report["base"]["term_recall"] == 1.0
+    assert report["delta_term_recall"] == pytest.approx(report["term_recall"] - 1.0)
+    assert evaluation["terms"]["set"] == "eval" and evaluation["terms"]["base_term_recall"] == 1.0
+    assert "term_recall" not in evaluation["sets"]["nonspeech"]
+    stored = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert stored["evaluation"]["sets"]["eval"]["term_recall"] == report["term_recall"]
