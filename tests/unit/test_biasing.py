@@ -56,7 +56,7 @@ def test_terms_are_tokenised_mid_sentence_with_capitalised_variants(tokenizer):
 
 def test_processor_changes_exactly_the_intended_logits(tokenizer):
     terms = parse_terms(["amoxicillin", "atrial fibrillation"])
-    processor = bias_processor(tokenizer, terms, 1.5)[0]
+    processor = bias_processor(tokenizer, terms, 1.5, start_weight=0.5)[0]
     amox = _ids(tokenizer, " amoxicillin")
     atrial = _ids(tokenizer, " atrial fibrillation")
     sot, eot = tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|endoftext|>"])
@@ -64,17 +64,50 @@ def test_processor_changes_exactly_the_intended_logits(tokenizer):
     rows = torch.tensor([
         [sot, sot] + plain + amox[:1],  # mid-way into amoxicillin
         [sot] + plain + atrial[:2],  # " atrial" done, " fibrillation" next
-        [sot] + [eot] * (len(plain) + 2),  # nothing to continue
+        [sot] + [eot] * (len(plain) + 2),  # nothing generated yet: a sentence starts
     ])
-    scores = torch.randn(3, VOCAB)
+    scores = torch.randn(3, VOCAB, generator=torch.Generator().manual_seed(0)).round()  # exact sums
     biased = processor(rows, scores.clone())
-    starts = set(processor.starts)
+    mid = {amox[0], atrial[0]}  # lower-case first tokens; " Am", " At" start sentences only
+    capitalised = {_ids(tokenizer, " Amoxicillin")[0], _ids(tokenizer, " Atrial fibrillation")[0]}
+    assert set(processor.mid_starts) == mid and set(processor.starts) == mid | capitalised
     changed = _changed(scores, biased)
-    assert changed[0] == starts | {amox[1]}
-    assert changed[1] == starts | {atrial[2]}
-    assert changed[2] == starts
+    assert changed[0] == {atrial[0], amox[1]}  # " am" again would repeat the last token: no bonus
+    assert changed[1] == mid | {atrial[2]}
+    assert changed[2] == mid | capitalised
     delta = biased - scores
-    assert torch.allclose(delta[delta != 0], torch.tensor(1.5))  # the bonus once, never stacked
+    assert delta[0, amox[1]] == 1.5 and delta[1, atrial[2]] == 1.5  # continuing: weight
+    assert delta[0, atrial[0]] == 0.5 and delta[2, _ids(tokenizer, " Amoxicillin")[0]] == 0.5  # starting
+    assert set(delta[delta != 0].tolist()) == {0.5, 1.5}  # one bonus per token, never stacked
+
+
+def test_after_a_full_stop_capitalised_terms_may_start(tokenizer):
+    processor = bias_processor(tokenizer, parse_terms(["metformin"]), 1.0)[0]
+    upper = _ids(tokenizer, " Metformin")[0]
+    scores = torch.zeros(2, VOCAB)
+    rows = torch.tensor([_ids(tokenizer, " Take it."), _ids(tokenizer, " Take it,")])
+    changed = _changed(scores, processor(rows, scores.clone()))
+    assert upper in changed[0] and upper not in changed[1]
+
+
+def test_the_bonus_never_helps_a_loop_along(tokenizer):
+    """A token that would repeat the last n tokens back to back (n <= 4) gets no bonus."""
+    trie = TermTrie([[10, 11], [12], [13]])
+    processor = TermBiasProcessor(trie, 1.0)
+    scores = torch.zeros(4, 100)
+    rows = torch.tensor([
+        [5, 6, 7, 8, 9, 10],  # 11 continues the term; 10 again would repeat the last token
+        [5, 6, 7, 8, 9, 12],  # 12 finished a term; 12 again is blocked
+        [5, 6, 12, 13, 7, 12],  # 12 repeats itself: blocked; 13 would not repeat anything yet
+        [12, 13, 6, 12, 13, 6],  # 12 would make "13 6 12" twice in a row: blocked
+    ])
+    changed = _changed(scores, processor(rows, scores.clone()))
+    assert changed[0] == {11, 12, 13}
+    assert changed[1] == {10, 13}
+    assert changed[2] == {10, 13}
+    assert changed[3] == {10, 13}
+    blocked = processor(torch.tensor([[12, 13, 12]]), torch.zeros(1, 100))
+    assert blocked[0, 13] == 0 and blocked[0, 10] == 1.0  # "12 13 12" + 13 repeats the bigram
 
 
 def test_only_generated_tokens_are_matched(tokenizer):
@@ -161,7 +194,7 @@ def test_evaluate_cli_with_bias_and_terms(tiny_model_dir, tiny_data, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     result = json.loads(captured.out.strip().splitlines()[-1])
-    assert result["bias"] == {"terms": "packaged:medical_terms_en", "weight": 3.0}
+    assert result["bias"] == {"terms": "packaged:medical_terms_en", "weight": 3.0, "start_weight": 3.0}
     assert result["term_recall"] is None and isinstance(result["term_insertions"], int)  # no term in the refs
     assert "| biasing" in captured.err and "| term recall" in captured.err
 
@@ -170,7 +203,7 @@ def test_bias_weight_without_bias_is_an_error(tiny_model_dir, tiny_data, capsys)
     from asrtune.cli import main
 
     assert main(["evaluate", str(tiny_model_dir), "--data", str(tiny_data[1]), "--bias-weight", "2"]) == 2
-    assert "--bias-weight needs --bias" in capsys.readouterr().err
+    assert "--bias-weight and --bias-start-weight need --bias" in capsys.readouterr().err
 
 
 def test_cli_default_weight_is_the_library_default():
@@ -213,6 +246,6 @@ def test_transcribe_cli_reports_the_bias(tiny_model_dir, tmp_path, capsys):
                  "--max-new-tokens", "4", "--bias", "packaged:medical_terms_en", "--bias-weight", "1.5"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "packaged:medical_terms_en, weight 1.5" in captured.err
+    assert "packaged:medical_terms_en, weight 1.5 (start 1.5)" in captured.err
     assert main(["transcribe", str(tiny_model_dir), str(tmp_path / "tone.wav"), "--bias", "missing.txt"]) == 2
     assert "term list not found" in capsys.readouterr().err

@@ -38,8 +38,11 @@ def add_bias_arguments(parser: argparse.ArgumentParser) -> None:
                         help="term list to bias decoding towards (one term or phrase a line; "
                              "packaged:medical_terms_en): a bonus for tokens that start or continue a term")
     parser.add_argument("--bias-weight", type=float, default=None,
-                        help=f"the bonus, in log-probability (nats) per token (default {BIAS_WEIGHT:g}; "
-                             "0: no change)")
+                        help=f"the bonus for continuing a term, in log-probability (nats) per token "
+                             f"(default {BIAS_WEIGHT:g}; 0: no change)")
+    parser.add_argument("--bias-start-weight", type=float, default=None,
+                        help="the bonus for a token that starts a term (default: --bias-weight); starting a term "
+                             "needs the audio's support, continuing one is what the list knows")
 
 
 def bias_terms_from_args(args: argparse.Namespace):
@@ -52,8 +55,8 @@ def bias_terms_from_args(args: argparse.Namespace):
     from asrtune.evaluation.terms import read_terms
 
     if args.bias is None:
-        if args.bias_weight is not None:
-            raise AsrtuneError("--bias-weight needs --bias FILE (the terms to bias towards)")
+        if args.bias_weight is not None or args.bias_start_weight is not None:
+            raise AsrtuneError("--bias-weight and --bias-start-weight need --bias FILE (the terms to bias towards)")
         return None
     return read_terms(args.bias)
 
@@ -64,7 +67,8 @@ def bias_from_args(args: argparse.Namespace, tokenizer, terms):
 
     if terms is None:
         return None
-    return bias_processor(tokenizer, terms, BIAS_WEIGHT if args.bias_weight is None else args.bias_weight)
+    return bias_processor(tokenizer, terms, BIAS_WEIGHT if args.bias_weight is None else args.bias_weight,
+                          start_weight=args.bias_start_weight)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,9 +99,10 @@ def run(args: argparse.Namespace) -> int:
     ]
     record = {"model": args.model, "data": str(args.data), **s.as_dict()}
     if bias is not None:
-        weight = bias[0].weight
-        rows.append(["biasing", f"{args.bias}, weight {weight:g}, {bias[0].trie.sequences} token sequences"])
-        record["bias"] = {"terms": args.bias, "weight": weight}
+        processor = bias[0]
+        rows.append(["biasing", f"{args.bias}, weight {processor.weight:g} (start {processor.start_weight:g}), "
+                                f"{processor.trie.sequences} token sequences"])
+        record["bias"] = {"terms": args.bias, "weight": processor.weight, "start_weight": processor.start_weight}
     if terms is not None:
         found = term_report(evaluation.references, evaluation.hypotheses, terms, scoring_language)
         rows += term_rows(found)

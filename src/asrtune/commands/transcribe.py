@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
                       f"{'greedy' if args.no_fallback else 'temperature fallback'}, "
                       f"{args.batch_size} file(s) per batch, {device.type}")],
         ["prompt", f"{len(args.prompt.split())} words" if args.prompt else "none"],
-        ["biasing", f"{args.bias}, weight {bias[0].weight:g}" if bias is not None else "none"],
+        ["biasing", f"{args.bias}, weight {bias[0].weight:g} (start {bias[0].start_weight:g})"
+         if bias is not None else "none"],
         ["decode time", f"{stats.decode_seconds:.1f} s"],
         ["RTF", f"{stats.rtf:.3f}"],
         ["output", str(args.output_dir) if args.output_dir else "stdout"],
