@@ -249,3 +249,14 @@ def test_transcribe_cli_reports_the_bias(tiny_model_dir, tmp_path, capsys):
     assert "packaged:medical_terms_en, weight 1.5 (start 1.5)" in captured.err
     assert main(["transcribe", str(tiny_model_dir), str(tmp_path / "tone.wav"), "--bias", "missing.txt"]) == 2
     assert "term list not found" in capsys.readouterr().err
+
+
+def test_a_one_letter_first_token_gets_no_start_bonus_but_the_term_continues(tokenizer):
+    tachy = _ids(tokenizer, " tachycardia")
+    assert tokenizer.decode(tachy[:1]).strip() == "t"
+    processor = bias_processor(tokenizer, parse_terms(["tachycardia", "metformin"]), 1.0)[0]
+    assert tachy[0] not in processor.starts and tachy[0] not in processor.mid_starts
+    assert _ids(tokenizer, " metformin")[0] in processor.mid_starts
+    scores = torch.zeros(1, VOCAB)
+    changed = _changed(scores, processor(torch.tensor([_ids(tokenizer, " fast") + tachy[:1]]), scores.clone()))
+    assert tachy[1] in changed[0]

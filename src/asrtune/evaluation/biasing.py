@@ -7,7 +7,10 @@ a bonus to the scores of
 
 * every token that starts a term (the trie root's children): ``start_weight`` (default ``weight``);
   the capitalised spellings start only at the start of a sentence (the hypothesis' first token, or
-  after ``.``, ``?``, ``!``), the others anywhere;
+  after ``.``, ``?``, ``!``), the others anywhere; a first token of one letter (`` t`` of
+  ``tachycardia``) gets no start bonus, since it says nothing about which word follows (boosting it
+  boosts every word with that initial, and letter-by-letter spelling loops: measured, README), but
+  once the model writes it the term's continuations get theirs;
 * every token that continues a partial match at the end of the row's hypothesis (for each suffix
   of the generated tokens that is a path in the trie, the children of that path): ``weight``,
 
@@ -33,7 +36,7 @@ from asrtune.errors import AsrtuneError
 from asrtune.evaluation.terms import TermList, read_terms
 
 __all__ = ["TermTrie", "TermBiasProcessor", "term_variants", "build_trie", "sentence_end_ids", "bias_processor",
-           "DEFAULT_BIAS_WEIGHT", "REPEAT_GUARD"]
+           "DEFAULT_BIAS_WEIGHT", "REPEAT_GUARD", "MIN_START_CHARS"]
 
 DEFAULT_BIAS_WEIGHT = 2.0
 
@@ -44,6 +47,7 @@ class TermTrie:
     def __init__(self, sequences: Iterable[Sequence[int]] = ()) -> None:
         self.root: dict[int, dict] = {}
         self.mid_starts: set[int] | None = None  # first tokens that may start mid-sentence (None: all)
+        self.weak_starts: set[int] = set()  # first tokens that never get the start bonus
         self.sequences = 0
         self.depth = 0
         for sequence in sequences:
@@ -101,6 +105,7 @@ def build_trie(tokenizer, terms: TermList) -> TermTrie:
             trie.add(ids)
             if ids and variant in (term, term.lower()):
                 trie.mid_starts.add(int(ids[0]))
+    trie.weak_starts = {t for t in trie.root if len(tokenizer.decode([t]).strip()) < MIN_START_CHARS}
     return trie
 
 
@@ -117,6 +122,7 @@ def _special_ids(tokenizer) -> frozenset[int]:
 
 
 REPEAT_GUARD = 4  # never boost a token that repeats the last n <= 4 tokens back to back
+MIN_START_CHARS = 2  # a first token shorter than this (one letter) gets no start bonus
 
 
 def _repeating(tokens: Sequence[int], longest: int = REPEAT_GUARD) -> set[int]:
@@ -136,8 +142,8 @@ class TermBiasProcessor(LogitsProcessor):
     """Adds a bonus to the tokens that start or continue a term (see the module doc).
 
     Args:
-        trie: the terms' token sequences (``trie.mid_starts``: first tokens that may start mid-sentence;
-            without it every first token may).
+        trie: the terms' token sequences (``trie.mid_starts``: first tokens that may start mid-sentence,
+            None: all; ``trie.weak_starts``: first tokens that never get the start bonus).
         weight: the bonus for continuing a term (>= 0, finite).
         special_ids: token ids that are not text (a match never crosses one).
         text_vocab: ids at or above this are not text either (Whisper's timestamps), None: no limit.
@@ -159,8 +165,9 @@ class TermBiasProcessor(LogitsProcessor):
         self.text_vocab = text_vocab
         self.sentence_ends = frozenset(sentence_ends)
         self.begin_index = 0
-        self.starts = sorted(trie.root)  # at the start of a sentence
-        self.mid_starts = sorted(trie.root if trie.mid_starts is None else trie.mid_starts)  # anywhere else
+        starts = set(trie.root) - trie.weak_starts
+        self.starts = sorted(starts)  # at the start of a sentence
+        self.mid_starts = sorted(starts if trie.mid_starts is None else starts & trie.mid_starts)  # elsewhere
 
     def set_begin_index(self, begin_index: int) -> None:
         """Where the generated tokens start (Whisper's ``generate`` calls this before decoding)."""
