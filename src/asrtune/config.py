@@ -79,6 +79,8 @@ class DataConfig:
                                   "(1: one shuffled pool)", 1)
     feature_cache: bool = _help("keep log-mel features on disk under the asrtune cache, keyed by audio content "
                                 "and extractor settings", True)
+    terms: str = _help("term list (one term or phrase a line, or packaged:medical_terms_en): term recall and "
+                       "term insertions of every set, before and after, in results.json ('': none)", "")
 
     def __post_init__(self) -> None:
         if self.eval_limit is not None and self.eval_limit < 1:
@@ -92,6 +94,10 @@ class DataConfig:
             from asrtune.data.augment import parse_augment
 
             parse_augment(self.augment)  # an unknown augmentation or option is an error now, not at step 1
+        if self.terms:
+            from asrtune.evaluation.terms import read_terms
+
+            read_terms(self.terms)  # a missing or empty list is an error now, not after training
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -275,8 +281,8 @@ def _resolve_paths(values: dict, base: Path) -> dict:
     if isinstance(values.get("model"), str):
         values = {**values, "model": absolute_model(values["model"], base)}
     data = dict(values.get("data") or {})
-    for key in ("train", "eval", "test"):
-        if data.get(key):
+    for key in ("train", "eval", "test", "terms"):
+        if data.get(key) and not (key == "terms" and str(data[key]).startswith("packaged:")):
             path = Path(data[key]).expanduser()
             data[key] = str(path if path.is_absolute() else (base / path).resolve())
     if isinstance(data.get("general"), dict):  # {name: manifest} is shorthand for [{name, manifest}, ...]

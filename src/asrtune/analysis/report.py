@@ -141,6 +141,8 @@ def _markdown(inputs: ReportInputs, figures: dict[str, Path], folder: Path) -> s
         "- **halluc. %**: share of test hypotheses that loop (an n-gram repeated back to back) or have more "
         "than twice the reference's words.",
         "- **non-speech words/clip**: words emitted on generated silence, white/pink/brown noise and hum.",
+        "- **term recall %** / **term insertions** (runs with `data.terms`): the share of the term list's "
+        "occurrences in the test references that the hypotheses have, and term occurrences the hypotheses add.",
         "",
     ]
     return "\n".join(lines)

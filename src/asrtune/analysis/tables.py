@@ -58,6 +58,8 @@ class RunRecord:
     within_budget: bool = True
     cka: dict[int, float] | None = None
     general: dict[str, float] = field(default_factory=dict)  # WER of the kept checkpoint per general set
+    term_recall: float | None = None  # on the main set, with data.terms
+    term_insertions: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +72,8 @@ class BaseRecord:
     hallucination: float | None
     nonspeech_words: float | None
     general: dict[str, float] = field(default_factory=dict)
+    term_recall: float | None = None
+    term_insertions: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +96,8 @@ class Row:
     within_budget: bool
     cka: dict[int, float] | None
     general: dict[str, float] = field(default_factory=dict)
+    term_recall: float | None = None
+    term_insertions: float | None = None
 
     @property
     def trainable_percent(self) -> float:
@@ -144,6 +150,8 @@ def read_run(run_dir: Path, *, dataset: str, label: str, spec: str, seed: int) -
         within_budget=results.get("best_within_budget", True),
         cka=cka,
         general={name: s["wer"] for name, s in evidence["sets"].items() if s.get("role") == "general"},
+        term_recall=main.get("term_recall"),
+        term_insertions=main.get("term_insertions"),
     )
 
 
@@ -183,6 +191,8 @@ def aggregate(records: list[RunRecord]) -> list[Row]:
                 cka={k: statistics.fmean(c[k] for c in ckas) for k in ckas[0]} if ckas else None,
                 general={name: statistics.fmean(r.general[name] for r in items)
                          for name in items[0].general if all(name in r.general for r in items)},
+                term_recall=_mean(r.term_recall for r in items),
+                term_insertions=_mean(r.term_insertions for r in items),
             )
         )
     return rows
@@ -271,7 +281,16 @@ def dataset_table(
                 "-" if row.nonspeech_words is None else f"{row.nonspeech_words:.2f}",
             ]
         )
-    return header, table
+    return _with_terms(header, table, [base, *rows] if base is not None else rows)
+
+
+def _with_terms(header: list[str], table: list[list[str]], records: list) -> tuple[list[str], list[list[str]]]:
+    """Term recall and term insertions columns (on the main set), when any run was scored with a term list."""
+    if all(r.term_recall is None for r in records):
+        return header, table
+    cells = [[fmt_pct(r.term_recall), "-" if r.term_insertions is None else f"{r.term_insertions:g}"]
+             for r in records]
+    return header + ["term recall %", "term insertions"], [row + extra for row, extra in zip(table, cells)]
 
 
 def _relative(new: float | None, old: float | None) -> float | None:

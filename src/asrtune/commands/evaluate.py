@@ -1,4 +1,4 @@
-"""``asrtune evaluate MODEL --data MANIFEST [--json]``."""
+"""``asrtune evaluate MODEL --data MANIFEST [--terms FILE] [--bias FILE [--bias-weight W]] [--json]``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from asrtune.commands import COMMANDS
+
+BIAS_WEIGHT = 2.0  # asrtune.evaluation.biasing.DEFAULT_BIAS_WEIGHT, without importing torch to build the parser
 
 
 @COMMANDS.register("evaluate")
@@ -22,30 +24,109 @@ def add(subparsers: argparse._SubParsersAction) -> None:
                         help="feed the encoder each batch's longest utterance instead of 30 s (faster; "
                              "costs accuracy on models trained on 30 s windows: see README)")
     parser.add_argument("--predictions", type=Path, help="write per-utterance hypotheses here (JSONL)")
+    parser.add_argument("--terms", default=None,
+                        help="term list (one term or phrase a line; packaged:medical_terms_en): also score "
+                             "term recall and term insertions")
+    add_bias_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.set_defaults(func=run)
+
+
+def add_bias_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--bias FILE`` and ``--bias-weight W`` (evaluate and transcribe)."""
+    parser.add_argument("--bias", default=None,
+                        help="term list to bias decoding towards (one term or phrase a line; "
+                             "packaged:medical_terms_en): a bonus for tokens that start or continue a term")
+    parser.add_argument("--bias-weight", type=float, default=None,
+                        help=f"the bonus for continuing a term, in log-probability (nats) per token "
+                             f"(default {BIAS_WEIGHT:g}; 0: no change)")
+    parser.add_argument("--bias-start-weight", type=float, default=None,
+                        help="the bonus for a token that starts a term (default: --bias-weight); starting a term "
+                             "needs the audio's support, continuing one is what the list knows")
+
+
+def bias_terms_from_args(args: argparse.Namespace):
+    """The term list ``--bias`` names (read now, so a bad list fails before any model loads), or None.
+
+    Raises:
+        AsrtuneError: ``--bias-weight`` without ``--bias``, a missing or empty list.
+    """
+    from asrtune.errors import AsrtuneError
+    from asrtune.evaluation.terms import read_terms
+
+    if args.bias is None:
+        if args.bias_weight is not None or args.bias_start_weight is not None:
+            raise AsrtuneError("--bias-weight and --bias-start-weight need --bias FILE (the terms to bias towards)")
+        return None
+    return read_terms(args.bias)
+
+
+def bias_from_args(args: argparse.Namespace, tokenizer, terms):
+    """The ``LogitsProcessorList`` for ``--bias``/``--bias-weight`` (None without ``--bias``)."""
+    from asrtune.evaluation.biasing import bias_processor
+
+    if terms is None:
+        return None
+    return bias_processor(tokenizer, terms, BIAS_WEIGHT if args.bias_weight is None else args.bias_weight,
+                          start_weight=args.bias_start_weight)
 
 
 def run(args: argparse.Namespace) -> int:
     from asrtune.data.features import FeatureDataset
     from asrtune.data.manifest import read_manifest
     from asrtune.evaluation.decode import evaluate_dataset, write_predictions
+    from asrtune.evaluation.terms import read_terms, term_report
     from asrtune.models.load import load_model
     from asrtune.report import print_table
 
+    terms = read_terms(args.terms) if args.terms else None  # a bad list fails before any decoding
+    bias_terms = bias_terms_from_args(args)
     loaded = load_model(args.model)
+    bias = bias_from_args(args, loaded.processor.tokenizer, bias_terms)
     rows = read_manifest(args.data)
     dataset = FeatureDataset(rows, loaded.processor, multilingual=loaded.multilingual, language=args.language)
+    scoring_language = _scoring_language(dataset, args.language)
     evaluation = evaluate_dataset(loaded, dataset, language=args.language, batch_size=args.batch_size,
-                                  max_new_tokens=args.max_new_tokens, short_input=args.short_input)
+                                  max_new_tokens=args.max_new_tokens, short_input=args.short_input,
+                                  logits_processor=bias)
     if args.predictions:
         write_predictions(evaluation, args.predictions)
     s = evaluation.scores
-    print_table(["metric", "value"], [
+    rows = [
         ["WER (normalised)", f"{s.wer:.4f}"], ["CER (normalised)", f"{s.cer:.4f}"],
         ["WER (raw)", f"{s.raw_wer:.4f}"], ["subs / dels / ins", f"{s.substitutions} / {s.deletions} / {s.insertions}"],
         ["utterances", str(s.n)],
-    ], file=sys.stderr if args.json else sys.stdout)
+    ]
+    record = {"model": args.model, "data": str(args.data), **s.as_dict()}
+    if bias is not None:
+        processor = bias[0]
+        rows.append(["biasing", f"{args.bias}, weight {processor.weight:g} (start {processor.start_weight:g}), "
+                                f"{processor.trie.sequences} token sequences"])
+        record["bias"] = {"terms": args.bias, "weight": processor.weight, "start_weight": processor.start_weight}
+    if terms is not None:
+        found = term_report(evaluation.references, evaluation.hypotheses, terms, scoring_language)
+        rows += term_rows(found)
+        record.update(term_recall=found["term_recall"], term_insertions=found["term_insertions"], terms=found)
+    print_table(["metric", "value"], rows, file=sys.stderr if args.json else sys.stdout)
     if args.json:
-        print(json.dumps({"model": args.model, "data": str(args.data), **s.as_dict()}))
+        print(json.dumps(record, ensure_ascii=False))
     return 0
+
+
+def _scoring_language(dataset, language: str | None) -> str | None:
+    from asrtune.languages import canonical_language
+
+    languages = {canonical_language(u.language or language) for u in dataset.utterances}
+    return languages.pop() if len(languages) == 1 else "multi"
+
+
+def term_rows(found: dict) -> list[list[str]]:
+    """Table rows of a term report: recall (hits / occurrences, 95% CI), insertions, the most missed."""
+    recall = found["term_recall"]
+    ci = found["term_recall_ci95"]
+    shown = "-" if recall is None else f"{recall:.4f} ({found['term_hits']} / {found['term_occurrences']})"
+    if ci:
+        shown += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    missed = ", ".join(f"{m['term']} ({m['missed']})" for m in found["top_missed"][:5]) or "none"
+    return [["term recall", shown], ["term insertions", str(found["term_insertions"])],
+            ["most missed terms", missed]]

@@ -1,4 +1,5 @@
-"""``asrtune transcribe MODEL AUDIO... [--format txt|json|srt|vtt] [--prompt TERMS] [--output-dir DIR]``."""
+"""``asrtune transcribe MODEL AUDIO... [--format txt|json|srt|vtt] [--prompt TERMS] [--bias FILE [--bias-weight W]]
+[--output-dir DIR]``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 from asrtune.commands import COMMANDS
+from asrtune.commands.evaluate import add_bias_arguments, bias_from_args, bias_terms_from_args
 
 
 @COMMANDS.register("transcribe")
@@ -27,6 +29,7 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompt", default=None,
                         help="domain vocabulary or preceding text, fed through Whisper's prompt for every "
                              "window")
+    add_bias_arguments(parser)
     parser.add_argument("--no-condition-on-previous-text", action="store_true",
                         help="decode each window without the previous window's text")
     parser.add_argument("--no-fallback", action="store_true",
@@ -70,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
                                 temperatures=(0.0,) if args.no_fallback else FALLBACK_TEMPERATURES,
                                 max_new_tokens=args.max_new_tokens)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    bias_terms = bias_terms_from_args(args)  # a bad list fails before the model loads
     loaded = load_model(args.model)
     if loaded.family.name != "whisper":
         from asrtune.errors import AsrtuneError
@@ -79,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
                            "or run its `asrtune export --to hf` folder with transformers")
     loaded = prepare_for_inference(loaded)
     loaded.model.to(device)
+    bias = bias_from_args(args, loaded.processor.tokenizer, bias_terms)
     names = _output_names(args.audio, args.format)
     if args.output_dir:
         args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -87,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         (args.output_dir / names[index]).write_text(render(transcript, args.format), encoding="utf-8")
 
     transcripts, stats = transcribe_files(loaded, args.audio, options,
-                                          on_file=write if args.output_dir else None)
+                                          on_file=write if args.output_dir else None, logits_processor=bias)
     if not args.output_dir:
         for transcript in transcripts:  # in the order given
             if args.format == "json":
@@ -111,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
                       f"{'greedy' if args.no_fallback else 'temperature fallback'}, "
                       f"{args.batch_size} file(s) per batch, {device.type}")],
         ["prompt", f"{len(args.prompt.split())} words" if args.prompt else "none"],
+        ["biasing", f"{args.bias}, weight {bias[0].weight:g} (start {bias[0].start_weight:g})"
+         if bias is not None else "none"],
         ["decode time", f"{stats.decode_seconds:.1f} s"],
         ["RTF", f"{stats.rtf:.3f}"],
         ["output", str(args.output_dir) if args.output_dir else "stdout"],

@@ -18,7 +18,8 @@ import numpy as np
 
 from asrtune.evaluation.normalize import normalizer_for
 
-__all__ = ["UtteranceCounts", "utterance_counts", "bootstrap_wer", "paired_bootstrap_delta"]
+__all__ = ["UtteranceCounts", "utterance_counts", "bootstrap_wer", "paired_bootstrap_delta", "bootstrap_ratio",
+           "paired_bootstrap_ratio_delta"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,4 +144,65 @@ def paired_bootstrap_delta(
     index = _draws(len(base), resamples, seed)
     words = base.reference_words[index].sum(axis=1)
     delta = (tuned.errors[index].sum(axis=1) - base.errors[index].sum(axis=1)) / words
+    return _interval(delta, level)
+
+
+def bootstrap_ratio(
+    numerators: np.ndarray,
+    denominators: np.ndarray,
+    *,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """Percentile-bootstrap interval of a ratio of per-utterance sums, ``sum(num) / sum(den)``.
+
+    The same resampling as :func:`bootstrap_wer` (whole utterances, with replacement), for any corpus
+    ratio, e.g. term recall (term hits over term occurrences). Replicates whose denominator sums to 0
+    are left out.
+
+    Args:
+        numerators, denominators: (N,) per-utterance counts.
+
+    Returns:
+        (low, high), or None when no replicate has a denominator (nothing to estimate).
+    """
+    if not 0 < level < 1:
+        raise ValueError("level must be in (0, 1)")
+    numerators, denominators = np.asarray(numerators), np.asarray(denominators)
+    if numerators.shape != denominators.shape or numerators.ndim != 1 or not len(numerators):
+        raise ValueError("bootstrap_ratio needs two (N,) arrays of the same length, N >= 1")
+    index = _draws(len(numerators), resamples, seed)
+    tops, bottoms = numerators[index].sum(axis=1), denominators[index].sum(axis=1)
+    kept = bottoms > 0
+    if not kept.any():
+        return None
+    return _interval(tops[kept] / bottoms[kept], level)
+
+
+def paired_bootstrap_ratio_delta(
+    base: np.ndarray,
+    tuned: np.ndarray,
+    denominators: np.ndarray,
+    *,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """Interval of ``sum(tuned) / sum(den) - sum(base) / sum(den)``, the same utterances resampled together.
+
+    For a ratio with a shared denominator (term recall before and after: the references' term
+    occurrences). None when no replicate has a denominator.
+    """
+    base, tuned, denominators = np.asarray(base), np.asarray(tuned), np.asarray(denominators)
+    if not base.shape == tuned.shape == denominators.shape or base.ndim != 1 or not len(base):
+        raise ValueError("paired_bootstrap_ratio_delta needs three (N,) arrays of the same length, N >= 1")
+    if not 0 < level < 1:
+        raise ValueError("level must be in (0, 1)")
+    index = _draws(len(base), resamples, seed)
+    bottoms = denominators[index].sum(axis=1)
+    kept = bottoms > 0
+    if not kept.any():
+        return None
+    delta = (tuned[index].sum(axis=1) - base[index].sum(axis=1))[kept] / bottoms[kept]
     return _interval(delta, level)

@@ -118,26 +118,29 @@ def whisper_decode_batch(loaded: LoadedModel, features: torch.Tensor, frames: li
 def transcribe_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: str | None = None,
                        task: str = "transcribe", batch_size: int = 16, max_new_tokens: int = 128,
                        progress: bool = True, device: torch.device | None = None,
-                       desc: str = "decode", short_input: bool = False) -> list[str]:
+                       desc: str = "decode", short_input: bool = False, logits_processor=None) -> list[str]:
     """Greedy transcripts of every utterance, in order (see :func:`decode_dataset`)."""
     return decode_dataset(loaded, dataset, language=language, task=task, batch_size=batch_size,
                           max_new_tokens=max_new_tokens, progress=progress, device=device, desc=desc,
-                          short_input=short_input).hypotheses
+                          short_input=short_input, logits_processor=logits_processor).hypotheses
 
 
 @torch.no_grad()
 def decode_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: str | None = None,
                    task: str = "transcribe", batch_size: int = 16, max_new_tokens: int = 128,
                    progress: bool = True, device: torch.device | None = None,
-                   desc: str = "decode", short_input: bool = False) -> Decoded:
+                   desc: str = "decode", short_input: bool = False, logits_processor=None) -> Decoded:
     """Greedy transcripts of every utterance, in order, and which of them hit ``max_new_tokens``.
 
     Batches group utterances of one language, since ``generate`` takes one language per call.
     ``short_input``: the encoder sees each batch's longest utterance instead of 30 s (see
     :mod:`asrtune.models.short_input`; faster, not what Whisper was trained on). A hypothesis with
     no end-of-text token stopped at the cap; a :class:`TruncationWarning` counts them.
+    ``logits_processor``: a transformers ``LogitsProcessorList`` passed to ``generate`` (e.g. term
+    biasing, :func:`asrtune.evaluation.biasing.bias_processor`).
     """
     model = loaded.model
+    extra = {} if logits_processor is None else {"logits_processor": logits_processor}
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
@@ -163,7 +166,7 @@ def decode_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: st
         if family.decode_guards:  # no more new tokens than the batch's longest audio could hold
             budget = min(max_new_tokens, duration_token_cap(max(float(dataset.durations[i]) for i in batch)))
         texts, cut = family.decode(loaded, features, [dataset.valid_frames[i] for i in batch], language=lang,
-                                   task=task, max_new_tokens=budget, short_input=short_input)
+                                   task=task, max_new_tokens=budget, short_input=short_input, **extra)
         if budget < max_new_tokens:  # stopping at the duration's budget is the guard working, not a cut-off
             cut = [False] * len(cut)
         for index, text, stopped in zip(batch, texts, cut, strict=True):
@@ -191,14 +194,15 @@ def transcribe_sharded(loaded: LoadedModel, dataset: FeatureDataset, processes=N
 
 def evaluate_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: str | None = None,
                      task: str = "transcribe", batch_size: int = 16, max_new_tokens: int = 128,
-                     progress: bool = True, desc: str = "decode", short_input: bool = False) -> Evaluation:
+                     progress: bool = True, desc: str = "decode", short_input: bool = False,
+                     logits_processor=None) -> Evaluation:
     """Decode and score; the normaliser follows the utterances' language (English when unset).
 
     The record counts the hypotheses that hit ``max_new_tokens`` (``summary()["hit_max_new_tokens"]``).
     """
     decoded = decode_dataset(loaded, dataset, language=language, task=task, batch_size=batch_size,
                              max_new_tokens=max_new_tokens, progress=progress, desc=desc,
-                             short_input=short_input)
+                             short_input=short_input, logits_processor=logits_processor)
     hypotheses = decoded.hypotheses
     references = [u.text for u in dataset.utterances]
     ids = [u.id for u in dataset.utterances]

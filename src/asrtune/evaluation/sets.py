@@ -10,7 +10,8 @@ Sets and their roles:
 The base model (the run's ``model``, no strategy) is decoded once on every set; its transcripts
 are kept in ``base_transcripts.json`` so a resumed run, or a sweep's other strategies, reuse them.
 Per set the evidence holds WER, CER, S/I/D, a bootstrap 95% CI, the base's numbers, the change
-(with a paired-bootstrap CI) and the hallucination shares.
+(with a paired-bootstrap CI) and the hallucination shares; with ``data.terms``, also term recall and
+term insertions (:mod:`asrtune.evaluation.terms`), the base's and the change.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from asrtune.evaluation.decode import Evaluation, transcribe_sharded
 from asrtune.evaluation.forgetting import Transcripts
 from asrtune.evaluation.hallucination import hallucination_stats, nonspeech_stats, write_nonspeech_clips
 from asrtune.evaluation.metrics import score
+from asrtune.evaluation.terms import TermList, read_terms, term_report
 from asrtune.models.load import LoadedModel, load_model
 
 __all__ = [
@@ -61,11 +63,15 @@ BASE_TRANSCRIPTS = "base_transcripts.json"
 
 @dataclass(frozen=True, eq=False)
 class EvalSet:
-    """A named set of utterances with its role (target, general or nonspeech) and features."""
+    """A named set of utterances with its role (target, general or nonspeech) and features.
+
+    ``terms``: the run's term list (``data.terms``), scored on this set (None: no term scores).
+    """
 
     name: str
     role: str
     dataset: FeatureDataset
+    terms: TermList | None = None
 
 
 def scoring_language(dataset: FeatureDataset, language: str | None) -> str | None:
@@ -109,21 +115,23 @@ def build_eval_sets(
         progress=progress,
         cache=cache,
     )
+    terms = read_terms(config.data.terms, config.language) if config.data.terms else None
     sets = {}
     if eval_set is not None or config.data.eval:
         dataset = eval_set
         if dataset is None:
             dataset = FeatureDataset(read_manifest(config.data.eval), desc="features eval", **common)
-        sets["eval"] = EvalSet("eval", TARGET, dataset)
+        sets["eval"] = EvalSet("eval", TARGET, dataset, terms)
     if config.data.test:
         sets["test"] = EvalSet(
-            "test", TARGET, FeatureDataset(read_manifest(config.data.test), desc="features test", **common)
+            "test", TARGET, FeatureDataset(read_manifest(config.data.test), desc="features test", **common), terms
         )
     for general in config.data.general:
         sets[general.name] = EvalSet(
             general.name,
             GENERAL,
             FeatureDataset(read_manifest(general.manifest), desc=f"features {general.name}", **common),
+            terms,
         )
     clips = write_nonspeech_clips(nonspeech_dir, language=config.language, write=write_clips)
     sets["nonspeech"] = EvalSet(
@@ -289,8 +297,27 @@ def _scores(transcripts: Transcripts, resamples: int) -> tuple[dict, object]:
     return summary, counts
 
 
-def set_report(role: str, tuned: Transcripts, base: Transcripts | None, *, resamples: int = 1000) -> dict:
-    """Scores of one set, the base's, and the change (tuned - base, with a paired bootstrap CI)."""
+def _term_scores(report: dict, terms: TermList, tuned: Transcripts, base: Transcripts | None,
+                 resamples: int) -> None:
+    """Add term recall and insertions (the tuned model's, the base's, the change) to a set's report."""
+    found = term_report(list(tuned.references), list(tuned.hypotheses), terms, tuned.language,
+                        base_hypotheses=list(base.hypotheses) if base is not None else None, resamples=resamples)
+    report["term_recall"] = found["term_recall"]
+    report["term_insertions"] = found["term_insertions"]
+    if "base" in found:
+        report["base"]["term_recall"] = found["base"]["term_recall"]
+        report["base"]["term_insertions"] = found["base"]["term_insertions"]
+        report["delta_term_recall"] = found["delta_term_recall"]
+    report["terms"] = found
+
+
+def set_report(role: str, tuned: Transcripts, base: Transcripts | None, *, resamples: int = 1000,
+               terms: TermList | None = None) -> dict:
+    """Scores of one set, the base's, and the change (tuned - base, with a paired bootstrap CI).
+
+    With ``terms``: also ``term_recall``, ``term_insertions`` (and the base's, ``delta_term_recall``)
+    and the whole term report under ``terms`` (see :func:`asrtune.evaluation.terms.term_report`).
+    """
     if role == NONSPEECH_SET:
         report = {
             "role": role,
@@ -313,6 +340,8 @@ def set_report(role: str, tuned: Transcripts, base: Transcripts | None, *, resam
             report["delta_wer"] / base_summary["wer"] if base_summary["wer"] else None
         )
         report["delta_cer"] = summary["cer"] - base_summary["cer"]
+    if terms is not None:
+        _term_scores(report, terms, tuned, base, resamples)
     return report
 
 
@@ -327,11 +356,12 @@ def evidence(
 
     Returns:
         ``{"main_set": "test" (or the first target set), "sets": {name: set_report},
-        "forgetting": {"per_set", "max", "mean"} | None, "hallucination": the main set's shares}``;
+        "forgetting": {"per_set", "max", "mean"} | None, "hallucination": the main set's shares,
+        "terms": the main set's term recall and insertions (and the base's) | None}``;
         words on non-speech are ``sets["nonspeech"]``.
     """
     reports = {
-        name: set_report(item.role, tuned[name], (base or {}).get(name), resamples=resamples)
+        name: set_report(item.role, tuned[name], (base or {}).get(name), resamples=resamples, terms=item.terms)
         for name, item in sets.items()
         if name in tuned
     }
@@ -359,7 +389,15 @@ def evidence(
         if general
         else None,
         "hallucination": hallucination,
+        "terms": _main_terms(main, reports[main]) if main and "term_recall" in reports[main] else None,
     }
+
+
+def _main_terms(main: str, report: dict) -> dict:
+    base = report.get("base", {})
+    return {"set": main, "term_recall": report["term_recall"], "term_insertions": report["term_insertions"],
+            "base_term_recall": base.get("term_recall"), "base_term_insertions": base.get("term_insertions"),
+            "delta_term_recall": report.get("delta_term_recall")}
 
 
 def write_set_predictions(

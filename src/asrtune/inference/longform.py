@@ -230,7 +230,7 @@ def _batches(durations: list[float], batch_size: int) -> list[list[int]]:
 
 
 def _generate(model, features: torch.Tensor, attention_mask: torch.Tensor, options: TranscribeOptions, *,
-              languages: list[str] | None, prompt: torch.Tensor | None, monitor) -> dict:
+              languages: list[str] | None, prompt: torch.Tensor | None, monitor, logits_processor=None) -> dict:
     """One batch through transformers' sequential long-form ``generate``.
 
     Args:
@@ -238,6 +238,7 @@ def _generate(model, features: torch.Tensor, attention_mask: torch.Tensor, optio
         attention_mask: (B, T) frame mask, which tells each file's real length.
         languages: ``<|xx|>`` per file for multilingual models, else None.
         prompt: ``<|startofprev|>`` + prompt ids (P,), or None.
+        logits_processor: extra ``LogitsProcessorList`` for ``generate`` (term biasing), or None.
 
     Returns:
         transformers' output dict; ``segments[b]`` lists file b's segments (start, end, tokens).
@@ -250,6 +251,8 @@ def _generate(model, features: torch.Tensor, attention_mask: torch.Tensor, optio
     if prompt is not None:
         # all-segments: the prompt stays ahead of the previous text in every window, not just the first.
         kwargs.update(prompt_ids=prompt.to(features.device), prompt_condition_type="all-segments")
+    if logits_processor is not None:
+        kwargs["logits_processor"] = logits_processor
     with torch.random.fork_rng(devices=[]):  # seeded fallbacks, without touching the caller's RNG
         torch.manual_seed(options.seed)
         return model.generate(
@@ -262,7 +265,7 @@ def _generate(model, features: torch.Tensor, attention_mask: torch.Tensor, optio
 
 def transcribe_files(loaded: LoadedModel, paths: Sequence[str | Path],
                      options: TranscribeOptions = TranscribeOptions(), *, progress: bool = True,
-                     on_file: Callable[[int, Transcript], None] | None = None,
+                     on_file: Callable[[int, Transcript], None] | None = None, logits_processor=None,
                      ) -> tuple[list[Transcript], TranscribeStats]:
     """Transcribe audio files of any length, with segment timestamps.
 
@@ -273,6 +276,9 @@ def transcribe_files(loaded: LoadedModel, paths: Sequence[str | Path],
         options: decoding settings.
         progress: show a bar in audio seconds.
         on_file: called with each file's index and transcript as soon as its batch is done.
+        logits_processor: a ``LogitsProcessorList`` for every window's ``generate``, e.g. term biasing
+            (:func:`asrtune.evaluation.biasing.bias_processor`); it sees the prompt and previous text as
+            forced ids, before its begin index.
 
     Returns:
         Transcripts in the order of ``paths``, and totals (audio seconds, decode seconds, RTF).
@@ -313,7 +319,7 @@ def transcribe_files(loaded: LoadedModel, paths: Sequence[str | Path],
             bar.refresh()
 
         output = _generate(model, features, attention_mask, options, languages=languages, prompt=prompt,
-                           monitor=monitor if progress else None)
+                           monitor=monitor if progress else None, logits_processor=logits_processor)
         for row, index in enumerate(batch):
             transcript = Transcript(audio=str(paths[index]), duration=durations[index],
                                     language=languages[row].strip("<|>") if languages else "en",

@@ -43,9 +43,11 @@ class DatasetFiles:
 
 
 def available_corpora() -> list[str]:
-    """Names of the packaged sentence lists (``asrtune/data/corpora/*.txt``)."""
+    """Names of the packaged sentence lists (``asrtune/data/corpora/*.txt``; not the term lists and
+    templates kept beside them: ``*_terms_*``, ``*_templates_*``)."""
     folder = resources.files("asrtune.data.corpora")
-    return sorted(p.name.removesuffix(".txt") for p in folder.iterdir() if p.name.endswith(".txt"))
+    return sorted(p.name.removesuffix(".txt") for p in folder.iterdir()
+                  if p.name.endswith(".txt") and "_terms_" not in p.name and "_templates_" not in p.name)
 
 
 def corpus_sentences(name: str) -> list[str]:

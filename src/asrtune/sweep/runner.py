@@ -124,6 +124,8 @@ def _base_record(name: str, report: dict) -> BaseRecord:
         hallucination=main["hallucination"]["rate"],
         nonspeech_words=nonspeech["words_per_clip"] if nonspeech else None,
         general={k: v["wer"] for k, v in report["sets"].items() if v["role"] == "general"},
+        term_recall=main.get("term_recall"),
+        term_insertions=main.get("term_insertions"),
     )
 
 
