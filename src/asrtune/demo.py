@@ -55,13 +55,13 @@ class DemoSettings:
     """What the demo trains and how; chosen by measurement (README, "What the demo does")."""
 
     strategy: str = "decoder"
-    learning_rate: float = 1e-4
+    learning_rate: float = 3e-5
     steps: int = 60
     eval_every: int = 20
     forgetting_budget: float = 0.10  # on each general set's eval_limit rows (see forgetting_measure)
     forgetting_measure: str = "relative"  # the budget is a share of the base model's WER: the demo's own +10%
     eval_limit: int = 30
-    replay: int = 0  # everyday sentences, in the training voices, mixed into training
+    replay: int = 60  # everyday sentences, in the training voices, mixed into training (against forgetting)
 
 
 DEMO_SETTINGS = DemoSettings()
