@@ -223,7 +223,8 @@ def run_lr_search(config: RunConfig, output_dir: Path, settings: SearchSettings 
 
     shared_prefix = SharedPrefix()  # every trial's frozen encoder prefix is the same: encode it once
     train_trial = functools.partial(_train_to, progress=False, shared_prefix=shared_prefix)
-    grid = lr_grid(settings, config.strategy, source_family(config.model))
+    family = source_family(config.model)
+    grid = lr_grid(settings, config.strategy, family) if family != "whisper" else lr_grid(settings, config.strategy)
     trials = {lr: _trial(lr) for lr in grid}
     survivors, steps = _bracket(trials, list(grid), settings, config, output_dir, train_trial, progress)
     extensions: list[dict] = []
