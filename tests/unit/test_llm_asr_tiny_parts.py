@@ -27,6 +27,7 @@ def fake_find_spec(tmp_path, monkeypatch):
 
     monkeypatch.setattr(assembly.importlib.util, "find_spec", find_spec)
     monkeypatch.setattr(bundled, "_verified", {})
+    monkeypatch.setenv("ASRTUNE_CACHE", str(tmp_path / "cache"))  # an assembly built earlier must not answer
 
     def add(name: str, files: dict[str, bytes] | None = None):
         folder = tmp_path / name
