@@ -196,3 +196,23 @@ def core_prefix(model: torch.nn.Module) -> str:
         if module is core:
             return f"{name}." if name else ""
     raise AsrtuneError("model core not found")
+
+
+def load_pretrained(model_class, location: Path | str, dtype: torch.dtype, *, label: str,
+                    processor_classes: Sequence[str]):
+    """``model_class.from_pretrained`` and ``AutoProcessor.from_pretrained`` of one folder or hub id.
+
+    Raises:
+        AsrtuneError: either does not load, or the processor is not one of ``processor_classes``.
+    """
+    from transformers import AutoProcessor
+
+    try:
+        model = model_class.from_pretrained(location, dtype=dtype)
+        processor = AutoProcessor.from_pretrained(location)
+    except (OSError, ValueError) as error:
+        raise AsrtuneError(f"cannot load {label} from {location}: {str(error).splitlines()[0]}") from error
+    if type(processor).__name__ not in processor_classes:
+        raise AsrtuneError(f"{location}: its processor is a {type(processor).__name__}, not a "
+                           f"{' or '.join(processor_classes)}")
+    return model, processor

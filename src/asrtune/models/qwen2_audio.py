@@ -25,7 +25,7 @@ from transformers import StoppingCriteriaList
 
 from asrtune.errors import AsrtuneError
 from asrtune.evaluation.guards import RepetitionStop
-from asrtune.models.family import FAMILIES, ModelFamily, ModuleMap, model_core
+from asrtune.models.family import FAMILIES, ModelFamily, ModuleMap, load_pretrained, model_core
 
 __all__ = ["Qwen2AudioFamily", "INSTRUCTION", "audio_token_count", "prompt_text", "LLM_LINEARS"]
 
@@ -87,15 +87,10 @@ class Qwen2AudioFamily(ModelFamily):
         return tokens
 
     def load(self, location: Path | str, dtype: torch.dtype):
-        from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+        from transformers import Qwen2AudioForConditionalGeneration
 
-        try:
-            model = Qwen2AudioForConditionalGeneration.from_pretrained(location, dtype=dtype)
-            processor = AutoProcessor.from_pretrained(location)
-        except (OSError, ValueError) as error:
-            raise AsrtuneError(f"cannot load Qwen2-Audio from {location}: {str(error).splitlines()[0]}") from error
-        if type(processor).__name__ not in self.processor_classes:
-            raise AsrtuneError(f"{location}: its processor is a {type(processor).__name__}, not a Qwen2AudioProcessor")
+        model, processor = load_pretrained(Qwen2AudioForConditionalGeneration, location, dtype, label="Qwen2-Audio",
+                                           processor_classes=self.processor_classes)
         model.generation_config.eos_token_id = self.end_token_ids(processor)
         model.generation_config.pad_token_id = _pad_id(processor.tokenizer)
         return model, processor

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from asrtune.errors import AsrtuneError
-from asrtune.models.family import FAMILIES, ModuleMap, model_core
+from asrtune.models.family import FAMILIES, ModuleMap, load_pretrained, model_core
 from asrtune.models.qwen2_audio import LLM_LINEARS, Qwen2AudioFamily
 
 __all__ = ["Qwen3ASRFamily", "qwen3_audio_tokens", "ASR_TEXT"]
@@ -63,15 +63,10 @@ class Qwen3ASRFamily(Qwen2AudioFamily):
     feature_mask_arg = "input_features_mask"
 
     def load(self, location: Path | str, dtype: torch.dtype):
-        from transformers import AutoProcessor, Qwen3ASRForConditionalGeneration
+        from transformers import Qwen3ASRForConditionalGeneration
 
-        try:
-            model = Qwen3ASRForConditionalGeneration.from_pretrained(location, dtype=dtype)
-            processor = AutoProcessor.from_pretrained(location)
-        except (OSError, ValueError) as error:
-            raise AsrtuneError(f"cannot load Qwen3-ASR from {location}: {str(error).splitlines()[0]}") from error
-        if type(processor).__name__ not in self.processor_classes:
-            raise AsrtuneError(f"{location}: its processor is a {type(processor).__name__}, not a Qwen3ASRProcessor")
+        model, processor = load_pretrained(Qwen3ASRForConditionalGeneration, location, dtype, label="Qwen3-ASR",
+                                           processor_classes=self.processor_classes)
         self.prepare_export(model, processor)
         return model, processor
 
