@@ -159,6 +159,10 @@ class LoopConfig:
     plateau_factor: float | None = _help("multiply the LR by this when eval WER stalls or worsens (null: off)", None)
     plateau_patience: int = _help("evaluations without a better WER before the LR is reduced", 1)
     min_learning_rate: float = _help("WER-driven reductions stop at this LR", 1e-7)
+    interpolation: tuple[float, ...] = _help(
+        "after training, also score start + a x (end - start) of the trained weights for each a here "
+        "(WiSE-FT weight interpolation), each offered to checkpoint selection like a checkpoint: "
+        "e.g. [0.5, 0.75] trades some domain gain for less forgetting ([]: off)", ())
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_every", "eval_batch_size",
@@ -187,6 +191,9 @@ class LoopConfig:
             raise AsrtuneError("loop.forgetting_budget must be >= 0")
         if self.forgetting_measure not in ("absolute", "relative"):
             raise AsrtuneError("loop.forgetting_measure must be absolute or relative")
+        if not all(0 < a < 1 for a in self.interpolation):
+            raise AsrtuneError("loop.interpolation: each weight must be in (0, 1) (0 is the start, 1 the end of "
+                               "training, both scored already)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -62,6 +62,7 @@ class DemoSettings:
     forgetting_measure: str = "relative"  # the budget is a share of the base model's WER: the demo's own +10%
     eval_limit: int = 30
     replay: int = 60  # everyday sentences, in the training voices, mixed into training (against forgetting)
+    interpolation: tuple[float, ...] = ()  # WiSE-FT mixes of base and trained weights offered to selection
 
 
 DEMO_SETTINGS = DemoSettings()
@@ -141,9 +142,10 @@ def run_demo(output_dir: Path, *, steps: int | None = None, seed: int = 0, real_
     if steps:
         settings = DemoSettings(**{**asdict(settings), "steps": steps})
     started = time.perf_counter()
+    mixes = f", interpolations {', '.join(f'{a:g}' for a in settings.interpolation)}" if settings.interpolation else ""
     print(f"asrtune demo: {DEMO_MODEL}, strategy {settings.strategy}, lr {settings.learning_rate:g}, "
-          f"{settings.steps} steps, forgetting budget {settings.forgetting_budget:g} ({settings.forgetting_measure}), "
-          f"output {output_dir}")
+          f"{settings.steps} steps{mixes}, forgetting budget {settings.forgetting_budget:g} "
+          f"({settings.forgetting_measure}), output {output_dir}")
     manifests = _speak(output_dir, seed, settings)
     real, real_note = _real_english(real_en, output_dir)
     print(f"real English general set: {real_note}")
@@ -160,7 +162,7 @@ def run_demo(output_dir: Path, *, steps: int | None = None, seed: int = 0, real_
         optim=OptimConfig(learning_rate=settings.learning_rate),
         loop=LoopConfig(max_steps=settings.steps, batch_size=8, eval_every=settings.eval_every,
                         eval_batch_size=16, forgetting_budget=settings.forgetting_budget,
-                        forgetting_measure=settings.forgetting_measure),
+                        forgetting_measure=settings.forgetting_measure, interpolation=settings.interpolation),
     )
     trained = train(config, run_dir)
     results = _results(trained, settings, real_note, started, run_dir)
@@ -215,6 +217,7 @@ def _results(trained: dict, settings: DemoSettings, real_note: str, started: flo
         "strategy": settings.strategy,
         "steps": trained["steps"],
         "best_step": trained["best_step"],
+        "best_interpolation": trained.get("best_interpolation"),
         "test_utterances": test["n"],
         "general_utterances": general["n"],
         "model": str(run_dir.resolve()),
@@ -261,7 +264,15 @@ def _print_verdicts(results: dict) -> None:
         print(f"NO checkpoint stayed within the forgetting budget ({budget}): the kept one is the one that "
               "forgot least, and it forgets - not a success")
     else:
-        print(f"kept checkpoint: step {results['best_step']}, within the forgetting budget ({budget})")
+        print(f"kept model: {_kept_text(results)}, within the forgetting budget ({budget})")
+
+
+def _kept_text(results: dict) -> str:
+    weight = results.get("best_interpolation")
+    if weight is None:
+        return f"step {results['best_step']}"
+    return (f"the base model + {weight:g} x (step {results['best_step']} - base): a weight interpolation "
+            "(WiSE-FT) of the base and the trained model")
 
 
 def _budget_text(budget: float, measure: str) -> str:

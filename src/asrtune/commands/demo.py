@@ -25,7 +25,19 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--replay", type=int, default=None,
                         help="everyday sentences (training voices) mixed into training")
     parser.add_argument("--eval-every", type=int, default=None, help="steps between evaluations")
+    parser.add_argument("--interpolation", type=_weights, default=None,
+                        help="comma-separated weights a in (0, 1): also score base + a x (trained - base) "
+                             "(WiSE-FT) for checkpoint selection; 'none': off")
     parser.set_defaults(func=run)
+
+
+def _weights(text: str) -> tuple[float, ...]:
+    if text.strip().lower() in ("none", ""):
+        return ()
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated numbers: {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from asrtune.demo import DEMO_SETTINGS, run_demo
 
     given = {"strategy": args.strategy, "learning_rate": args.learning_rate, "steps": args.steps,
-             "forgetting_budget": args.forgetting_budget, "forgetting_measure": args.forgetting_measure, "replay": args.replay, "eval_every": args.eval_every}
+             "forgetting_budget": args.forgetting_budget, "forgetting_measure": args.forgetting_measure,
+             "replay": args.replay, "eval_every": args.eval_every, "interpolation": args.interpolation}
     settings = replace(DEMO_SETTINGS, **{k: v for k, v in given.items() if v is not None})
     real_en = None if str(args.real_en).lower() == "none" else Path(args.real_en)
     run_demo(args.output_dir, real_en=real_en, settings=settings)

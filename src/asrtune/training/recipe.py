@@ -51,11 +51,12 @@ from asrtune.models.load import LoadedModel, load_model
 from asrtune.models.short_input import short_input_frames
 from asrtune.provenance import run_provenance
 from asrtune.strategies import apply_strategy, default_learning_rate
-from asrtune.training.checkpoint import (BEST, LAST, load_trainable, load_training_state, rng_state,
+from asrtune.training.checkpoint import (BEST, LAST, load_trainable, load_training_state, rng_state, trainable_state,
                                          save_trainable, save_training_state, set_rng_state, write_dir_atomically)
 from asrtune.training.distributed import Processes, check_launch
 from asrtune.training.encoder_cache import CachePlan, PrefixCache, cache_plan, encode_prefix, prefix_shape
 from asrtune.training.faults import NonFiniteGuard
+from asrtune.training.interpolation import START, load_start, mix_trainable
 from asrtune.training.lr_control import OverfitWatch, WerPlateau, parameter_groups, warmup_schedule
 from asrtune.training.precision import accelerator_mixed_precision, resolve_mixed_precision, step_autocast
 from asrtune.training.run_dir import RunDir
@@ -335,6 +336,8 @@ class Recipe:
         """Run setup, the loop and finalize; returns what ``results.json`` holds."""
         self.setup()
         config, counters = self.config, self.counters
+        if counters.step == 0 and config.loop.interpolation:
+            self._save_start()
         if counters.step == 0 and counters.baseline is None and config.loop.eval_at_start:
             self.evaluate(0)
             self.save_checkpoint()
@@ -366,9 +369,31 @@ class Recipe:
             elif save_every and step % save_every == 0:
                 self.save_checkpoint()
         bar.close()
+        if config.loop.interpolation:
+            self.score_interpolations()
         if self.writer:
             self.writer.close()
         return self.finalize()
+
+    def _save_start(self) -> None:
+        """``checkpoints/start``: the trainable parameters before any step, for weight interpolation."""
+        if self.processes.is_main:
+            write_dir_atomically(self.run.checkpoints / START,
+                                 lambda folder: save_trainable(self.loaded.model, folder, {"step": 0}))
+        self.processes.barrier()
+
+    def score_interpolations(self) -> None:
+        """Score start + a x (end - start) for each ``loop.interpolation`` weight a; selection may keep one.
+
+        The model ends with the end-of-training weights again (``checkpoints/last`` is untouched).
+        """
+        start = load_start(self.run.checkpoints / START)
+        end = trainable_state(self.loaded.model)
+        self.forward.eval()
+        for weight in sorted(set(self.config.loop.interpolation), reverse=True):
+            mix_trainable(self.loaded.model, start, end, weight)
+            self.evaluate(self.counters.step, interpolation=weight)
+        mix_trainable(self.loaded.model, start, end, 1.0)
 
     def train_step(self, micro_batches: list[dict]) -> tuple[float, bool]:
         """One optimizer step over ``grad_accum_steps`` micro-batches; returns (global mean loss, applied)."""
@@ -456,20 +481,24 @@ class Recipe:
                           hypotheses=hypotheses, references=references, ids=ids,
                           capped_ids=[i for i in ids if i in capped], max_new_tokens=part.max_new_tokens)
 
-    def evaluate(self, step: int) -> bool:
-        """Score the eval subset (and general sets); keep the checkpoint if it is the best. True: stop."""
+    def evaluate(self, step: int, interpolation: float | None = None) -> bool:
+        """Score the eval subset (and general sets); keep the checkpoint if it is the best. True: stop.
+
+        ``interpolation``: the weights are a mix of step 0 and ``step`` (see :meth:`score_interpolations`).
+        """
         config = self.config
         evaluation = self._score(self.eval_subset)
         general = {name: transcripts_of(self._score(subset), subset, config.language)
                    for name, subset in self.general_subsets.items()}
-        decision = self._on_main(lambda: self._decide(step, evaluation, general))
+        decision = self._on_main(lambda: self._decide(step, evaluation, general, interpolation))
         if not self.processes.is_main:
             self._load_decision_state(decision["state"])
         if decision["improved"]:
-            self._write_best(step, evaluation.scores.wer, decision["rises"])
+            self._write_best(step, evaluation.scores.wer, decision["rises"], interpolation)
         return decision["stop"]
 
-    def _decide(self, step: int, evaluation: Evaluation, general: dict[str, Transcripts]) -> dict:
+    def _decide(self, step: int, evaluation: Evaluation, general: dict[str, Transcripts],
+                interpolation: float | None = None) -> dict:
         """The main process's keep / stop / LR decisions for one evaluation (the others load its state)."""
         config, counters = self.config, self.counters
         wer = evaluation.scores.wer
@@ -477,9 +506,36 @@ class Recipe:
         # loop.forgetting_budget compete on target WER (see asrtune.evaluation.forgetting).
         rises = forgetting_of(general, self.base_runs, config.loop.forgetting_measure) if general else {}
         forgetting = max(rises.values()) if rises else None
-        improved = self.selector.observe(step, wer, forgetting)
+        improved = self.selector.observe(step, wer, forgetting, interpolation)
         if counters.baseline is None:
             counters.baseline = evaluation.summary()
+        if interpolation is None:  # a mix of weights is no training progress: LR control does not see it
+            self._watch_training(step, wer)
+        record = {"step": step, "eval_wer": wer, "eval_cer": evaluation.scores.cer,
+                  "best_wer": self.selector.best_wer, "kept": improved}
+        if interpolation is not None:
+            record["interpolation"] = interpolation
+        if evaluation.references and len(evaluation.references) == len(evaluation.hypotheses):
+            stats = hallucination_stats(evaluation.references, evaluation.hypotheses, config.language)
+            record.update(loops=stats.loops, refusals=stats.refusals, too_long=stats.too_long)
+        budget = config.loop.forgetting_budget
+        if rises:
+            record.update(general_wer_rise=rises, within_budget=within_budget(forgetting, budget))
+            unit = " relative" if config.loop.forgetting_measure == "relative" else ""
+            self.say(f"step {step}: general WER rise {forgetting:+.4f}{unit} (budget {budget:.4f})")
+        self.run.append_metric(record)
+        if self.writer and interpolation is None:
+            self.writer.add_scalar("eval/wer", wer, step)
+            self.writer.add_scalar("eval/cer", evaluation.scores.cer, step)
+        what = f"step {step}" if interpolation is None else f"step 0 + {interpolation:g} x (step {step} - step 0)"
+        self.say(f"{what}: eval WER {wer:.4f} (best {self.selector.best_wer:.4f} at {self._kept_name()})"
+                 + ("  kept" if improved else ""))
+        return {"improved": improved, "rises": rises, "stop": self.selector.should_stop,
+                "state": self._decision_state()}
+
+    def _watch_training(self, step: int, wer: float) -> None:
+        """Overfitting warnings and WER-driven LR changes, from the loss since the last evaluation."""
+        counters = self.counters
         losses = counters.loss_since_eval
         mean_loss = sum(losses) / len(losses) if losses else None
         counters.loss_since_eval = []
@@ -491,24 +547,12 @@ class Recipe:
         if change:
             self.say(f"step {step}: LR x{change['scale_to']:.3g} of schedule ({change['reason']})")
             self.run.append_metric({"step": step, "lr_change": change})
-        record = {"step": step, "eval_wer": wer, "eval_cer": evaluation.scores.cer,
-                  "best_wer": self.selector.best_wer, "kept": improved}
-        if evaluation.references and len(evaluation.references) == len(evaluation.hypotheses):
-            stats = hallucination_stats(evaluation.references, evaluation.hypotheses, config.language)
-            record.update(loops=stats.loops, refusals=stats.refusals, too_long=stats.too_long)
-        budget = config.loop.forgetting_budget
-        if rises:
-            record.update(general_wer_rise=rises, within_budget=within_budget(forgetting, budget))
-            unit = " relative" if config.loop.forgetting_measure == "relative" else ""
-            self.say(f"step {step}: general WER rise {forgetting:+.4f}{unit} (budget {budget:.4f})")
-        self.run.append_metric(record)
-        if self.writer:
-            self.writer.add_scalar("eval/wer", wer, step)
-            self.writer.add_scalar("eval/cer", evaluation.scores.cer, step)
-        self.say(f"step {step}: eval WER {wer:.4f} (best {self.selector.best_wer:.4f} at step "
-                 f"{self.selector.best_step})" + ("  kept" if improved else ""))
-        return {"improved": improved, "rises": rises, "stop": self.selector.should_stop,
-                "state": self._decision_state()}
+
+    def _kept_name(self) -> str:
+        selector = self.selector
+        if selector.best_interpolation is None:
+            return f"step {selector.best_step}"
+        return f"step {selector.best_step} interpolated {selector.best_interpolation:g}"
 
     def _decision_state(self) -> dict:
         return {"selector": self.selector.state_dict(), "plateau": self.plateau.state_dict(),
@@ -522,11 +566,11 @@ class Recipe:
         self.counters.baseline, self.counters.warnings = saved.baseline, saved.warnings
         self.counters.loss_since_eval = saved.loss_since_eval
 
-    def _write_best(self, step: int, wer: float, rises: dict) -> None:
+    def _write_best(self, step: int, wer: float, rises: dict, interpolation: float | None = None) -> None:
         if self.processes.is_main:
             write_dir_atomically(self.run.checkpoints / BEST, lambda folder: save_trainable(
                 self.loaded.model, folder, {"step": step, "wer": wer, "strategy": self.config.strategy,
-                                            "general_wer_rise": rises or None}))
+                                            "general_wer_rise": rises or None, "interpolation": interpolation}))
         self.processes.barrier()
 
     # --- checkpoints ------------------------------------------------------------------------------------
@@ -622,6 +666,7 @@ class Recipe:
             "steps": counters.step,
             "nonfinite_steps_skipped": self.guard.skipped,
             "best_step": self.selector.best_step,
+            "best_interpolation": self.selector.best_interpolation,
             "stopped_early": self.stopped_early,
             "eval_subset": {"size": len(self.eval_subset), "of": len(self.eval_set), "seed": config.seed,
                             "ids": [u.id for u in self.eval_subset.utterances]}

@@ -25,13 +25,15 @@ class CheckpointSelector:
     best_wer: float = math.inf
     best_step: int = -1
     best_forgetting: float | None = None
+    best_interpolation: float | None = None  # the kept weights mix step 0 and best_step (loop.interpolation)
     evals_without_improvement: int = 0
 
-    def observe(self, step: int, wer: float, forgetting: float | None) -> bool:
+    def observe(self, step: int, wer: float, forgetting: float | None, interpolation: float | None = None) -> bool:
         """Offer an evaluation; True when it becomes the kept checkpoint."""
         kept = checkpoint_rank(self.best_wer, self.best_forgetting, self.budget) if self.best_step >= 0 else None
         if is_better(checkpoint_rank(wer, forgetting, self.budget), kept):
             self.best_wer, self.best_step, self.best_forgetting = wer, step, forgetting
+            self.best_interpolation = interpolation
             self.evals_without_improvement = 0
             return True
         self.evals_without_improvement += 1
