@@ -71,6 +71,7 @@ def test_the_demo_trains_under_its_relative_budget_and_reports_a_forgetful_model
     results = demo.run_demo(tmp_path / "demo", real_en=None, settings=settings)
     config = seen["config"]
     assert config.loop.forgetting_measure == "relative" and config.loop.forgetting_budget == 0.10
+    assert config.loop.interpolation == demo.DEMO_SETTINGS.interpolation and config.loop.interpolation
     assert config.loop.max_steps == 5 and config.strategy == demo.DEMO_SETTINGS.strategy
     assert [g.name for g in config.data.general] == ["everyday_heldout_voice"]
     voices = {u.voice for u in read_manifest(config.data.test)}
@@ -82,3 +83,22 @@ def test_the_demo_trains_under_its_relative_budget_and_reports_a_forgetful_model
     assert "real English: not measured (not requested" in out
     saved = (tmp_path / "demo" / "results.json").read_text()
     assert '"forgetting_measure": "relative"' in saved
+
+
+def test_the_demo_names_an_interpolated_model_as_such(tmp_path, monkeypatch, capsys):
+    from conftest import espeak_or_skip
+
+    espeak_or_skip()
+
+    def fake_train(config, run_dir):
+        sets = {"test": _set("test", 60, 0.33, 0.86), "everyday_heldout_voice": _set("general", 40, 0.06, 0.23)}
+        return {"evaluation": {"sets": sets}, "best_within_budget": True, "best_general_wer_rise": 0.0,
+                "trainable_params": 10, "total_params": 100, "train_seconds": 1.0, "steps": 30, "best_step": 30,
+                "best_interpolation": 0.5}
+
+    monkeypatch.setattr(demo, "train", fake_train)
+    results = demo.run_demo(tmp_path / "demo", real_en=None, settings=demo.DemoSettings(steps=2))
+    assert results["best_interpolation"] == 0.5
+    assert results["verdicts"] == {"domain_halved": True, "everyday_heldout_voice_within": True}
+    out = capsys.readouterr().out
+    assert "kept model: the base model + 0.5 x (step 30 - base): a weight interpolation" in out

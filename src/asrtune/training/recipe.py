@@ -519,15 +519,15 @@ class Recipe:
             stats = hallucination_stats(evaluation.references, evaluation.hypotheses, config.language)
             record.update(loops=stats.loops, refusals=stats.refusals, too_long=stats.too_long)
         budget = config.loop.forgetting_budget
+        what = f"step {step}" if interpolation is None else f"step 0 + {interpolation:g} x (step {step} - step 0)"
         if rises:
             record.update(general_wer_rise=rises, within_budget=within_budget(forgetting, budget))
             unit = " relative" if config.loop.forgetting_measure == "relative" else ""
-            self.say(f"step {step}: general WER rise {forgetting:+.4f}{unit} (budget {budget:.4f})")
+            self.say(f"{what}: general WER rise {forgetting:+.4f}{unit} (budget {budget:.4f})")
         self.run.append_metric(record)
         if self.writer and interpolation is None:
             self.writer.add_scalar("eval/wer", wer, step)
             self.writer.add_scalar("eval/cer", evaluation.scores.cer, step)
-        what = f"step {step}" if interpolation is None else f"step 0 + {interpolation:g} x (step {step} - step 0)"
         self.say(f"{what}: eval WER {wer:.4f} (best {self.selector.best_wer:.4f} at {self._kept_name()})"
                  + ("  kept" if improved else ""))
         return {"improved": improved, "rises": rises, "stop": self.selector.should_stop,
