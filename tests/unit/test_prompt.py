@@ -147,3 +147,42 @@ def test_a_prompt_run_reloads_with_its_trained_vectors(tiny_model_dir, tmp_path)
     trained = _fake_run(tiny_model_dir, tmp_path / "run")
     loaded = load_run_model(tmp_path / "run").model
     assert torch.equal(loaded.model.decoder.soft_prompt.weight, trained.model.decoder.soft_prompt.weight)
+
+
+def test_soft_prompt_length_is_what_long_form_decoding_leaves_room_for():
+    from asrtune.strategies.prompt import soft_prompt_length
+
+    assert soft_prompt_length(_model("prompt:n=5")) == 5
+    assert soft_prompt_length(tiny_whisper()) == 0
+
+
+def test_the_prompt_sweep_grid_compares_prompt_with_lora_and_adapters():
+    from pathlib import Path
+
+    from asrtune.sweep.config import load_sweep
+
+    grid = load_sweep(Path(__file__).resolve().parents[2] / "configs" / "sweep-prompt.yaml")
+    kinds = {s.spec.split(":")[0] for s in grid.strategies}
+    assert kinds == {"prompt", "lora", "adapter"}
+    for entry in grid.strategies:
+        assert parse_spec(entry.spec)
+
+
+def test_long_form_transcription_with_a_soft_prompt_stays_within_the_decoder_positions(tiny_model_dir, tmp_path):
+    """Long-form generate fills up to the decoder's 448 positions when not told otherwise; the n prompt
+    positions come off that."""
+    from conftest import write_tone
+
+    from asrtune.inference import TranscribeOptions, transcribe_files
+    from asrtune.models.load import LoadedModel
+
+    write_tone(tmp_path / "tone.wav", seconds=2.5, freq=300, seed=1)
+    base = load_model(str(tiny_model_dir))
+    model = _trained(apply_strategy(base.model, "prompt:n=8")).eval()
+    model.generation_config.suppress_tokens = list(range(50363, 51864))  # no timestamps: windows run long
+    model.generation_config.max_length = 448  # as Whisper's own generation configs
+    loaded = LoadedModel(model=model, processor=base.processor, source="tiny", strategy="prompt:n=8")
+    options = TranscribeOptions(temperatures=(0.0,), compression_ratio_threshold=None, logprob_threshold=None,
+                                no_speech_threshold=None)
+    (transcript,), _ = transcribe_files(loaded, [tmp_path / "tone.wav"], options, progress=False)
+    assert transcript.segments

@@ -42,7 +42,7 @@ from torch import nn
 from asrtune.errors import AsrtuneError
 from asrtune.strategies.base import STRATEGIES, Strategy, whisper_core
 
-__all__ = ["Prompt", "SoftPrompt", "FREQUENT_TOKENS"]
+__all__ = ["Prompt", "SoftPrompt", "FREQUENT_TOKENS", "soft_prompt_length"]
 
 FREQUENT_TOKENS = 5000  # init=vocab samples among the first this many token ids (Lester et al. 2021)
 _INIT_SEED = 0
@@ -80,6 +80,14 @@ def initial_vectors(embeddings: torch.Tensor, n: int, init: str) -> torch.Tensor
             raise AsrtuneError(f"prompt:n={n} needs {n} distinct tokens to start from, the vocabulary has {pool}")
         vectors = table[torch.randperm(pool, generator=generator)[:n]]
     return vectors.to(embeddings.device, embeddings.dtype)
+
+
+def soft_prompt_length(model: nn.Module) -> int:
+    """How many decoder positions a soft prompt takes in ``model`` (0: none, or not a Whisper model)."""
+    for module in model.modules():
+        if isinstance(module, SoftPrompt):
+            return module.n
+    return 0
 
 
 def _before_decoder(decoder: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -141,8 +149,8 @@ class Prompt(Strategy):
 
     name = "prompt"
     kind = "add"
-    # Lester et al. train prompts with a large rate (0.3, Adafactor); with AdamW on tiny.en 1e-2 was the
-    # steadiest of 1e-3 / 1e-2 / 3e-2 in the comparison the README reports.
+    # Prompt vectors take far larger steps than weights do (Lester et al.: 0.3 with Adafactor). 1e-2 with
+    # AdamW is the rate configs/sweep-prompt.yaml used (README, "Prompt tuning"); not searched further.
     default_lr = 1e-2
     families = ("whisper",)
     n: int = 16
