@@ -8,7 +8,7 @@ import torch
 from asrtune.cli import main
 from asrtune.config import RunConfig, save_config
 from asrtune.errors import AsrtuneError
-from asrtune.inspection import count_parameters
+from asrtune.inspection import count_parameters, module_counts
 from asrtune.models.load import load_model
 from asrtune.strategies import apply_strategy, merge_strategy, parse_spec
 from asrtune.strategies.base import whisper_core
@@ -41,6 +41,8 @@ def test_only_n_times_d_model_parameters_train():
     trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"model.decoder.soft_prompt.weight": 6 * 32}
     assert count_parameters(model)[0] == 6 * 32
+    counts = {c.module: c for c in module_counts(model)}  # what `asrtune inspect` prints
+    assert counts["decoder.soft_prompt"].trainable == counts["decoder.soft_prompt"].total == 6 * 32
 
 
 def test_vocab_init_takes_rows_of_frequent_token_embeddings_deterministically():

@@ -45,6 +45,7 @@ EXPECTED = {
     "adapter:d=8+lora:r=4": lambda n: ".adapter." in n or ".lora_" in n,
     "prompt:n=4": lambda n: ".soft_prompt." in n,
     "lora:r=4+prompt:n=4": lambda n: ".lora_" in n or ".soft_prompt." in n,
+    "prompt:n=4+lora:r=4": lambda n: ".lora_" in n or ".soft_prompt." in n,
     "freeze:n=2+prompt:n=4,init=random": lambda n: ".soft_prompt." in n,
 }
 # Soft prompts are new decoder inputs, never the identity: their step 0 is checked in test_prompt.py.
