@@ -150,7 +150,7 @@ class Prompt(Strategy):
     name = "prompt"
     kind = "add"
     # Prompt vectors take far larger steps than weights do (Lester et al.: 0.3 with Adafactor). 1e-2 with
-    # AdamW is the rate configs/sweep-prompt.yaml used (README, "Prompt tuning"); not searched further.
+    # AdamW is the rate configs/sweep-prompt.yaml used (README, "Prompt tuning, measured"); not searched.
     default_lr = 1e-2
     families = ("whisper",)
     n: int = 16
