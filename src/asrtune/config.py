@@ -200,6 +200,9 @@ class LoopConfig:
 class RunConfig:
     model: str = _help("HF id or folder, CTranslate2 folder, or bundled:tiny.en / bundled:base", "bundled:tiny.en")
     strategy: str = _help("fine-tuning strategy spec, e.g. full, lora:r=32,alpha=64", "lora:r=32,alpha=64")
+    init_from: str = _help("another run's folder: start from its kept checkpoint (its strategy merged into the "
+                           "weights, or kept as modules where it cannot merge), then apply this run's strategy "
+                           "on top ('': start from model)", "")
     language: str | None = _help("language code for multilingual models (null: English)", None)
     task: str = _help("transcribe or translate", "transcribe")
     seed: int = _help("seed for weights, data order and augmentation", 0)
@@ -287,6 +290,9 @@ def absolute_model(model: str, base: Path) -> str:
 def _resolve_paths(values: dict, base: Path) -> dict:
     if isinstance(values.get("model"), str):
         values = {**values, "model": absolute_model(values["model"], base)}
+    if isinstance(values.get("init_from"), str) and values["init_from"]:
+        path = Path(values["init_from"]).expanduser()
+        values = {**values, "init_from": str(path if path.is_absolute() else (base / path).resolve())}
     data = dict(values.get("data") or {})
     for key in ("train", "eval", "test", "terms"):
         if data.get(key) and not (key == "terms" and str(data[key]).startswith("packaged:")):

@@ -2,7 +2,7 @@
 
 For each: the forward pass runs; exactly the intended parameters train (checked by name); after a
 few optimiser steps every frozen parameter is bit-identical and every trainable one moved; where
-the strategy promises identity (adapter, lora) step-0 logits equal the base model's; save -> load
+the strategy promises identity (adapter, lora; not prompt, whose vectors are new inputs) step-0 logits equal the base model's; save -> load
 reproduces logits; merged LoRA equals unmerged.
 """
 
@@ -43,9 +43,14 @@ EXPECTED = {
     "freeze:n=2+lora:r=4": lambda n: ".lora_" in n and not _in_encoder_layer(n, 0, 1),
     "decoder+adapter:d=8,encoder_layers=none": lambda n: ".adapter." in n and _plain(n).startswith("decoder."),
     "adapter:d=8+lora:r=4": lambda n: ".adapter." in n or ".lora_" in n,
+    "prompt:n=4": lambda n: ".soft_prompt." in n,
+    "lora:r=4+prompt:n=4": lambda n: ".lora_" in n or ".soft_prompt." in n,
+    "prompt:n=4+lora:r=4": lambda n: ".lora_" in n or ".soft_prompt." in n,
+    "freeze:n=2+prompt:n=4,init=random": lambda n: ".soft_prompt." in n,
 }
-IDENTITY_AT_START = [s for s in EXPECTED if s.split(":")[0].split("+")[-1] in ("lora", "adapter")
-                     and not s.startswith(("reinit", "full"))]
+# Soft prompts are new decoder inputs, never the identity: their step 0 is checked in test_prompt.py.
+IDENTITY_AT_START = [s for s in EXPECTED if s.split("+")[-1].split(":")[0] in ("lora", "adapter")
+                     and not s.startswith(("reinit", "full")) and "prompt" not in s]
 
 
 def _base(seed: int = 0) -> torch.nn.Module:

@@ -36,6 +36,7 @@ from asrtune.evaluation.hallucination import hallucination_stats, nonspeech_stat
 from asrtune.evaluation.metrics import score
 from asrtune.evaluation.terms import TermList, read_terms, term_report
 from asrtune.models.load import LoadedModel, load_model
+from asrtune.training.init_from import load_start_model
 
 __all__ = [
     "EvalSet",
@@ -264,7 +265,8 @@ def base_transcripts(
     found = {name: known[name] for name, item in sets.items() if _matches(known.get(name), item, key)}
     missing = {name: item for name, item in sets.items() if name not in found}
     if missing:
-        model = base or load_model(config.model)
+        # the model the run starts from: init_from names another run's kept weights
+        model = base or (load_start_model(config) if config.init_from else load_model(config.model))
         if device is not None:
             model.model.to(device)
         found.update(decode_sets(model, missing, config, progress=progress, device=device, processes=processes))

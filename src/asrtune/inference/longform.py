@@ -28,6 +28,7 @@ from tqdm import tqdm
 from asrtune.data.audio import SAMPLE_RATE, load_audio
 from asrtune.errors import AsrtuneError
 from asrtune.models.load import LoadedModel
+from asrtune.strategies.prompt import soft_prompt_length
 
 __all__ = ["FALLBACK_TEMPERATURES", "Segment", "TranscribeOptions", "TranscribeStats", "Transcript",
            "audio_duration", "prepare_for_inference", "prompt_ids", "timestamp_issues", "transcribe_files"]
@@ -246,6 +247,8 @@ def _generate(model, features: torch.Tensor, attention_mask: torch.Tensor, optio
     kwargs: dict = {}
     if options.max_new_tokens is not None:
         kwargs["max_new_tokens"] = options.max_new_tokens
+    elif soft_prompt_length(model):  # a soft prompt takes n of the 448 positions generate would fill
+        kwargs["max_new_tokens"] = model.config.max_target_positions // 2 - 4 - soft_prompt_length(model)
     if languages is not None:
         kwargs.update(language=[lang.strip("<|>") for lang in languages], task=options.task)
     if prompt is not None:

@@ -130,10 +130,12 @@ def load_trainable(model: torch.nn.Module, folder: Path) -> dict:
     return json.loads(meta_path.read_text()) if meta_path.exists() else {}
 
 
-def load_run_model(run_dir: Path, *, dtype: torch.dtype = torch.float32, which: str = BEST):
-    """Rebuild a run's model: base weights from its config, its strategy, its checkpoint."""
-    from asrtune.models.load import LoadedModel, load_model
+def load_run_model(run_dir: Path, *, dtype: torch.dtype = torch.float32, which: str = BEST, _depth: int = 0):
+    """Rebuild a run's model: base weights from its config (or its ``init_from`` run), its strategy, its
+    checkpoint."""
+    from asrtune.models.load import LoadedModel
     from asrtune.strategies import apply_strategy
+    from asrtune.training.init_from import load_start_model
 
     config_path = run_dir / "config.yaml"
     config = config_from_dict(yaml.safe_load(config_path.read_text()))
@@ -142,7 +144,7 @@ def load_run_model(run_dir: Path, *, dtype: torch.dtype = torch.float32, which: 
         folder = run_dir / "checkpoints" / LAST
     if not (folder / "trainable.safetensors").is_file():
         raise AsrtuneError(f"{run_dir}: run has no checkpoint yet")
-    base = load_model(config.model, dtype=dtype)
+    base = load_start_model(config, dtype=dtype, _depth=_depth)
     model = apply_strategy(base.model, config.strategy)
     load_trainable(model, folder)
     model.eval()

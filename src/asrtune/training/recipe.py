@@ -56,6 +56,7 @@ from asrtune.training.checkpoint import (BEST, LAST, load_trainable, load_traini
 from asrtune.training.distributed import Processes, check_launch
 from asrtune.training.encoder_cache import CachePlan, PrefixCache, cache_plan, encode_prefix, prefix_shape
 from asrtune.training.faults import NonFiniteGuard
+from asrtune.training.init_from import init_from_record, load_start_model
 from asrtune.training.interpolation import START, load_start, mix_trainable
 from asrtune.training.lr_control import OverfitWatch, WerPlateau, parameter_groups, warmup_schedule
 from asrtune.training.precision import accelerator_mixed_precision, resolve_mixed_precision, step_autocast
@@ -66,7 +67,7 @@ from asrtune.training.step import TrainingForward
 __all__ = ["Recipe", "SharedPrefix", "train"]
 
 LABEL_PAD_MULTIPLE = 8  # training batches' label length rounds up to this (see collate)
-_FIXED_ON_RESUME = ("model", "strategy", "language", "task", "seed", "data")
+_FIXED_ON_RESUME = ("model", "strategy", "init_from", "language", "task", "seed", "data")
 _OPTIM_ON_RESUME = ("learning_rate", "encoder_learning_rate", "projector_learning_rate", "weight_decay", "betas",
                     "eps")
 
@@ -202,7 +203,8 @@ class Recipe:
         config = self.config
         if not config.data.train or not config.data.eval:
             raise AsrtuneError("data.train and data.eval must name manifests")
-        base = load_model(config.model)
+        base = load_start_model(config)  # config.model, or the kept weights of the run init_from names
+        self.init_from = init_from_record(config.init_from) if config.init_from else None
         _, self.base_total = count_parameters(base.model)
         self.pristine = pristine_copy(base, self.run.base_transcripts, self.given_transcripts)
         model = apply_strategy(base.model, config.strategy)
@@ -685,7 +687,7 @@ class Recipe:
         processes.barrier()
         load_trainable(self.loaded.model, self.run.checkpoints / BEST)
         final = self._score(self.eval_set)
-        provenance = run_provenance(config.model)
+        provenance = {**run_provenance(config.model), "init_from": self.init_from}
         tuned_runs = {"eval": transcripts_of(final, self.eval_set, config.language),
                       **decode_sets(self.loaded, {k: v for k, v in self.eval_sets.items() if k != "eval"}, config,
                                     device=self.accelerator.device, processes=processes)}
