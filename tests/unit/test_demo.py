@@ -102,3 +102,57 @@ def test_the_demo_names_an_interpolated_model_as_such(tmp_path, monkeypatch, cap
     assert results["verdicts"] == {"domain_halved": True, "everyday_heldout_voice_within": True}
     out = capsys.readouterr().out
     assert "kept model: the base model + 0.5 x (step 30 - base): a weight interpolation" in out
+
+
+def test_the_llm_demo_trains_its_own_settings_with_the_budget_off_and_says_so(tmp_path, monkeypatch, capsys):
+    """run_demo for bundled:llm-asr-tiny with the training replaced: model, strategy, no budget, honest output."""
+    import math
+
+    from conftest import espeak_or_skip
+
+    espeak_or_skip()
+    seen = {}
+
+    def fake_train(config, run_dir):
+        seen["config"] = config
+        sets = {"test": _set("test", 60, 0.60, 1.00), "everyday_heldout_voice": _set("general", 40, 0.70, 1.00)}
+        return {"evaluation": {"sets": sets}, "best_within_budget": True, "best_general_wer_rise": -0.3,
+                "trainable_params": 10, "total_params": 100, "train_seconds": 1.0, "steps": 5, "best_step": 5}
+
+    monkeypatch.setattr(demo, "train", fake_train)
+    settings = demo.demo_settings(demo.LLM_DEMO_MODEL)
+    assert settings.model == "bundled:llm-asr-tiny" and settings.budget_off_reason
+    assert demo.demo_settings() == demo.DEMO_SETTINGS and demo.DEMO_SETTINGS.model == demo.DEMO_MODEL
+    assert not demo.DEMO_SETTINGS.budget_off_reason and demo.DEMO_SETTINGS.projector_learning_rate is None
+    from dataclasses import replace
+
+    results = demo.run_demo(tmp_path / "demo", real_en=None, settings=replace(settings, steps=5))
+    config = seen["config"]
+    assert config.model == demo.LLM_DEMO_MODEL and config.strategy == settings.strategy
+    assert config.optim.learning_rate == settings.learning_rate
+    assert config.optim.projector_learning_rate == settings.projector_learning_rate
+    assert math.isinf(config.loop.forgetting_budget)  # every checkpoint within: validation WER alone chooses
+    assert config.loop.interpolation == ()
+    assert [g.name for g in config.data.general] == ["everyday_heldout_voice"]  # still scored before / after
+    assert results["forgetting_budget"] is None and results["settings"]["model"] == demo.LLM_DEMO_MODEL
+    out = capsys.readouterr().out
+    assert "asrtune demo: bundled:llm-asr-tiny" in out and "forgetting budget off for bundled:llm-asr-tiny" in out
+    assert "forgetting: not judged for bundled:llm-asr-tiny" in out and "within +10%" not in out
+    assert "kept checkpoint: step 5 (lowest validation WER; no forgetting budget)" in out
+    assert "everyday, held-out voice" in out  # the general set's row is in the table
+
+
+def test_the_demo_command_picks_each_models_settings(tmp_path, monkeypatch):
+    from asrtune.cli import main
+
+    calls = []
+    monkeypatch.setattr(demo, "run_demo", lambda output_dir, real_en, settings: calls.append((output_dir, settings)))
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--real-en", "none"]) == 0
+    assert main(["demo", "--model", "bundled:llm-asr-tiny", "--real-en", "none", "--steps", "7"]) == 0
+    assert main(["demo", "--model", "bundled:llm-asr-tiny", "--real-en", "none", "--forgetting-budget", "0.5"]) == 0
+    (whisper_dir, whisper), (llm_dir, llm), (_, budgeted) = calls
+    assert whisper == demo.DEMO_SETTINGS and str(whisper_dir) == "runs/demo"
+    assert str(llm_dir) == "runs/demo-llm" and llm.model == demo.LLM_DEMO_MODEL and llm.steps == 7
+    assert llm.strategy == demo.LLM_DEMO_SETTINGS.strategy and llm.budget_off_reason
+    assert budgeted.forgetting_budget == 0.5 and not budgeted.budget_off_reason

@@ -1,4 +1,4 @@
-"""``asrtune demo [--output-dir DIR] [--real-en MANIFEST|none]``: the embedded default, offline."""
+"""``asrtune demo [--model M] [--output-dir DIR] [--real-en MANIFEST|none]``: the embedded default, offline."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ from asrtune.commands import COMMANDS
 
 @COMMANDS.register("demo")
 def add(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="the embedded default: medical dictation on tiny.en, offline")
-    parser.add_argument("--output-dir", default="runs/demo", type=Path, help="demo folder")
+    parser = subparsers.add_parser("demo", help="the embedded default: medical dictation on tiny.en (or an LLM-based ASR), offline")
+    parser.add_argument("--model", default="bundled:tiny.en", choices=("bundled:tiny.en", "bundled:llm-asr-tiny"),
+                        help="the model to fine-tune, each with its own demo settings (bundled:llm-asr-tiny: the "
+                             "LLM-based demo; see README)")
+    parser.add_argument("--output-dir", default=None, type=Path,
+                        help="demo folder (default runs/demo; runs/demo-llm for bundled:llm-asr-tiny)")
     parser.add_argument("--real-en", default="runs/real-en/manifest.jsonl",
                         help="real-English general set built by `asrtune data real-en` (none: leave it out; "
                              "missing: the demo says so and runs without it)")
@@ -43,12 +47,15 @@ def _weights(text: str) -> tuple[float, ...]:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from asrtune.demo import DEMO_SETTINGS, run_demo
+    from asrtune.demo import DEMO_MODEL, demo_settings, run_demo
 
     given = {"strategy": args.strategy, "learning_rate": args.learning_rate, "steps": args.steps,
              "forgetting_budget": args.forgetting_budget, "forgetting_measure": args.forgetting_measure,
              "replay": args.replay, "eval_every": args.eval_every, "interpolation": args.interpolation}
-    settings = replace(DEMO_SETTINGS, **{k: v for k, v in given.items() if v is not None})
+    if args.forgetting_budget is not None:
+        given["budget_off_reason"] = ""  # a budget given turns it on, for any model
+    settings = replace(demo_settings(args.model), **{k: v for k, v in given.items() if v is not None})
     real_en = None if str(args.real_en).lower() == "none" else Path(args.real_en)
-    run_demo(args.output_dir, real_en=real_en, settings=settings)
+    output_dir = args.output_dir or Path("runs/demo" if args.model == DEMO_MODEL else "runs/demo-llm")
+    run_demo(output_dir, real_en=real_en, settings=settings)
     return 0
