@@ -77,9 +77,10 @@ class DemoSettings:
 DEMO_SETTINGS = DemoSettings()
 DEMO_STRATEGY = DEMO_SETTINGS.strategy
 
-# The LLM-based demo: bundled:llm-asr-tiny (tiny.en encoder + new projector + SmolLM2-135M), chosen by
-# measurement on this demo's data (README, "The LLM demo"). Its projector starts random, so the base
-# model transcribes nothing (general WER ~100%): a budget on the rise over that means nothing.
+# The LLM-based demo: bundled:llm-asr-tiny (tiny.en encoder + new projector + SmolLM2-135M). Not yet chosen
+# by measurement (README, "The LLM demo"): projector first as SLAM-ASR, lr 1e-3 as it starts random. The
+# random projector also means the base model transcribes nothing (general WER ~100%), so a budget on the
+# rise over that means nothing.
 LLM_DEMO_MODEL = "bundled:llm-asr-tiny"
 LLM_DEMO_SETTINGS = DemoSettings(
     model=LLM_DEMO_MODEL, strategy="projector", learning_rate=1e-3, steps=60, eval_every=20, eval_limit=16,
