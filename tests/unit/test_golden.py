@@ -29,6 +29,7 @@ SPECS = {
     "adapter": "adapter:d=8",
     "lora": "lora:r=4,alpha=8,dropout=0",
     "decoder": "decoder",
+    "prompt": "prompt:n=4",
 }
 
 
