@@ -133,6 +133,7 @@ def load_trainable(model: torch.nn.Module, folder: Path) -> dict:
 def load_run_model(run_dir: Path, *, dtype: torch.dtype = torch.float32, which: str = BEST):
     """Rebuild a run's model: base weights from its config, its strategy, its checkpoint."""
     from asrtune.models.load import LoadedModel, load_model
+    from asrtune.models.new_language import apply_config_language
     from asrtune.strategies import apply_strategy
 
     config_path = run_dir / "config.yaml"
@@ -143,6 +144,7 @@ def load_run_model(run_dir: Path, *, dtype: torch.dtype = torch.float32, which: 
     if not (folder / "trainable.safetensors").is_file():
         raise AsrtuneError(f"{run_dir}: run has no checkpoint yet")
     base = load_model(config.model, dtype=dtype)
+    apply_config_language(base, config)  # the new language token, as training added it
     model = apply_strategy(base.model, config.strategy)
     load_trainable(model, folder)
     model.eval()

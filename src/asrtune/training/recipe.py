@@ -48,6 +48,7 @@ from asrtune.evaluation.sets import (GENERAL, base_transcripts, build_eval_sets,
                                      pristine_copy, scoring_language, transcripts_of, write_set_predictions)
 from asrtune.inspection import count_parameters
 from asrtune.models.load import LoadedModel, load_model
+from asrtune.models.new_language import apply_config_language
 from asrtune.models.short_input import short_input_frames
 from asrtune.provenance import run_provenance
 from asrtune.strategies import apply_strategy, default_learning_rate
@@ -202,6 +203,7 @@ class Recipe:
         if not config.data.train or not config.data.eval:
             raise AsrtuneError("data.train and data.eval must name manifests")
         base = load_model(config.model)
+        apply_config_language(base, config)  # language: new:xx,init=yy grows the vocabulary by one token
         _, self.base_total = count_parameters(base.model)
         self.pristine = pristine_copy(base, self.run.base_transcripts, self.given_transcripts)
         model = apply_strategy(base.model, config.strategy)
