@@ -182,3 +182,26 @@ def test_a_model_that_already_has_the_language_refuses_to_add_it_again(ky_run, t
     with pytest.raises(AsrtuneError, match="already has <\\|ky\\|>; write language: ky"):
         add_language_token(loaded.model, loaded.processor, "ky", "kk")
     assert isinstance(loaded, LoadedModel)
+
+
+def test_transcribe_forces_the_new_language_token(ky_run, tmp_path):
+    from conftest import write_tone
+    from asrtune.inference.longform import TranscribeOptions, transcribe_files
+
+    run_dir, _ = ky_run
+    loaded = load_model(str(run_dir))
+    new_id = loaded.model.config.vocab_size - 1
+    loaded.model.generation_config.suppress_tokens = list(range(50363, new_id + 1))  # no timestamps: one segment
+    audio = tmp_path / "a.wav"
+    write_tone(audio, seconds=0.8, freq=300.0, seed=2)
+    seen = []
+    hook = loaded.model.model.decoder.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["input_ids"][0].tolist()), with_kwargs=True)
+    options = TranscribeOptions(language="ky", temperatures=(0.0,), compression_ratio_threshold=None,
+                                logprob_threshold=None, no_speech_threshold=None, max_new_tokens=4)
+    try:
+        (transcript,), _ = transcribe_files(loaded, [audio], options, progress=False)
+    finally:
+        hook.remove()
+    assert transcript.language == "ky"
+    assert new_id in [ids for ids in seen if len(ids) > 1][0]
