@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from asrtune.errors import AsrtuneError
-from asrtune.languages import canonical_language
+from asrtune.languages import canonical_language, parse_new_language
 
 MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")  # auto: asrtune.training.precision
 
@@ -203,7 +203,11 @@ class RunConfig:
     init_from: str = _help("another run's folder: start from its kept checkpoint (its strategy merged into the "
                            "weights, or kept as modules where it cannot merge), then apply this run's strategy "
                            "on top ('': start from model)", "")
-    language: str | None = _help("language code for multilingual models (null: English)", None)
+    language: str | None = _help("language code for multilingual models (null: English); new:xx,init=yy adds "
+                                 "<|xx|> as a new language token initialised from yy's", None)
+    language_init: str | None = _help("the related language a new language token was initialised from "
+                                      "(set by language: new:xx,init=yy; null: language is one the model has)",
+                                      None)
     task: str = _help("transcribe or translate", "transcribe")
     seed: int = _help("seed for weights, data order and augmentation", 0)
     data: DataConfig = _help("data", factory=DataConfig)
@@ -211,7 +215,18 @@ class RunConfig:
     loop: LoopConfig = _help("training loop", factory=LoopConfig)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "language", canonical_language(self.language))  # en-US, English -> en
+        new = parse_new_language(self.language) if self.language is not None else None
+        if new:
+            object.__setattr__(self, "language", new[0])
+            object.__setattr__(self, "language_init", new[1])
+        else:
+            object.__setattr__(self, "language", canonical_language(self.language))  # en-US, English -> en
+        if self.language_init is not None:
+            if not self.language:
+                raise AsrtuneError("language_init needs a language (write language: new:xx,init=yy)")
+            object.__setattr__(self, "language_init", canonical_language(self.language_init))
+            if self.language_init == self.language:
+                raise AsrtuneError(f"language new:{self.language}: init must be another language")
         if self.task not in ("transcribe", "translate"):
             raise AsrtuneError("task must be transcribe or translate")
 

@@ -8,9 +8,12 @@ and asrtune's normalisers use, so one utterance never gets two treatments for on
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
-__all__ = ["canonical_language", "MULTI"]
+from asrtune.errors import AsrtuneError
+
+__all__ = ["canonical_language", "parse_new_language", "MULTI"]
 
 MULTI = "multi"  # a set whose utterances are in several languages
 
@@ -42,3 +45,21 @@ def canonical_language(tag: str | None) -> str | None:
     if primary in TO_LANGUAGE_CODE:  # "english-us", however unlikely
         return TO_LANGUAGE_CODE[primary]
     return primary
+
+
+_SPEC = re.compile(r"new:(?P<code>[a-z][a-z0-9-]*)\s*,\s*init\s*=\s*(?P<init>[A-Za-z_-]+)")
+
+
+def parse_new_language(text: str) -> tuple[str, str] | None:
+    """``new:ky,init=kk`` -> ``("ky", "kk")``; None when ``text`` is not a ``new:`` spec.
+
+    Raises:
+        AsrtuneError: it starts with ``new:`` but is not ``new:CODE,init=CODE``.
+    """
+    value = str(text).strip()
+    if not value.lower().startswith("new:"):
+        return None
+    match = _SPEC.fullmatch(value.lower())
+    if not match:
+        raise AsrtuneError(f"language {text!r}: write a new language as new:CODE,init=RELATED (e.g. new:ky,init=kk)")
+    return match["code"], match["init"]

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import espeak_or_skip, write_tiny_manifest
+import torch
+
+from conftest import espeak_or_skip, read_jsonl, write_tiny_manifest
 
 import asrtune.sweep.runner as runner
 from asrtune.analysis.tables import (
@@ -452,3 +454,72 @@ def test_every_figure_is_drawn_when_the_grid_allows(tmp_path):
     assert format_table(header, table) in text
     assert "## Runs that failed" in text and "boom" in text and "> synthetic" in text
     assert report_html.read_text().count("<img") == len(pngs)
+
+
+def test_transfer_and_joint_datasets_parse_and_refuse_bad_chains():
+    grid = sweep_from_dict({"strategies": ["full"], "datasets": [
+        {"name": "src", "train": "a", "eval": "b"}, {"name": "tgt", "train": "c", "eval": "d"},
+        {"name": "tgt-via-src", "target": "tgt", "first": "src"},
+        {"name": "tgt-joint-src", "target": "tgt", "joint": "src"}]})
+    assert grid.datasets[2].composite and grid.datasets[3].joint == ("src",)
+    for bad, message in [
+        ({"name": "x", "target": "tgt"}, "give first"),
+        ({"name": "x", "target": "tgt", "first": "src", "joint": ["src"]}, "give first"),
+        ({"name": "x", "first": "src"}, "need a target"),
+        ({"name": "x", "target": "tgt", "first": "later"}, "listed before it"),
+        ({"name": "x", "target": "tgt", "first": "tgt"}, "target already"),
+        ({"name": "x", "target": "tgt", "joint": ["src"], "language": "af"}, "takes its data"),
+    ]:
+        with pytest.raises(AsrtuneError, match=message):
+            sweep_from_dict({"strategies": ["full"], "datasets": [
+                {"name": "src", "train": "a", "eval": "b"}, {"name": "tgt", "train": "c", "eval": "d"}, bad]})
+
+
+def test_shipped_transfer_grid_loads():
+    grid = load_sweep(CONFIGS / "sweep-transfer.yaml")
+    for dataset in grid.datasets:
+        assert dataset.corpus in available_corpora() or dataset.composite, dataset
+    kinds = {d.name: ("transfer" if d.first else "joint" if d.joint else "direct") for d in grid.datasets}
+    assert {"af", "be", "af-via-nl", "be-via-ru", "af-joint-nl", "be-joint-ru"} <= set(kinds)
+    assert kinds["af-via-nl"] == "transfer" and kinds["be-joint-ru"] == "joint"
+
+
+def test_a_tiny_sweep_chains_stages_and_mixes_languages(tiny_model_dir, tmp_path):
+    source = write_tiny_manifest(tmp_path / "src", ["good morning", "blue sky today", "a red cup"], "train.jsonl",
+                                 language="de")
+    target = write_tiny_manifest(tmp_path / "tgt", ["hello there", "a green door"], "train.jsonl", language="en")
+    grid = sweep_from_dict({
+        "model": str(tiny_model_dir),
+        "strategies": ["decoder"],
+        "datasets": [
+            {"name": "src", "train": str(source), "eval": str(source), "language": "de"},
+            {"name": "tgt", "train": str(target), "eval": str(target), "test": str(target), "language": "en"},
+            {"name": "tgt-via-src", "target": "tgt", "first": "src"},
+            {"name": "tgt-joint-src", "target": "tgt", "joint": ["src"]},
+        ],
+        "run": {"optim": {"learning_rate": 1e-3},
+                "loop": {"max_steps": 1, "batch_size": 2, "eval_every": 1, "eval_batch_size": 8,
+                         "max_new_tokens": 3}},
+        "cka": False,
+    })
+    out = tmp_path / "sweep"
+    outcome = runner.run_sweep(grid, out, progress=False)
+    assert not outcome.failures, outcome.failures
+    assert {r.dataset for r in outcome.records} == {"src", "tgt", "tgt-via-src", "tgt-joint-src"}
+    stage = out / "stages" / "src" / "decoder" / "seed-0"
+    assert (stage / "model.safetensors").is_file()
+    chained = yaml.safe_load((out / "runs" / "tgt-via-src" / "decoder" / "seed-0" / "config.yaml").read_text())
+    assert chained["model"] == str(stage.resolve()) and chained["data"]["train"] == str(target)
+    joint = yaml.safe_load((out / "runs" / "tgt-joint-src" / "decoder" / "seed-0" / "config.yaml").read_text())
+    rows = read_jsonl(joint["data"]["train"])
+    assert [r["language"] for r in rows] == ["en", "en", "de", "de", "de"]  # each row keeps its language
+    assert joint["data"]["eval"] == str(target) and joint["language"] == "en"
+    # the composites score on the target's sets, so they share its base transcripts
+    assert not (out / "base" / "tgt-via-src").exists() and not (out / "base" / "tgt-joint-src").exists()
+    assert outcome.bases["tgt-via-src"].wer == outcome.bases["tgt"].wer
+    # stage 2 starts from stage 1's weights: the export equals the stage-1 run's merged model
+    from asrtune.models.load import load_model as load
+
+    first, exported = load(str(out / "runs" / "src" / "decoder" / "seed-0")), load(str(stage))
+    for (name, a), b in zip(first.model.named_parameters(), exported.model.parameters()):
+        assert torch.equal(a, b), name

@@ -85,7 +85,15 @@ class LoadedModel:
         """``generate`` keyword arguments: language and task for multilingual models, none for ``.en``."""
         if not self.multilingual:
             return {}
-        return {"language": language or "en", "task": task}
+        language = language or "en"
+        # A language token asrtune added (language: new:xx,init=yy) is not in transformers' table of
+        # Whisper's languages, which ``generate`` checks codes against; it accepts the token itself.
+        from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+        token = f"<|{language}|>"
+        if language not in LANGUAGES and token in (getattr(self.generation_config, "lang_to_id", None) or {}):
+            language = token
+        return {"language": language, "task": task}
 
 
 def is_run_dir(path: Path) -> bool:

@@ -10,6 +10,8 @@ datasets:                       # a packaged corpus spoken by espeak-ng, or mani
   - {name: medical, corpus: medical_en, voice: en-us, language: en,
      split: {train: 80, validation: 20, test: 30}}
   - {name: mine, train: data/train.jsonl, eval: data/dev.jsonl, test: data/test.jsonl, language: sw}
+  - {name: af-via-nl, target: af, first: nl}       # transfer: each strategy's nl run, then af from its weights
+  - {name: af-joint-nl, target: af, joint: [nl]}   # joint: one train manifest mixing af and nl rows
 general:                        # general sets, scored for forgetting in every run
   - {name: general_en, corpus: general_en, voice: en-us, language: en, sentences: 30}
 run: {loop: {max_steps: 25}}    # any run-config keys, applied to every run (then each strategy's `set`)
@@ -87,6 +89,11 @@ class DatasetSpec:
         sentences: how many sentences of a general corpus (None: all).
         train, eval, test: manifests, instead of a corpus (general sets: ``manifest``).
         seed: the seed of the sentence split and the synthetic voices (fixed across run seeds).
+        target: a chained or joint dataset: the dataset (listed earlier) whose language, validation and
+            test sets it uses; with ``first`` or ``joint``, and no data of its own.
+        first: transfer in two stages: stage 1 is this earlier dataset's run of the same strategy and
+            seed, stage 2 trains on ``target``'s train split starting from stage 1's weights.
+        joint: earlier datasets whose train splits are mixed into ``target``'s (rows keep their language).
     """
 
     name: str
@@ -101,8 +108,25 @@ class DatasetSpec:
     test: str = ""
     manifest: str = ""
     seed: int = 0
+    target: str = ""
+    first: str = ""
+    joint: tuple[str, ...] = ()
+
+    @property
+    def composite(self) -> bool:
+        """A chained (``first``) or joint dataset built from other datasets of the grid."""
+        return bool(self.target)
 
     def __post_init__(self) -> None:
+        if self.target:
+            if bool(self.first) == bool(self.joint):
+                raise AsrtuneError(f"sweep dataset {self.name}: with target, give first (transfer) or joint, "
+                                   "not both")
+            if self.corpus or self.train or self.eval or self.test or self.manifest or self.language:
+                raise AsrtuneError(f"sweep dataset {self.name}: a target dataset takes its data and language "
+                                   f"from {self.target} and the datasets it names")
+        elif self.first or self.joint:
+            raise AsrtuneError(f"sweep dataset {self.name}: first and joint need a target")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name or ""):
             raise AsrtuneError(f"sweep dataset name {self.name!r}: use letters, digits, _ . -")
         if self.corpus and not self.voice:
@@ -140,9 +164,26 @@ class SweepConfig:
             duplicated = sorted({x for x in items if items.count(x) > 1})
             if duplicated:
                 raise AsrtuneError(f"sweep: {kind} {', '.join(duplicated)} given twice")
+        self._check_composites()
         for key in ("model", "strategy", "seed"):
             if key in self.run:
                 raise AsrtuneError(f"sweep: run.{key} is set by the grid itself")
+
+
+    def _check_composites(self) -> None:
+        """Chained and joint datasets name plain datasets listed before them (stage 1 runs first)."""
+        seen: dict[str, DatasetSpec] = {}
+        for dataset in self.datasets:
+            for role, name in [("target", dataset.target), ("first", dataset.first)] + [
+                    ("joint", n) for n in dataset.joint]:
+                if not name:
+                    continue
+                if name not in seen or seen[name].composite:
+                    raise AsrtuneError(f"sweep dataset {dataset.name}: {role} {name!r} must be a plain dataset "
+                                       "listed before it")
+            if dataset.target and dataset.target in (dataset.first, *dataset.joint):
+                raise AsrtuneError(f"sweep dataset {dataset.name}: {dataset.target} is the target already")
+            seen[dataset.name] = dataset
 
 
 _KNOWN = {"model", "strategies", "datasets", "general", "seeds", "run", "cka"}
@@ -194,6 +235,9 @@ def _dataset(value: Any, where: str, base: Path) -> DatasetSpec:
         values["split"] = SplitSizes(**_fields(SplitSizes, values["split"], f"{where}.split"))
     for key in ("train", "eval", "test", "manifest"):
         values[key] = _path(values.get(key, ""), base)
+    if "joint" in values:
+        joint = values["joint"]
+        values["joint"] = tuple([joint] if isinstance(joint, str) else joint or ())
     try:
         return DatasetSpec(**values)
     except TypeError as error:

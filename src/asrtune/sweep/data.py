@@ -8,6 +8,7 @@ accuracy on human speech. Real corpora go through ``asrtune prepare`` and are na
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from importlib import resources
@@ -25,6 +26,7 @@ __all__ = [
     "corpus_sentences",
     "split_sentences",
     "materialise",
+    "materialise_composite",
     "materialise_general",
 ]
 
@@ -40,6 +42,8 @@ class DatasetFiles:
     train: str
     eval: str
     test: str
+    first: str = ""  # transfer: the dataset whose run (same strategy and seed) is stage 1
+    base_of: str = ""  # a chained or joint dataset shares its target's base-model transcripts
 
 
 def available_corpora() -> list[str]:
@@ -126,6 +130,27 @@ def materialise(spec: DatasetSpec, folder: Path, *, progress: bool = True) -> Da
         eval=manifests["validation"],
         test=manifests["test"],
     )
+
+
+def materialise_composite(spec: DatasetSpec, built: dict[str, DatasetFiles], folder: Path) -> DatasetFiles:
+    """A chained (``first``) or joint dataset from datasets already built (``built``, by name).
+
+    Both score on the target's validation and test sets. Transfer trains on the target's train split
+    (from stage 1's weights, which the sweep runner supplies); joint writes one train manifest of the
+    target's rows followed by each ``joint`` dataset's, every row keeping its own ``language``.
+    """
+    target = built[spec.target]
+    train = target.train
+    if spec.joint:
+        rows = list(read_manifest(target.train))
+        for name in spec.joint:
+            other = built[name]
+            rows += [row if row.language else dataclasses.replace(row, language=other.language)
+                     for row in read_manifest(other.train)]
+        write_manifest(rows, folder / "train.jsonl")
+        train = str(folder / "train.jsonl")
+    return DatasetFiles(name=spec.name, language=target.language, train=train, eval=target.eval,
+                        test=target.test, first=spec.first, base_of=target.name)
 
 
 def materialise_general(spec: DatasetSpec, folder: Path, *, progress: bool = True) -> GeneralSet:

@@ -38,7 +38,7 @@ from asrtune.errors import AsrtuneError
 from asrtune.evaluation.sets import BASE_TRANSCRIPTS, base_transcripts, build_eval_sets, decoding_key, evidence
 from asrtune.models.load import LoadedModel, load_model
 from asrtune.sweep.config import StrategyEntry, SweepConfig
-from asrtune.sweep.data import DatasetFiles, materialise, materialise_general
+from asrtune.sweep.data import DatasetFiles, materialise, materialise_composite, materialise_general
 from asrtune.training.checkpoint import LAST
 from asrtune.training.recipe import train
 
@@ -73,6 +73,7 @@ class RunPlan:
     seed: int
     run_dir: Path
     config: RunConfig
+    stage_from: Path | None = None  # transfer: stage 1's run folder (its weights are exported to config.model)
 
 
 def run_config(
@@ -81,10 +82,14 @@ def run_config(
     strategy: StrategyEntry,
     seed: int,
     general: tuple[GeneralSet, ...],
+    model: str = "",
 ) -> RunConfig:
-    """The run config of one grid cell: the grid's ``run`` keys, the cell, then the strategy's overrides."""
+    """The run config of one grid cell: the grid's ``run`` keys, the cell, then the strategy's overrides.
+
+    ``model`` replaces the grid's model (a transfer's stage 2 starts from stage 1's exported weights).
+    """
     values = json.loads(json.dumps(sweep.run))
-    values.update(model=sweep.model, strategy=strategy.spec, seed=seed, language=dataset.language)
+    values.update(model=model or sweep.model, strategy=strategy.spec, seed=seed, language=dataset.language)
     values["data"] = {
         **values.get("data", {}),
         "train": dataset.train,
@@ -99,19 +104,45 @@ def run_config(
 def plan_runs(
     sweep: SweepConfig, datasets: list[DatasetFiles], general: tuple[GeneralSet, ...], output_dir: Path
 ) -> list[RunPlan]:
-    """Every cell of the grid, datasets outermost (so a dataset's runs share its base transcripts)."""
-    return [
-        RunPlan(
-            dataset=d,
-            strategy=s,
-            seed=seed,
-            run_dir=output_dir / "runs" / d.name / s.slug / f"seed-{seed}",
-            config=run_config(sweep, d, s, seed, general),
-        )
-        for d in datasets
-        for s in sweep.strategies
-        for seed in sweep.seeds
-    ]
+    """Every cell of the grid, datasets outermost (so a dataset's runs share its base transcripts).
+
+    A transfer cell (dataset with ``first``) starts from ``stages/<first>/<strategy>/seed-<k>/``: the
+    merged HF export of stage 1's run, written by :func:`export_stage` just before the cell trains.
+    """
+    plans = []
+    for d in datasets:
+        for s in sweep.strategies:
+            for seed in sweep.seeds:
+                cell = Path(s.slug) / f"seed-{seed}"
+                stage_from = output_dir / "runs" / d.first / cell if d.first else None
+                model = str((output_dir / "stages" / d.first / cell).resolve()) if d.first else ""
+                plans.append(RunPlan(dataset=d, strategy=s, seed=seed, run_dir=output_dir / "runs" / d.name / cell,
+                                     config=run_config(sweep, d, s, seed, general, model), stage_from=stage_from))
+    return plans
+
+
+def export_stage(plan: RunPlan) -> None:
+    """Stage 1's weights as the merged HF folder a transfer cell's config names as its model.
+
+    asrtune's own minimal chaining (kept in ``asrtune.sweep``): a run config's model may be any HF
+    folder, so stage 2 is an ordinary run. Exported once; a stage-1 run that was re-run (another config
+    hash) is exported again.
+
+    Raises:
+        AsrtuneError: stage 1 has no results (it failed, or was left out).
+    """
+    from asrtune.export.merge import export_hf
+
+    results = plan.stage_from / "results.json"
+    if not results.is_file():
+        raise AsrtuneError(f"transfer stage 1 {plan.stage_from} has no results; stage 2 cannot start")
+    target = Path(plan.config.model)
+    source_hash = json.loads(results.read_text()).get("config_hash")
+    marker = target / "asrtune_stage.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("config_hash") == source_hash:
+        return
+    export_hf(str(plan.stage_from), target, overwrite=True)
+    marker.write_text(json.dumps({"run": str(plan.stage_from), "config_hash": source_hash}))
 
 
 def _base_record(name: str, report: dict) -> BaseRecord:
@@ -194,6 +225,8 @@ def _train_one(plan: RunPlan, baseline: dict, progress: bool, stale: str = "reru
         moved = _set_aside(plan.run_dir)
     elif (plan.run_dir / "results.json").is_file():
         return "skipped (has results)"
+    if plan.stage_from is not None:
+        export_stage(plan)
     resume = (plan.run_dir / "checkpoints" / LAST / "state.json").is_file()
     train(plan.config, plan.run_dir, resume=resume, progress=progress, baseline_transcripts=baseline)
     if moved:
@@ -253,7 +286,12 @@ def run_sweep(
         materialise_general(g, output_dir / "data" / "general" / g.name, progress=progress)
         for g in sweep.general
     )
-    datasets = [materialise(d, output_dir / "data" / d.name, progress=progress) for d in sweep.datasets]
+    built: dict[str, DatasetFiles] = {}
+    for d in sweep.datasets:  # composites name datasets listed before them
+        folder = output_dir / "data" / d.name
+        built[d.name] = materialise_composite(d, built, folder) if d.composite else materialise(
+            d, folder, progress=progress)
+    datasets = list(built.values())
     plans = plan_runs(sweep, datasets, general, output_dir)
     base = load_model(sweep.model)  # decodes the base transcripts and is CKA's reference
     bases: dict[str, BaseRecord] = {}
@@ -265,7 +303,7 @@ def run_sweep(
     for dataset in datasets:
         mine = [p for p in plans if p.dataset.name == dataset.name]
         config = mine[0].config
-        folder = output_dir / "base" / dataset.name
+        folder = output_dir / "base" / (dataset.base_of or dataset.name)  # same sets, same base transcripts
         folder.mkdir(parents=True, exist_ok=True)
         if report_only and (folder / "evidence.json").is_file():  # decode nothing: the base the runs saw
             saved = json.loads((folder / "evidence.json").read_text())

@@ -134,6 +134,7 @@ def load_run_model(run_dir: Path, *, dtype: torch.dtype = torch.float32, which: 
     """Rebuild a run's model: base weights from its config (or its ``init_from`` run), its strategy, its
     checkpoint."""
     from asrtune.models.load import LoadedModel
+    from asrtune.models.new_language import apply_config_language
     from asrtune.strategies import apply_strategy
     from asrtune.training.init_from import load_start_model
 
@@ -145,6 +146,7 @@ def load_run_model(run_dir: Path, *, dtype: torch.dtype = torch.float32, which: 
     if not (folder / "trainable.safetensors").is_file():
         raise AsrtuneError(f"{run_dir}: run has no checkpoint yet")
     base = load_start_model(config, dtype=dtype, _depth=_depth)
+    apply_config_language(base, config)  # the new language token, as training added it
     model = apply_strategy(base.model, config.strategy)
     load_trainable(model, folder)
     model.eval()

@@ -47,7 +47,8 @@ from asrtune.evaluation.metrics import score
 from asrtune.evaluation.sets import (GENERAL, base_transcripts, build_eval_sets, decode_sets, evidence,
                                      pristine_copy, scoring_language, transcripts_of, write_set_predictions)
 from asrtune.inspection import count_parameters
-from asrtune.models.load import LoadedModel, load_model
+from asrtune.models.load import LoadedModel
+from asrtune.models.new_language import apply_config_language
 from asrtune.models.short_input import short_input_frames
 from asrtune.provenance import run_provenance
 from asrtune.strategies import apply_strategy, default_learning_rate
@@ -67,7 +68,7 @@ from asrtune.training.step import TrainingForward
 __all__ = ["Recipe", "SharedPrefix", "train"]
 
 LABEL_PAD_MULTIPLE = 8  # training batches' label length rounds up to this (see collate)
-_FIXED_ON_RESUME = ("model", "strategy", "init_from", "language", "task", "seed", "data")
+_FIXED_ON_RESUME = ("model", "strategy", "init_from", "language", "language_init", "task", "seed", "data")
 _OPTIM_ON_RESUME = ("learning_rate", "encoder_learning_rate", "projector_learning_rate", "weight_decay", "betas",
                     "eps")
 
@@ -205,6 +206,7 @@ class Recipe:
             raise AsrtuneError("data.train and data.eval must name manifests")
         base = load_start_model(config)  # config.model, or the kept weights of the run init_from names
         self.init_from = init_from_record(config.init_from) if config.init_from else None
+        apply_config_language(base, config)  # language: new:xx,init=yy grows the vocabulary by one token
         _, self.base_total = count_parameters(base.model)
         self.pristine = pristine_copy(base, self.run.base_transcripts, self.given_transcripts)
         model = apply_strategy(base.model, config.strategy)
