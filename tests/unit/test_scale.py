@@ -22,6 +22,7 @@ import asrtune.training.recipe as recipe
 from asrtune.config import DataConfig, LoopConfig, OptimConfig, RunConfig, config_to_dict
 from asrtune.data.features import FeatureDataset
 from asrtune.data.manifest import Utterance, write_manifest
+from asrtune.models.load import load_model
 from asrtune.training.faults import NonFiniteLoss
 from asrtune.training.recipe import train
 from asrtune.training.step import TrainingForward
@@ -165,7 +166,7 @@ def test_a_non_finite_step_is_skipped_counted_and_logged(tiny_model_dir, tiny_da
     assert all("skipped" not in records[s] and torch.isfinite(torch.tensor(records[s]["grad_norm"]))
                for s in records if s != 3)
     assert results["nonfinite_steps_skipped"] == 1 and results["steps"] == 6
-    trained = recipe.load_model(str(tmp_path / "run")).model
+    trained = load_model(str(tmp_path / "run")).model
     assert all(torch.isfinite(p).all() for p in trained.parameters())  # the NaN step updated nothing
 
 
@@ -177,7 +178,7 @@ def test_too_many_non_finite_steps_stop_with_the_last_finite_checkpoints(tiny_mo
         train(config, tmp_path / "run", progress=False)
     last = json.loads((tmp_path / "run" / "checkpoints" / "last" / "state.json").read_text())
     assert last["step"] == 3  # the evaluation at step 3 saved it; steps 4 and 5 never did
-    kept = recipe.load_model(str(tmp_path / "run")).model
+    kept = load_model(str(tmp_path / "run")).model
     assert all(torch.isfinite(p).all() for p in kept.parameters())
     assert not (tmp_path / "run" / "results.json").exists()
 
