@@ -66,7 +66,7 @@ class DemoSettings:
     eval_limit: int = 30
     replay: int = 60  # everyday sentences, in the training voices, mixed into training (against forgetting)
     # WiSE-FT: base + a x (trained - base) for each a, scored and offered to selection like checkpoints.
-    # Measured (README): the fully tuned model forgets real English (+126%), the half-way mix does not.
+    # Measured (README): the fully tuned model forgets real English (+79%), the half-way mix does not.
     interpolation: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6)
     # Fields below serve other demo models (MODEL_SETTINGS); their defaults leave the Whisper demo as it was.
     model: str = DEMO_MODEL
