@@ -197,12 +197,5 @@ def paired_bootstrap_ratio_delta(
     base, tuned, denominators = np.asarray(base), np.asarray(tuned), np.asarray(denominators)
     if not base.shape == tuned.shape == denominators.shape or base.ndim != 1 or not len(base):
         raise ValueError("paired_bootstrap_ratio_delta needs three (N,) arrays of the same length, N >= 1")
-    if not 0 < level < 1:
-        raise ValueError("level must be in (0, 1)")
-    index = _draws(len(base), resamples, seed)
-    bottoms = denominators[index].sum(axis=1)
-    kept = bottoms > 0
-    if not kept.any():
-        return None
-    delta = (tuned[index].sum(axis=1) - base[index].sum(axis=1))[kept] / bottoms[kept]
-    return _interval(delta, level)
+    # sum(tuned)/sum(den) - sum(base)/sum(den) = sum(tuned - base)/sum(den): one ratio, resampled as one
+    return bootstrap_ratio(tuned - base, denominators, resamples=resamples, level=level, seed=seed)
