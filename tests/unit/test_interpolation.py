@@ -75,3 +75,14 @@ def test_an_interpolated_model_is_kept_when_every_checkpoint_forgets(tiny_model_
     evals = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval_wer" in r]
     assert [r.get("interpolation") for r in evals] == [None, None, None, 0.5]
     assert [r["kept"] for r in evals] == [True, False, False, True]
+
+
+def test_a_resume_drops_the_interpolation_records_it_will_score_again(tmp_path):
+    from asrtune.training.run_dir import RunDir
+
+    run = RunDir(tmp_path)
+    records = [{"step": 0, "eval_wer": 0.9}, {"step": 2, "eval_wer": 0.5},
+               {"step": 2, "eval_wer": 0.6, "interpolation": 0.5}, {"step": 3, "loss": 1.0}]
+    run.metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert run.truncate_metrics(2) == 2
+    assert read_jsonl(run.metrics) == records[:2]

@@ -87,7 +87,9 @@ class RunDir:
             handle.write(json.dumps(record) + "\n")
 
     def truncate_metrics(self, step: int) -> int:
-        """Drop records after ``step`` (a resumed run replays those steps). Returns how many were dropped."""
+        """Drop records after ``step`` (a resumed run replays those steps), and every weight-interpolation
+        record: the mixes are scored after the last checkpoint, so a resumed run scores them again.
+        Returns how many were dropped."""
         if not self.metrics.is_file():
             return 0
         kept, dropped = [], 0
@@ -99,7 +101,7 @@ class RunDir:
             except json.JSONDecodeError:  # a line cut by kill -9 mid-write
                 dropped += 1
                 continue
-            if record.get("step", 0) > step:
+            if record.get("step", 0) > step or "interpolation" in record:
                 dropped += 1
             else:
                 kept.append(line)
