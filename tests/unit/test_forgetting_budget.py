@@ -114,3 +114,27 @@ def test_relative_rise_against_a_perfect_base_is_infinite_unless_nothing_rose():
     assert wer_rise(worse, base, "absolute") == pytest.approx(0.2)
     with pytest.raises(ValueError, match="measure"):
         wer_rise(worse, base, "percent")
+
+
+def test_without_a_budget_general_sets_are_scored_before_and_after_only(tiny_model_dir, tiny_data, tmp_path,
+                                                                        monkeypatch):
+    general = write_tiny_manifest(tmp_path / "general", [GENERAL_TEXT, GENERAL_TEXT], "general.jsonl")
+    # Eval WERs for steps 0..2 and the final pass; no general hypotheses scripted: scoring the set during training fails.
+    monkeypatch.setattr(recipe, "_evaluate", Script([0.9, 0.5, 0.3, 0.3], []))
+    config = RunConfig(
+        model=str(tiny_model_dir), strategy="decoder", seed=0,
+        data=DataConfig(train=str(tiny_data[0]), eval=str(tiny_data[1]),
+                        general=(GeneralSet(name="fruit", manifest=str(general)),)),
+        optim=OptimConfig(learning_rate=1e-4),
+        loop=LoopConfig(max_steps=2, batch_size=2, eval_every=1, eval_batch_size=4, max_new_tokens=4,
+                        warmup_ratio=0.0, forgetting_budget=float("inf")),
+    )
+    base = {"fruit": Transcripts(["u0", "u1"], [GENERAL_TEXT] * 2, [with_errors(1)] * 2, "en",
+                                 decoding_key(config))}
+    results = train(config, tmp_path / "run", progress=False, baseline_transcripts=base)
+
+    evals = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval_wer" in r]
+    assert len(evals) == 3 and not any("general_wer_rise" in r for r in evals)
+    assert results["best_step"] == 2
+    fruit = results["evaluation"]["sets"]["fruit"]
+    assert fruit["base"]["wer"] == pytest.approx(0.2) and "delta_wer" in fruit  # the final pass scored it

@@ -284,8 +284,11 @@ class Recipe:
         if not processes.is_main:  # the main process wrote the non-speech clips; the others only name them
             build(write_clips=False)
         limit = config.data.eval_limit
+        # During training the general sets serve the forgetting budget only: with none (inf) they are
+        # scored before and after, not at every evaluation.
+        budgeted = not math.isinf(config.loop.forgetting_budget)
         self.general_subsets = {name: s.dataset.sample(limit, config.seed) if limit else s.dataset
-                                for name, s in self.eval_sets.items() if s.role == GENERAL}
+                                for name, s in self.eval_sets.items() if s.role == GENERAL and budgeted}
         needed = self.final_evaluation or self.general_subsets
         self.base_runs = base_transcripts(config, self.eval_sets, self.run.base_transcripts,
                                           given=self.given_transcripts, device=self.accelerator.device,
