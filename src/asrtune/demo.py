@@ -35,7 +35,7 @@ from asrtune.errors import AsrtuneError
 from asrtune.report import print_table
 from asrtune.training.recipe import train
 
-__all__ = ["run_demo", "DemoSettings", "DEMO_SETTINGS", "DEMO_STRATEGY", "demo_splits", "split_voices",
+__all__ = ["run_demo", "DemoSettings", "DEMO_SETTINGS", "DEMO_STRATEGY", "demo_splits", "speak_demo_data", "split_voices",
            "real_english_subset", "verdicts", "TRAIN_VOICES", "TEST_VOICES", "GENERAL_VOICES",
            "LLM_DEMO_MODEL", "LLM_DEMO_SETTINGS", "MODEL_SETTINGS", "demo_settings"]
 
@@ -140,13 +140,14 @@ def real_english_subset(manifest: Path, out_dir: Path, n: int = REAL_EN_UTTERANC
     return path
 
 
-def _speak(output_dir: Path, seed: int, settings: DemoSettings) -> dict[str, Path]:
+def speak_demo_data(output_dir: Path, seed: int = 0, replay: int = 0, *, progress: bool = True) -> dict[str, Path]:
+    """The demo's splits spoken by their voices into ``output_dir/data/<split>/``; the manifests by split."""
     manifests = {}
     voices = split_voices()
-    for index, (name, lines) in enumerate(demo_splits(seed, settings.replay).items()):
+    for index, (name, lines) in enumerate(demo_splits(seed, replay).items()):
         synth = SynthSettings(voices=voices[name], seed=seed * 100 + index)
         manifests[name] = synthesise_lines(lines, output_dir / "data" / name, settings=synth, prefix=name,
-                                           language="en")
+                                           language="en", progress=progress)
     return manifests
 
 
@@ -177,7 +178,7 @@ def run_demo(output_dir: Path, *, steps: int | None = None, seed: int = 0, real_
           f"{settings.steps} steps{mixes}, forgetting budget {budget}, output {output_dir}")
     if budget_off:
         print(f"forgetting budget off for {settings.model}: {settings.budget_off_reason}")
-    manifests = _speak(output_dir, seed, settings)
+    manifests = speak_demo_data(output_dir, seed, settings.replay)
     real, real_note = _real_english(real_en, output_dir)
     print(f"real English general set: {real_note}")
     general = [GeneralSet(name="everyday_heldout_voice", manifest=str(manifests["general"]))]
