@@ -35,8 +35,8 @@ from asrtune.errors import AsrtuneError
 from asrtune.report import print_table
 from asrtune.training.recipe import train
 
-__all__ = ["run_demo", "DemoSettings", "DEMO_SETTINGS", "DEMO_STRATEGY", "demo_splits", "speak_demo_data", "split_voices",
-           "real_english_subset", "verdicts", "TRAIN_VOICES", "TEST_VOICES", "GENERAL_VOICES",
+__all__ = ["run_demo", "DemoSettings", "DEMO_SETTINGS", "DEMO_STRATEGY", "demo_splits", "speak_demo_data",
+           "split_voices", "real_english_subset", "verdicts", "TRAIN_VOICES", "TEST_VOICES", "GENERAL_VOICES",
            "LLM_DEMO_MODEL", "LLM_DEMO_SETTINGS", "MODEL_SETTINGS", "demo_settings"]
 
 DEMO_MODEL = "bundled:tiny.en"

@@ -116,8 +116,9 @@ def test_relative_rise_against_a_perfect_base_is_infinite_unless_nothing_rose():
         wer_rise(worse, base, "percent")
 
 
-def test_without_a_budget_general_sets_are_scored_before_and_after_only(tiny_model_dir, tiny_data, tmp_path,
-                                                                        monkeypatch):
+def test_without_a_budget_general_sets_are_scored_before_and_after_only(
+    tiny_model_dir, tiny_data, tmp_path, monkeypatch
+):
     general = write_tiny_manifest(tmp_path / "general", [GENERAL_TEXT, GENERAL_TEXT], "general.jsonl")
     # Eval WERs for steps 0..2 and the final pass; no general hypotheses scripted: scoring the set during training fails.
     monkeypatch.setattr(recipe, "_evaluate", Script([0.9, 0.5, 0.3, 0.3], []))
