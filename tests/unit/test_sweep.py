@@ -484,6 +484,13 @@ def test_shipped_transfer_grid_loads():
     assert kinds["af-via-nl"] == "transfer" and kinds["be-joint-ru"] == "joint"
 
 
+@pytest.mark.parametrize("name", ["everyday_nl", "everyday_ru", "everyday_hi", "everyday_da"])
+def test_related_language_corpora_are_packaged(name):
+    # the higher-resource side of the pairs: nl for af, ru for be, hi for mr and ne, da for is
+    sentences = corpus_sentences(name)
+    assert len(set(sentences)) == len(sentences) >= 120
+
+
 def test_a_tiny_sweep_chains_stages_and_mixes_languages(tiny_model_dir, tmp_path):
     source = write_tiny_manifest(tmp_path / "src", ["good morning", "blue sky today", "a red cup"], "train.jsonl",
                                  language="de")
