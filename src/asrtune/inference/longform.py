@@ -28,6 +28,7 @@ from tqdm import tqdm
 from asrtune.data.audio import SAMPLE_RATE, load_audio
 from asrtune.errors import AsrtuneError
 from asrtune.models.load import LoadedModel
+from asrtune.models.new_language import generate_language
 from asrtune.strategies.prompt import soft_prompt_length
 
 __all__ = ["FALLBACK_TEMPERATURES", "Segment", "TranscribeOptions", "TranscribeStats", "Transcript",
@@ -195,15 +196,6 @@ def _languages(loaded: LoadedModel, options: TranscribeOptions) -> str | None:
     return token
 
 
-def _generate_language(token: str) -> str:
-    """What ``generate`` takes for a language token: Whisper's code, or the token itself for one asrtune
-    added (``language: new:xx,init=yy``), which transformers' table of codes does not list."""
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES
-
-    code = token.strip("<|>")
-    return code if code in LANGUAGES else token
-
-
 @torch.no_grad()
 def _detect(loaded: LoadedModel, features: torch.Tensor) -> list[str]:
     """Language tokens (``<|xx|>``) detected on each file's first window."""
@@ -259,7 +251,8 @@ def _generate(model, features: torch.Tensor, attention_mask: torch.Tensor, optio
     elif soft_prompt_length(model):  # a soft prompt takes n of the 448 positions generate would fill
         kwargs["max_new_tokens"] = model.config.max_target_positions // 2 - 4 - soft_prompt_length(model)
     if languages is not None:
-        kwargs.update(language=[_generate_language(lang) for lang in languages], task=options.task)
+        kwargs.update(language=[generate_language(lang, model.generation_config) for lang in languages],
+                      task=options.task)
     if prompt is not None:
         # all-segments: the prompt stays ahead of the previous text in every window, not just the first.
         kwargs.update(prompt_ids=prompt.to(features.device), prompt_condition_type="all-segments")

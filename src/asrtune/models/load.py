@@ -85,15 +85,9 @@ class LoadedModel:
         """``generate`` keyword arguments: language and task for multilingual models, none for ``.en``."""
         if not self.multilingual:
             return {}
-        language = language or "en"
-        # A language token asrtune added (language: new:xx,init=yy) is not in transformers' table of
-        # Whisper's languages, which ``generate`` checks codes against; it accepts the token itself.
-        from transformers.models.whisper.tokenization_whisper import LANGUAGES
+        from asrtune.models.new_language import generate_language
 
-        token = f"<|{language}|>"
-        if language not in LANGUAGES and token in (getattr(self.generation_config, "lang_to_id", None) or {}):
-            language = token
-        return {"language": language, "task": task}
+        return {"language": generate_language(language or "en", self.generation_config), "task": task}
 
 
 def is_run_dir(path: Path) -> bool:

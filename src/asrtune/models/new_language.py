@@ -21,10 +21,25 @@ import torch
 from asrtune.errors import AsrtuneError
 from asrtune.languages import parse_new_language
 
-__all__ = ["parse_new_language", "language_token", "has_language", "add_language_token", "apply_config_language"]
+__all__ = ["parse_new_language", "language_token", "has_language", "add_language_token", "apply_config_language",
+           "generate_language"]
+
 
 def language_token(code: str) -> str:
     return f"<|{code}|>"
+
+
+def generate_language(language: str, generation_config) -> str:
+    """What Whisper's ``generate`` takes for ``language`` (a code or a ``<|xx|>`` token): the code, or,
+    for a token asrtune added (``language: new:xx,init=yy``), the token itself, since transformers' table
+    of Whisper's languages (which ``generate`` checks codes against) does not list it."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    code = language.strip("<|>")
+    token = language_token(code)
+    if code not in LANGUAGES and token in (getattr(generation_config, "lang_to_id", None) or {}):
+        return token
+    return code
 
 
 def _token_id(tokenizer, token: str) -> int | None:

@@ -169,7 +169,6 @@ class SweepConfig:
             if key in self.run:
                 raise AsrtuneError(f"sweep: run.{key} is set by the grid itself")
 
-
     def _check_composites(self) -> None:
         """Chained and joint datasets name plain datasets listed before them (stage 1 runs first)."""
         seen: dict[str, DatasetSpec] = {}
