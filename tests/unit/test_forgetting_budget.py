@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 from conftest import read_jsonl, write_tiny_manifest
@@ -43,6 +44,24 @@ class Script:
         return Evaluation(
             scores=scores, hypotheses=hyps, references=refs, ids=[u.id for u in dataset.utterances]
         )
+
+
+def fruit_config(model_dir, data, general: Path, *, learning_rate: float = 1e-4, **loop) -> RunConfig:
+    """A decoder run on the tiny model, evaluated every step, with one general set, ``fruit``."""
+    return RunConfig(
+        model=str(model_dir), strategy="decoder", seed=0,
+        data=DataConfig(train=str(data[0]), eval=str(data[1]),
+                        general=(GeneralSet(name="fruit", manifest=str(general)),)),
+        optim=OptimConfig(learning_rate=learning_rate),
+        loop=LoopConfig(batch_size=2, eval_every=1, eval_batch_size=4, max_new_tokens=4, warmup_ratio=0.0,
+                        **loop),
+    )
+
+
+def fruit_base(config: RunConfig) -> dict[str, Transcripts]:
+    """The base model's ``fruit`` transcripts: one wrong word in five (WER 0.2) on both utterances."""
+    return {"fruit": Transcripts(["u0", "u1"], [GENERAL_TEXT] * 2, [with_errors(1)] * 2, "en",
+                                 decoding_key(config))}
 
 
 @pytest.mark.parametrize(("budget", "measure", "best_step"),
@@ -122,16 +141,8 @@ def test_without_a_budget_general_sets_are_scored_before_and_after_only(
     general = write_tiny_manifest(tmp_path / "general", [GENERAL_TEXT, GENERAL_TEXT], "general.jsonl")
     # Eval WERs for steps 0..2 and the final pass; no general hypotheses scripted: scoring the set during training fails.
     monkeypatch.setattr(recipe, "_evaluate", Script([0.9, 0.5, 0.3, 0.3], []))
-    config = RunConfig(
-        model=str(tiny_model_dir), strategy="decoder", seed=0,
-        data=DataConfig(train=str(tiny_data[0]), eval=str(tiny_data[1]),
-                        general=(GeneralSet(name="fruit", manifest=str(general)),)),
-        optim=OptimConfig(learning_rate=1e-4),
-        loop=LoopConfig(max_steps=2, batch_size=2, eval_every=1, eval_batch_size=4, max_new_tokens=4,
-                        warmup_ratio=0.0, forgetting_budget=float("inf")),
-    )
-    base = {"fruit": Transcripts(["u0", "u1"], [GENERAL_TEXT] * 2, [with_errors(1)] * 2, "en",
-                                 decoding_key(config))}
+    config = fruit_config(tiny_model_dir, tiny_data, general, max_steps=2, forgetting_budget=float("inf"))
+    base = fruit_base(config)
     results = train(config, tmp_path / "run", progress=False, baseline_transcripts=base)
 
     evals = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval_wer" in r]

@@ -8,13 +8,11 @@ import pytest
 import torch
 from conftest import read_jsonl, write_tiny_manifest
 from safetensors.torch import load_file
-from test_forgetting_budget import GENERAL_TEXT, Script, with_errors
+from test_forgetting_budget import GENERAL_TEXT, Script, fruit_base, fruit_config
 
 import asrtune.training.recipe as recipe
-from asrtune.config import DataConfig, GeneralSet, LoopConfig, OptimConfig, RunConfig
+from asrtune.config import LoopConfig
 from asrtune.errors import AsrtuneError
-from asrtune.evaluation.forgetting import Transcripts
-from asrtune.evaluation.sets import decoding_key
 from asrtune.training.interpolation import load_start, mix_trainable
 from asrtune.training.recipe import train
 
@@ -49,15 +47,9 @@ def test_an_interpolated_model_is_kept_when_every_checkpoint_forgets(tiny_model_
     # Steps 0, 1, 2, then the mix 0.5: steps 1 and 2 beat step 0 on target WER but add 2 wrong general
     # words in 5; the mix keeps part of the gain (0.4) and forgets nothing.
     monkeypatch.setattr(recipe, "_evaluate", Script([0.9, 0.5, 0.3, 0.4, 0.4], [1, 3, 3, 1]))
-    config = RunConfig(
-        model=str(tiny_model_dir), strategy="decoder", seed=0,
-        data=DataConfig(train=str(tiny_data[0]), eval=str(tiny_data[1]),
-                        general=(GeneralSet(name="fruit", manifest=str(general)),)),
-        optim=OptimConfig(learning_rate=1e-3),
-        loop=LoopConfig(max_steps=2, batch_size=2, eval_every=1, eval_batch_size=4, max_new_tokens=4,
-                        warmup_ratio=0.0, forgetting_budget=0.1, interpolation=(0.5,)),
-    )
-    base = {"fruit": Transcripts(["u0", "u1"], [GENERAL_TEXT] * 2, [with_errors(1)] * 2, "en", decoding_key(config))}
+    config = fruit_config(tiny_model_dir, tiny_data, general, learning_rate=1e-3, max_steps=2, forgetting_budget=0.1,
+                          interpolation=(0.5,))
+    base = fruit_base(config)
     results = train(config, tmp_path / "run", progress=False, baseline_transcripts=base)
 
     checkpoints = tmp_path / "run" / "checkpoints"
