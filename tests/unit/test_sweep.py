@@ -513,10 +513,12 @@ def test_a_tiny_sweep_chains_stages_and_mixes_languages(tiny_model_dir, tmp_path
     outcome = runner.run_sweep(grid, out, progress=False)
     assert not outcome.failures, outcome.failures
     assert {r.dataset for r in outcome.records} == {"src", "tgt", "tgt-via-src", "tgt-joint-src"}
-    stage = out / "stages" / "src" / "decoder" / "seed-0"
-    assert (stage / "model.safetensors").is_file()
-    chained = yaml.safe_load((out / "runs" / "tgt-via-src" / "decoder" / "seed-0" / "config.yaml").read_text())
-    assert chained["model"] == str(stage.resolve()) and chained["data"]["train"] == str(target)
+    stage_1 = (out / "runs" / "src" / "decoder" / "seed-0").resolve()
+    stage_2 = out / "runs" / "tgt-via-src" / "decoder" / "seed-0"
+    chained = yaml.safe_load((stage_2 / "config.yaml").read_text())
+    assert chained["init_from"] == str(stage_1) and chained["model"] == str(tiny_model_dir)
+    assert chained["data"]["train"] == str(target)
+    assert not (out / "stages").exists()  # no exported copy of stage 1
     joint = yaml.safe_load((out / "runs" / "tgt-joint-src" / "decoder" / "seed-0" / "config.yaml").read_text())
     rows = read_jsonl(joint["data"]["train"])
     assert [r["language"] for r in rows] == ["en", "en", "de", "de", "de"]  # each row keeps its language
@@ -524,9 +526,22 @@ def test_a_tiny_sweep_chains_stages_and_mixes_languages(tiny_model_dir, tmp_path
     # the composites score on the target's sets, so they share its base transcripts
     assert not (out / "base" / "tgt-via-src").exists() and not (out / "base" / "tgt-joint-src").exists()
     assert outcome.bases["tgt-via-src"].wer == outcome.bases["tgt"].wer
-    # stage 2 starts from stage 1's weights: the export equals the stage-1 run's merged model
+    # stage 2 starts from stage 1's kept weights, and its "before" is stage 1's model on the target
+    from asrtune.config import config_from_dict
     from asrtune.models.load import load_model as load
+    from asrtune.training.init_from import load_start_model
 
-    first, exported = load(str(out / "runs" / "src" / "decoder" / "seed-0")), load(str(stage))
-    for (name, a), b in zip(first.model.named_parameters(), exported.model.parameters()):
+    first, start = load(str(stage_1)), load_start_model(config_from_dict(chained))
+    for (name, a), b in zip(first.model.named_parameters(), start.model.parameters()):
         assert torch.equal(a, b), name
+    results = json.loads((stage_2 / "results.json").read_text())
+    stage_1_results = json.loads((stage_1 / "results.json").read_text())
+    assert results["provenance"]["init_from"]["config_hash"] == stage_1_results["config_hash"]
+    before = json.loads((stage_2 / "base_transcripts.json").read_text())["sets"]["eval"]
+    assert json.loads(before["decoding"])["init_from"] == str(stage_1)  # decoded by stage 1, not the base
+    # a stage 2 that started from another stage 1 than the one on disk is stale
+    results["provenance"]["init_from"]["config_hash"] = "an-earlier-stage-1"
+    (stage_2 / "results.json").write_text(json.dumps(results))
+    refused = runner.run_sweep(grid, out, progress=False, stale="refuse")
+    assert len(refused.failures) == 1 and "tgt-via-src" in refused.failures[0], refused.failures
+    assert "started from a stage 1 of config hash an-earlier-stage-1" in refused.failures[0]

@@ -212,7 +212,8 @@ def load_transcripts(path: Path) -> dict[str, Transcripts]:
 def decoding_key(config: RunConfig) -> str:
     """Every setting that changes the base model's greedy transcripts, as a canonical JSON string.
 
-    The base model is decoded with the run's settings (the model, ``loop.max_new_tokens``, no prompt,
+    The base model is decoded with the run's settings (the model, or the run ``init_from`` names,
+    ``loop.max_new_tokens``, no prompt,
     ``language``, ``task``, greedy, fp32, the full 30 s input), exactly as :func:`decode_sets` decodes
     the tuned one; stored transcripts are reused only under the same key, so base and tuned are
     always decoded alike (a sweep's strategies may change ``loop.max_new_tokens``).
@@ -227,6 +228,7 @@ def decoding_key(config: RunConfig) -> str:
             "num_beams": 1,
             "dtype": "float32",
             "short_input": False,
+            **({"init_from": config.init_from} if config.init_from else {}),  # the keys of plain runs stay
         },
         sort_keys=True,
     )

@@ -73,7 +73,7 @@ class RunPlan:
     seed: int
     run_dir: Path
     config: RunConfig
-    stage_from: Path | None = None  # transfer: stage 1's run folder (its weights are exported to config.model)
+    stage_from: Path | None = None  # transfer: stage 1's run folder (the config's init_from)
 
 
 def run_config(
@@ -82,14 +82,14 @@ def run_config(
     strategy: StrategyEntry,
     seed: int,
     general: tuple[GeneralSet, ...],
-    model: str = "",
+    init_from: str = "",
 ) -> RunConfig:
     """The run config of one grid cell: the grid's ``run`` keys, the cell, then the strategy's overrides.
 
-    ``model`` replaces the grid's model (a transfer's stage 2 starts from stage 1's exported weights).
+    ``init_from`` is a transfer's stage 1 run folder: stage 2 starts from its kept weights.
     """
     values = json.loads(json.dumps(sweep.run))
-    values.update(model=model or sweep.model, strategy=strategy.spec, seed=seed, language=dataset.language)
+    values.update(model=sweep.model, init_from=init_from, strategy=strategy.spec, seed=seed, language=dataset.language)
     values["data"] = {
         **values.get("data", {}),
         "train": dataset.train,
@@ -106,43 +106,36 @@ def plan_runs(
 ) -> list[RunPlan]:
     """Every cell of the grid, datasets outermost (so a dataset's runs share its base transcripts).
 
-    A transfer cell (dataset with ``first``) starts from ``stages/<first>/<strategy>/seed-<k>/``: the
-    merged HF export of stage 1's run, written by :func:`export_stage` just before the cell trains.
+    A transfer cell (dataset with ``first``) is stage 2: its config's ``init_from`` names stage 1's
+    run, ``runs/<first>/<strategy>/seed-<k>/``, whose kept weights it starts from.
     """
     plans = []
     for d in datasets:
         for s in sweep.strategies:
             for seed in sweep.seeds:
                 cell = Path(s.slug) / f"seed-{seed}"
-                stage_from = output_dir / "runs" / d.first / cell if d.first else None
-                model = str((output_dir / "stages" / d.first / cell).resolve()) if d.first else ""
+                stage_from = (output_dir / "runs" / d.first / cell).resolve() if d.first else None
+                config = run_config(sweep, d, s, seed, general, str(stage_from or ""))
                 plans.append(RunPlan(dataset=d, strategy=s, seed=seed, run_dir=output_dir / "runs" / d.name / cell,
-                                     config=run_config(sweep, d, s, seed, general, model), stage_from=stage_from))
+                                     config=config, stage_from=stage_from))
     return plans
 
 
-def export_stage(plan: RunPlan) -> None:
-    """Stage 1's weights as the merged HF folder a transfer cell's config names as its model.
+def stage_hash(run_dir: Path) -> str | None:
+    """The config hash of a finished run (None: no results, or unreadable)."""
+    try:
+        return json.loads((run_dir / "results.json").read_text()).get("config_hash")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
 
-    asrtune's own minimal chaining (kept in ``asrtune.sweep``): a run config's model may be any HF
-    folder, so stage 2 is an ordinary run. Exported once; a stage-1 run that was re-run (another config
-    hash) is exported again.
 
-    Raises:
-        AsrtuneError: stage 1 has no results (it failed, or was left out).
-    """
-    from asrtune.export.merge import export_hf
-
-    results = plan.stage_from / "results.json"
-    if not results.is_file():
-        raise AsrtuneError(f"transfer stage 1 {plan.stage_from} has no results; stage 2 cannot start")
-    target = Path(plan.config.model)
-    source_hash = json.loads(results.read_text()).get("config_hash")
-    marker = target / "asrtune_stage.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("config_hash") == source_hash:
-        return
-    export_hf(str(plan.stage_from), target, overwrite=True)
-    marker.write_text(json.dumps({"run": str(plan.stage_from), "config_hash": source_hash}))
+def started_from_hash(run_dir: Path) -> str | None:
+    """The config hash of the run a finished transfer stage 2 started from (its ``provenance.init_from``)."""
+    try:
+        record = json.loads((run_dir / "results.json").read_text())["provenance"]["init_from"]
+        return record.get("config_hash")
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _base_record(name: str, report: dict) -> BaseRecord:
@@ -194,9 +187,14 @@ def stale_run(plan: RunPlan) -> str | None:
     if not _holds_run(plan.run_dir):
         return None
     recorded, wanted = recorded_hash(plan.run_dir), planned_hash(plan)
-    if recorded == wanted:
-        return None
-    return f"its run was made from config hash {recorded or 'unknown'}, the grid now gives {wanted}"
+    if recorded != wanted:
+        return f"its run was made from config hash {recorded or 'unknown'}, the grid now gives {wanted}"
+    if plan.stage_from is not None and (plan.run_dir / "results.json").is_file():
+        started, stage_1 = started_from_hash(plan.run_dir), stage_hash(plan.stage_from)
+        if started != stage_1:
+            return (f"it started from a stage 1 of config hash {started or 'unknown'}, and stage 1 "
+                    f"({plan.stage_from}) is now {stage_1 or 'unfinished'}")
+    return None
 
 
 def _set_aside(run_dir: Path) -> Path:
@@ -225,8 +223,8 @@ def _train_one(plan: RunPlan, baseline: dict, progress: bool, stale: str = "reru
         moved = _set_aside(plan.run_dir)
     elif (plan.run_dir / "results.json").is_file():
         return "skipped (has results)"
-    if plan.stage_from is not None:
-        export_stage(plan)
+    if plan.stage_from is not None and stage_hash(plan.stage_from) is None:
+        raise AsrtuneError(f"transfer stage 1 {plan.stage_from} has no results; stage 2 cannot start")
     resume = (plan.run_dir / "checkpoints" / LAST / "state.json").is_file()
     train(plan.config, plan.run_dir, resume=resume, progress=progress, baseline_transcripts=baseline)
     if moved:
@@ -321,10 +319,11 @@ def run_sweep(
             if not report_only:
                 try:
                     key = decoding_key(plan.config)
-                    if key not in baselines:  # a strategy's overrides changed how it decodes
+                    if key not in baselines:  # overrides changed how it decodes, or it starts from stage 1
                         name = f"base_transcripts-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
-                        baselines[key] = base_transcripts(
-                            plan.config, sets, folder / name, base=base, progress=progress
+                        baselines[key] = base_transcripts(  # init_from: "before" is stage 1's kept model
+                            plan.config, sets, folder / name, base=None if plan.config.init_from else base,
+                            progress=progress
                         )
                     outcome = _train_one(plan, baselines[key], progress, stale)
                     if outcome.startswith("re-ran"):
