@@ -190,10 +190,11 @@ def test_evaluate_cli_with_bias_and_terms(tiny_model_dir, tiny_data, capsys):
 
     code = main(["evaluate", str(tiny_model_dir), "--data", str(tiny_data[1]), "--json", "--batch-size", "2",
                  "--terms", "packaged:medical_terms_en", "--bias", "packaged:medical_terms_en",
-                 "--bias-weight", "3"])
+                 "--bias-weight", "3", "--num-beams", "2"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     result = json.loads(captured.out.strip().splitlines()[-1])
+    assert result["num_beams"] == 2
     assert result["bias"] == {"terms": "packaged:medical_terms_en", "weight": 3.0, "start_weight": 3.0}
     assert result["term_recall"] is None and isinstance(result["term_insertions"], int)  # no term in the refs
     assert "| biasing" in captured.err and "| term recall" in captured.err
@@ -201,6 +202,10 @@ def test_evaluate_cli_with_bias_and_terms(tiny_model_dir, tiny_data, capsys):
 
 def test_bias_weight_without_bias_is_an_error(tiny_model_dir, tiny_data, capsys):
     from asrtune.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(tiny_model_dir), "--data", str(tiny_data[1]), "--num-beams", "0"])
+    assert "must be at least 1" in capsys.readouterr().err
 
     assert main(["evaluate", str(tiny_model_dir), "--data", str(tiny_data[1]), "--bias-weight", "2"]) == 2
     assert "--bias-weight and --bias-start-weight need --bias" in capsys.readouterr().err
