@@ -19,9 +19,19 @@ hypothesis' last n tokens back to back (n <= 4): terms do not repeat themselves,
 and a bonus that helps a loop along costs far more words than the term gains (measured: README). Only the generated part of a row is
 matched: tokens before the begin index that Whisper's ``generate`` sets (``set_begin_index``: the
 forced ids and any ``<|startofprev|>`` prompt) and anything before the last special token (timestamps,
-``<|startoftranscript|>`` ...) never count. Greedy scores are logits and beam scores log-probabilities;
-either way the bonus is ``weight`` nats before normalisation (shallow fusion with a term "language
-model" that only knows the list). ``weight`` 0 leaves the scores unchanged.
+``<|startoftranscript|>`` ...) never count.
+
+A hypothesis keeps the bonus of whole terms only ("failure arcs": Zhao et al., 2019, *Shallow-Fusion
+End-to-End Contextual Biasing*; k2's ContextGraph): while its end is an unfinished match (a trie path
+that is not itself a whole term), every token that does not go on with that match gets the bonus the
+match has earned so far taken back (a term inside a longer one, `` atrial`` of `` atrial
+fibrillation``, keeps its own). Under beam search the beam score carries the bonus, so a beam that
+started a term and left it falls back behind those that never started it; greedy decoding cannot
+revise its past, so there the take-back only widens the margin for going on. (Where two terms
+overlap, a match left for a shorter one that starts inside it, the shorter one's tokens may be taken
+back twice.) Greedy scores are logits and beam scores log-probabilities; either way the bonus is
+``weight`` nats before normalisation (shallow fusion with a term "language model" that only knows
+the list). ``weight`` 0 leaves the scores unchanged.
 """
 
 from __future__ import annotations
