@@ -308,3 +308,28 @@ def test_a_one_letter_first_token_gets_no_start_bonus_but_the_term_continues(tok
     scores = torch.zeros(1, VOCAB)
     changed = _changed(scores, processor(torch.tensor([_ids(tokenizer, " fast") + tachy[:1]]), scores.clone()))
     assert tachy[1] in changed[0]
+
+
+def test_transcribe_cli_decodes_with_beams(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from conftest import write_tone
+    from transformers import WhisperForConditionalGeneration
+
+    from asrtune.cli import main
+
+    seen = []
+    generate = WhisperForConditionalGeneration.generate
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("num_beams", 1))
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(WhisperForConditionalGeneration, "generate", spy)
+    write_tone(tmp_path / "tone.wav", seconds=0.8)
+    code = main(["transcribe", str(tiny_model_dir), str(tmp_path / "tone.wav"), "--no-fallback",
+                 "--max-new-tokens", "4", "--bias", "packaged:medical_terms_en", "--num-beams", "2"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert seen == [2] and "2 beams" in captured.err
+    with pytest.raises(SystemExit):
+        main(["transcribe", str(tiny_model_dir), str(tmp_path / "tone.wav"), "--num-beams", "0"])
+    assert "must be at least 1, not 0" in capsys.readouterr().err

@@ -20,9 +20,6 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--language", default=None, help="language for rows without one")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=128, help="longest hypothesis, in tokens")
-    parser.add_argument("--num-beams", type=_positive_int, default=1,
-                        help="beams per utterance (1: greedy); with --bias, beams that start a term and then "
-                             "leave it fall back instead of being forced through it")
     parser.add_argument("--short-input", action="store_true",
                         help="feed the encoder each batch's longest utterance instead of 30 s (faster; "
                              "costs accuracy on models trained on 30 s windows: see README)")
@@ -31,6 +28,7 @@ def add(subparsers: argparse._SubParsersAction) -> None:
                         help="term list (one term or phrase a line; packaged:medical_terms_en): also score "
                              "term recall and term insertions")
     add_bias_arguments(parser)
+    add_beams_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.set_defaults(func=run)
 
@@ -46,6 +44,13 @@ def add_bias_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bias-start-weight", type=float, default=None,
                         help="the bonus for a token that starts a term (default: --bias-weight); starting a term "
                              "needs the audio's support, continuing one is what the list knows")
+
+
+def add_beams_argument(parser: argparse.ArgumentParser) -> None:
+    """``--num-beams N`` (evaluate and transcribe)."""
+    parser.add_argument("--num-beams", type=_positive_int, default=1,
+                        help="beams per utterance (1: greedy); with --bias, beams that start a term and then "
+                             "leave it fall back instead of being forced through it")
 
 
 def _positive_int(text: str) -> int:
