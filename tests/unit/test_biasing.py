@@ -35,6 +35,11 @@ def _changed(before: torch.Tensor, after: torch.Tensor) -> dict[int, set[int]]:
     return out
 
 
+def _boosted(delta: torch.Tensor) -> set[int]:
+    """The tokens of a one-row change (1, V) above the row's least change (what every other token gets)."""
+    return set(torch.nonzero(delta[0] > delta[0].min()).flatten().tolist())
+
+
 def test_trie_continuations_of_partial_matches():
     trie = TermTrie([[1, 2, 3], [1, 4], [5, 2, 6]])
     assert trie.depth == 3 and sorted(trie.root) == [1, 5]
@@ -43,6 +48,16 @@ def test_trie_continuations_of_partial_matches():
     assert trie.continuations([5, 2]) == {6}
     assert trie.continuations([7, 2]) == set()  # 2 alone starts nothing
     assert trie.continuations([1, 2, 3]) == set()  # a finished term continues nowhere
+
+
+def test_trie_pending_is_the_longest_unfinished_match():
+    trie = TermTrie([[1, 2, 3], [2, 3, 4], [5], [5, 6, 7]])
+    assert trie.ends == {(1, 2, 3), (2, 3, 4), (5,), (5, 6, 7)}
+    assert trie.pending([9, 1, 2]) == 1
+    assert trie.pending([1, 2, 3]) == 1  # " 2 3" goes on to 4 (" 1 2 3" itself is finished)
+    assert trie.pending([9, 5]) is None  # a whole term, even one that prefixes a longer one
+    assert trie.pending([5, 6]) == 0
+    assert trie.pending([9, 8]) is None
 
 
 def test_terms_are_tokenised_mid_sentence_with_capitalised_variants(tokenizer):
@@ -62,23 +77,23 @@ def test_processor_changes_exactly_the_intended_logits(tokenizer):
     sot, eot = tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|endoftext|>"])
     plain = _ids(tokenizer, " the patient")
     rows = torch.tensor([
-        [sot, sot] + plain + amox[:1],  # mid-way into amoxicillin
-        [sot] + plain + atrial[:2],  # " atrial" done, " fibrillation" next
+        [sot, sot] + plain + amox[:1],  # mid-way into amoxicillin: its start bonus is held
+        [sot] + plain + atrial[:2],  # two tokens into atrial fibrillation: start + continuation held
         [sot] + [eot] * (len(plain) + 2),  # nothing generated yet: a sentence starts
     ])
     scores = torch.randn(3, VOCAB, generator=torch.Generator().manual_seed(0)).round()  # exact sums
-    biased = processor(rows, scores.clone())
+    delta = processor(rows, scores.clone()) - scores
     mid = {amox[0], atrial[0]}  # lower-case first tokens; " Am", " At" start sentences only
     capitalised = {_ids(tokenizer, " Amoxicillin")[0], _ids(tokenizer, " Atrial fibrillation")[0]}
     assert set(processor.mid_starts) == mid and set(processor.starts) == mid | capitalised
-    changed = _changed(scores, biased)
-    assert changed[0] == {atrial[0], amox[1]}  # " am" again would repeat the last token: no bonus
-    assert changed[1] == mid | {atrial[2]}
-    assert changed[2] == mid | capitalised
-    delta = biased - scores
-    assert delta[0, amox[1]] == 1.5 and delta[1, atrial[2]] == 1.5  # continuing: weight
-    assert delta[0, atrial[0]] == 0.5 and delta[2, _ids(tokenizer, " Amoxicillin")[0]] == 0.5  # starting
-    assert set(delta[delta != 0].tolist()) == {0.5, 1.5}  # one bonus per token, never stacked
+    # row 0: going on earns the weight; anything else gives back the held 0.5, a new start earns its own
+    assert delta[0, amox[1]] == 1.5 and delta[0, atrial[0]] == 0.5 - 0.5
+    assert delta[0, amox[0]] == -0.5  # " am" again would repeat the last token: no start bonus
+    assert set(delta[0].tolist()) == {1.5, 0.0, -0.5}
+    assert delta[1, atrial[2]] == 1.5 and delta[1, atrial[0]] == 0.5 - 2.0 and delta[1, eot] == -2.0
+    assert set(delta[1].tolist()) == {1.5, -1.5, -2.0}
+    assert _changed(scores, scores + delta[2])[0] == mid | capitalised  # nothing held: starts only
+    assert set(delta[2][delta[2] != 0].tolist()) == {0.5}
 
 
 def test_after_a_full_stop_capitalised_terms_may_start(tokenizer):
@@ -102,12 +117,40 @@ def test_the_bonus_never_helps_a_loop_along(tokenizer):
         [12, 13, 6, 12, 13, 6],  # 12 would make "13 6 12" twice in a row: blocked
     ])
     changed = _changed(scores, processor(rows, scores.clone()))
-    assert changed[0] == {11, 12, 13}
+    assert _boosted(processor(rows[:1], scores[:1].clone()) - scores[:1]) == {11, 12, 13}
     assert changed[1] == {10, 13}
     assert changed[2] == {10, 13}
     assert changed[3] == {10, 13}
     blocked = processor(torch.tensor([[12, 13, 12]]), torch.zeros(1, 100))
     assert blocked[0, 13] == 0 and blocked[0, 10] == 1.0  # "12 13 12" + 13 repeats the bigram
+
+
+def _earned(processor: TermBiasProcessor, tokens: list[int], vocab: int = 100) -> float:
+    """The bonus a hypothesis collects token by token: the sum of each step's change to its next token."""
+    total = 0.0
+    for step in range(len(tokens)):
+        delta = processor(torch.tensor([tokens[:step] or [0]]), torch.zeros(1, vocab))
+        total += float(delta[0, tokens[step]])
+    return total
+
+
+def test_a_hypothesis_keeps_the_bonus_of_finished_terms_only():
+    """Failure arcs: leaving an unfinished term takes back what it earned, so beams that started a term and
+    left it are not ahead of beams that never started it."""
+    processor = TermBiasProcessor(TermTrie([[10, 11, 12]]), 2.0, start_weight=1.0, special_ids=[0])
+    assert _earned(processor, [5, 10, 11, 12, 6]) == 1.0 + 2.0 + 2.0  # a whole term keeps start + continuations
+    assert _earned(processor, [5, 10, 11, 6, 7]) == 0.0  # left after two tokens: all given back
+    assert _earned(processor, [5, 10, 11, 6, 10, 11, 12, 8]) == 5.0  # a failed start, then a whole term
+    assert _earned(processor, [5, 10, 11]) == 3.0  # still unfinished at the end: held, not yet given back
+    delta = processor(torch.tensor([[5, 10, 11]]), torch.zeros(1, 100))[0]
+    assert delta[12] == 2.0 and delta[6] == -3.0 and delta[10] == 1.0 - 3.0  # leaving costs what is held
+
+
+def test_a_term_inside_a_longer_one_keeps_its_own_bonus():
+    processor = TermBiasProcessor(TermTrie([[10], [10, 11, 12]]), 2.0, start_weight=1.0, special_ids=[0])
+    assert _earned(processor, [5, 10, 6]) == 1.0  # " 10" is a term by itself
+    assert _earned(processor, [5, 10, 11, 6]) == 1.0  # the longer term's continuation is given back, not its start
+    assert _earned(processor, [5, 10, 11, 12]) == 5.0
 
 
 def test_only_generated_tokens_are_matched(tokenizer):
@@ -190,10 +233,11 @@ def test_evaluate_cli_with_bias_and_terms(tiny_model_dir, tiny_data, capsys):
 
     code = main(["evaluate", str(tiny_model_dir), "--data", str(tiny_data[1]), "--json", "--batch-size", "2",
                  "--terms", "packaged:medical_terms_en", "--bias", "packaged:medical_terms_en",
-                 "--bias-weight", "3"])
+                 "--bias-weight", "3", "--num-beams", "2"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     result = json.loads(captured.out.strip().splitlines()[-1])
+    assert result["num_beams"] == 2
     assert result["bias"] == {"terms": "packaged:medical_terms_en", "weight": 3.0, "start_weight": 3.0}
     assert result["term_recall"] is None and isinstance(result["term_insertions"], int)  # no term in the refs
     assert "| biasing" in captured.err and "| term recall" in captured.err
@@ -201,6 +245,10 @@ def test_evaluate_cli_with_bias_and_terms(tiny_model_dir, tiny_data, capsys):
 
 def test_bias_weight_without_bias_is_an_error(tiny_model_dir, tiny_data, capsys):
     from asrtune.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(tiny_model_dir), "--data", str(tiny_data[1]), "--num-beams", "0"])
+    assert "must be at least 1" in capsys.readouterr().err
 
     assert main(["evaluate", str(tiny_model_dir), "--data", str(tiny_data[1]), "--bias-weight", "2"]) == 2
     assert "--bias-weight and --bias-start-weight need --bias" in capsys.readouterr().err
@@ -260,3 +308,28 @@ def test_a_one_letter_first_token_gets_no_start_bonus_but_the_term_continues(tok
     scores = torch.zeros(1, VOCAB)
     changed = _changed(scores, processor(torch.tensor([_ids(tokenizer, " fast") + tachy[:1]]), scores.clone()))
     assert tachy[1] in changed[0]
+
+
+def test_transcribe_cli_decodes_with_beams(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from conftest import write_tone
+    from transformers import WhisperForConditionalGeneration
+
+    from asrtune.cli import main
+
+    seen = []
+    generate = WhisperForConditionalGeneration.generate
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("num_beams", 1))
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(WhisperForConditionalGeneration, "generate", spy)
+    write_tone(tmp_path / "tone.wav", seconds=0.8)
+    code = main(["transcribe", str(tiny_model_dir), str(tmp_path / "tone.wav"), "--no-fallback",
+                 "--max-new-tokens", "4", "--bias", "packaged:medical_terms_en", "--num-beams", "2"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert seen == [2] and "2 beams" in captured.err
+    with pytest.raises(SystemExit):
+        main(["transcribe", str(tiny_model_dir), str(tmp_path / "tone.wav"), "--num-beams", "0"])
+    assert "must be at least 1, not 0" in capsys.readouterr().err

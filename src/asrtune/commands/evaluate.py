@@ -1,4 +1,4 @@
-"""``asrtune evaluate MODEL --data MANIFEST [--terms FILE] [--bias FILE [--bias-weight W]] [--json]``."""
+"""``asrtune evaluate MODEL --data MANIFEST [--terms FILE] [--bias FILE [--bias-weight W]] [--num-beams N] [--json]``."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ def add(subparsers: argparse._SubParsersAction) -> None:
                         help="term list (one term or phrase a line; packaged:medical_terms_en): also score "
                              "term recall and term insertions")
     add_bias_arguments(parser)
+    add_beams_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.set_defaults(func=run)
 
@@ -43,6 +44,20 @@ def add_bias_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bias-start-weight", type=float, default=None,
                         help="the bonus for a token that starts a term (default: --bias-weight); starting a term "
                              "needs the audio's support, continuing one is what the list knows")
+
+
+def add_beams_argument(parser: argparse.ArgumentParser) -> None:
+    """``--num-beams N`` (evaluate and transcribe)."""
+    parser.add_argument("--num-beams", type=_positive_int, default=1,
+                        help="beams per utterance (1: greedy); with --bias, beams that start a term and then "
+                             "leave it fall back instead of being forced through it")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def bias_terms_from_args(args: argparse.Namespace):
@@ -88,16 +103,16 @@ def run(args: argparse.Namespace) -> int:
     scoring_language = _scoring_language(dataset, args.language)
     evaluation = evaluate_dataset(loaded, dataset, language=args.language, batch_size=args.batch_size,
                                   max_new_tokens=args.max_new_tokens, short_input=args.short_input,
-                                  logits_processor=bias)
+                                  logits_processor=bias, num_beams=args.num_beams)
     if args.predictions:
         write_predictions(evaluation, args.predictions)
     s = evaluation.scores
     rows = [
         ["WER (normalised)", f"{s.wer:.4f}"], ["CER (normalised)", f"{s.cer:.4f}"],
         ["WER (raw)", f"{s.raw_wer:.4f}"], ["subs / dels / ins", f"{s.substitutions} / {s.deletions} / {s.insertions}"],
-        ["utterances", str(s.n)],
+        ["utterances", str(s.n)], ["beams", str(args.num_beams)],
     ]
-    record = {"model": args.model, "data": str(args.data), **s.as_dict()}
+    record = {"model": args.model, "data": str(args.data), "num_beams": args.num_beams, **s.as_dict()}
     if bias is not None:
         processor = bias[0]
         rows.append(["biasing", f"{args.bias}, weight {processor.weight:g} (start {processor.start_weight:g}), "

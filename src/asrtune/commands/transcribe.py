@@ -1,4 +1,4 @@
-"""``asrtune transcribe MODEL AUDIO... [--format txt|json|srt|vtt] [--prompt TERMS] [--bias FILE [--bias-weight W]]
+"""``asrtune transcribe MODEL AUDIO... [--format txt|json|srt|vtt] [--prompt TERMS] [--bias FILE [--bias-weight W]] [--num-beams N]
 [--output-dir DIR]``."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from asrtune.commands import COMMANDS
-from asrtune.commands.evaluate import add_bias_arguments, bias_from_args, bias_terms_from_args
+from asrtune.commands.evaluate import add_beams_argument, add_bias_arguments, bias_from_args, bias_terms_from_args
 
 
 @COMMANDS.register("transcribe")
@@ -30,6 +30,7 @@ def add(subparsers: argparse._SubParsersAction) -> None:
                         help="domain vocabulary or preceding text, fed through Whisper's prompt for every "
                              "window")
     add_bias_arguments(parser)
+    add_beams_argument(parser)
     parser.add_argument("--no-condition-on-previous-text", action="store_true",
                         help="decode each window without the previous window's text")
     parser.add_argument("--no-fallback", action="store_true",
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
                                 prompt=args.prompt,
                                 condition_on_previous_text=not args.no_condition_on_previous_text,
                                 temperatures=(0.0,) if args.no_fallback else FALLBACK_TEMPERATURES,
-                                max_new_tokens=args.max_new_tokens)
+                                max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     bias_terms = bias_terms_from_args(args)  # a bad list fails before the model loads
     loaded = load_model(args.model)
@@ -113,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
         ["audio", f"{stats.audio_seconds:.1f} s"],
         ["decoding", (f"sequential {window} s windows, previous text "
                       f"{'off' if args.no_condition_on_previous_text else 'on'}, "
-                      f"{'greedy' if args.no_fallback else 'temperature fallback'}, "
+                      f"{'greedy' if args.num_beams == 1 else f'{args.num_beams} beams'}"
+                      f"{'' if args.no_fallback else ', temperature fallback'}, "
                       f"{args.batch_size} file(s) per batch, {device.type}")],
         ["prompt", f"{len(args.prompt.split())} words" if args.prompt else "none"],
         ["biasing", f"{args.bias}, weight {bias[0].weight:g} (start {bias[0].start_weight:g})"

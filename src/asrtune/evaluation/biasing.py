@@ -19,9 +19,19 @@ hypothesis' last n tokens back to back (n <= 4): terms do not repeat themselves,
 and a bonus that helps a loop along costs far more words than the term gains (measured: README). Only the generated part of a row is
 matched: tokens before the begin index that Whisper's ``generate`` sets (``set_begin_index``: the
 forced ids and any ``<|startofprev|>`` prompt) and anything before the last special token (timestamps,
-``<|startoftranscript|>`` ...) never count. Greedy scores are logits and beam scores log-probabilities;
-either way the bonus is ``weight`` nats before normalisation (shallow fusion with a term "language
-model" that only knows the list). ``weight`` 0 leaves the scores unchanged.
+``<|startoftranscript|>`` ...) never count.
+
+A hypothesis keeps the bonus of whole terms only ("failure arcs": Zhao et al., 2019, *Shallow-Fusion
+End-to-End Contextual Biasing*; k2's ContextGraph): while its end is an unfinished match (a trie path
+that is not itself a whole term), every token that does not go on with that match gets the bonus the
+match has earned so far taken back (a term inside a longer one, `` atrial`` of `` atrial
+fibrillation``, keeps its own). Under beam search the beam score carries the bonus, so a beam that
+started a term and left it falls back behind those that never started it; greedy decoding cannot
+revise its past, so there the take-back only widens the margin for going on. (Where two terms
+overlap, a match left for a shorter one that starts inside it, the shorter one's tokens may be taken
+back twice.) Greedy scores are logits and beam scores log-probabilities; either way the bonus is
+``weight`` nats before normalisation (shallow fusion with a term "language model" that only knows
+the list). ``weight`` 0 leaves the scores unchanged.
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ class TermTrie:
 
     def __init__(self, sequences: Iterable[Sequence[int]] = ()) -> None:
         self.root: dict[int, dict] = {}
+        self.ends: set[tuple[int, ...]] = set()  # the sequences themselves (a term may prefix a longer one)
         self.mid_starts: set[int] | None = None  # first tokens that may start mid-sentence (None: all)
         self.weak_starts: set[int] = set()  # first tokens that never get the start bonus
         self.sequences = 0
@@ -60,6 +71,7 @@ class TermTrie:
         node = self.root
         for token in sequence:
             node = node.setdefault(int(token), {})
+        self.ends.add(tuple(int(token) for token in sequence))
         self.sequences += 1
         self.depth = max(self.depth, len(sequence))
 
@@ -83,6 +95,18 @@ class TermTrie:
             if node:
                 found.update(node)
         return found
+
+    def pending(self, tokens: Sequence[int]) -> int | None:
+        """Where the longest unfinished match at the end of ``tokens`` starts (None: none).
+
+        An unfinished match is a suffix that is a path in the trie with children (it could go on) and
+        is not itself a whole sequence.
+        """
+        for start in range(max(0, len(tokens) - self.depth + 1), len(tokens)):
+            suffix = tuple(tokens[start:])
+            if self.node(suffix) and suffix not in self.ends:
+                return start
+        return None
 
 
 def term_variants(term: str) -> list[str]:
@@ -181,10 +205,13 @@ class TermBiasProcessor(LogitsProcessor):
                 return row[index + 1:]
         return row
 
+    def _starts_at(self, prefix: Sequence[int]) -> list[int]:
+        """The start tokens eligible after ``prefix`` (all at a sentence start, else the mid-sentence ones)."""
+        return self.starts if not prefix or prefix[-1] in self.sentence_ends else self.mid_starts
+
     def _row_bonus(self, tail: list[int]) -> tuple[list[int], list[int]]:
         """(start tokens, continuation tokens) to boost after a row's generated text tokens ``tail``."""
-        sentence_start = not tail or tail[-1] in self.sentence_ends
-        starts = self.starts if sentence_start else self.mid_starts
+        starts = self._starts_at(tail)
         continuations = self.trie.continuations(tail)
         blocked = _repeating(tail)
         if blocked:
@@ -192,17 +219,55 @@ class TermBiasProcessor(LogitsProcessor):
             continuations -= blocked
         return starts, sorted(continuations)
 
+    def _given(self, tail: list[int], index: int, first: bool) -> float:
+        """The bonus ``tail[index]`` earned as the first (``first``) or a later token of a match."""
+        prefix, token = tail[:index], tail[index]
+        if token in _repeating(prefix):
+            return 0.0
+        if not first:
+            return self.weight
+        return self.start_weight if token in self._starts_at(prefix) else 0.0
+
+    def pending_bonus(self, tail: list[int]) -> tuple[float, set[int]]:
+        """(the bonus held by the unfinished match at the end of ``tail``, the tokens that continue it).
+
+        The bonus counts from the match's first token, or from just after the longest whole term it
+        begins with (a finished term keeps its bonus). No unfinished match: ``(0.0, set())``.
+        """
+        start = self.trie.pending(tail)
+        if start is None:
+            return 0.0, set()
+        path = tail[start:]
+        finished = max((n for n in range(1, len(path)) if tuple(path[:n]) in self.trie.ends), default=0)
+        held = sum(self._given(tail, start + i, first=i == 0) for i in range(finished, len(path)))
+        return held, set(self.trie.node(path))
+
+    def row_scores(self, tail: list[int], bonus: torch.Tensor) -> None:
+        """Write one row's bonus (V,) after its generated text tokens ``tail``.
+
+        Starting a term earns ``start_weight``, continuing one ``weight``; every token that leaves the
+        unfinished match at the end of ``tail`` takes back the bonus that match has earned so far, so a
+        hypothesis keeps the bonus of whole terms only (what earns it is a finished term).
+        """
+        held, extending = self.pending_bonus(tail)
+        starts, continuations = self._row_bonus(tail)
+        bonus.fill_(-held)
+        bonus[starts] = self.start_weight - held
+        # assigned after the starts, not added: a token gets one bonus, the continuation's
+        bonus[continuations] = self.weight - held
+        extending = sorted(extending)
+        bonus[extending] = 0.0  # a token that goes on with the match keeps what it holds
+        bonus[sorted(set(extending) & set(continuations))] = self.weight
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """Args: input_ids (R, L) every row's tokens so far; scores (R, V). Returns the biased (R, V)."""
-        window = max(self.trie.depth - 1, 2 * REPEAT_GUARD - 1)
+        # enough tokens for the longest match, the repeat guard before its first token and a sentence end
+        window = self.trie.depth + 2 * REPEAT_GUARD
         generated = input_ids[:, self.begin_index:]
         tails = generated[:, generated.shape[1] - min(window, generated.shape[1]):].tolist()
         bonus = torch.zeros_like(scores)
         for row, tail in enumerate(tails):
-            starts, continuations = self._row_bonus(self._text_tail(tail))
-            bonus[row, starts] = self.start_weight
-            # assigned after the starts, not added: a token gets one bonus, the continuation's
-            bonus[row, continuations] = self.weight
+            self.row_scores(self._text_tail(tail), bonus[row])
         return scores + bonus
 
 

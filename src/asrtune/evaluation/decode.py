@@ -1,4 +1,4 @@
-"""Batched greedy decoding through ``generate`` and scoring against a manifest.
+"""Batched greedy (or beam-search) decoding through ``generate`` and scoring against a manifest.
 
 A hypothesis that reaches ``max_new_tokens`` without an end-of-text token was cut off: its missing
 words count as deletions. Such hypotheses are counted (and their ids kept) in the evaluation
@@ -64,7 +64,7 @@ class Evaluation:
 
 @dataclass(frozen=True, kw_only=True)
 class Decoded:
-    """Greedy transcripts in dataset order, and which of them hit the ``max_new_tokens`` cap."""
+    """Transcripts in dataset order, and which of them hit the ``max_new_tokens`` cap."""
 
     hypotheses: list[str]
     capped: list[bool]
@@ -96,7 +96,7 @@ def _warn_capped(desc: str, capped: int, total: int, max_new_tokens: int) -> Non
 
 
 def whisper_decode_batch(loaded: LoadedModel, features: torch.Tensor, frames: list[int], *, language: str | None,
-                         task: str, max_new_tokens: int, short_input: bool = False,
+                         task: str, max_new_tokens: int, short_input: bool = False, num_beams: int = 1,
                          **generate_options) -> tuple[list[str], list[bool]]:
     """The ``whisper`` family's batch decode: ``generate`` from log-mels (or the encoder on the batch's cut
     window); transcripts and which of them stopped at ``max_new_tokens`` without end-of-text."""
@@ -106,7 +106,7 @@ def whisper_decode_batch(loaded: LoadedModel, features: torch.Tensor, frames: li
         inputs = {"encoder_outputs": BaseModelOutput(last_hidden_state=encode_short(model, features, cut))}
     else:
         inputs = {"input_features": features}
-    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams,
                             **loaded.language_kwargs(language, task), **generate_options)
     sequences = output.sequences if hasattr(output, "sequences") else output
     texts = loaded.processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)
@@ -118,29 +118,35 @@ def whisper_decode_batch(loaded: LoadedModel, features: torch.Tensor, frames: li
 def transcribe_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: str | None = None,
                        task: str = "transcribe", batch_size: int = 16, max_new_tokens: int = 128,
                        progress: bool = True, device: torch.device | None = None,
-                       desc: str = "decode", short_input: bool = False, logits_processor=None) -> list[str]:
-    """Greedy transcripts of every utterance, in order (see :func:`decode_dataset`)."""
+                       desc: str = "decode", short_input: bool = False, logits_processor=None,
+                       num_beams: int = 1) -> list[str]:
+    """Transcripts of every utterance, in order (see :func:`decode_dataset`)."""
     return decode_dataset(loaded, dataset, language=language, task=task, batch_size=batch_size,
                           max_new_tokens=max_new_tokens, progress=progress, device=device, desc=desc,
-                          short_input=short_input, logits_processor=logits_processor).hypotheses
+                          short_input=short_input, logits_processor=logits_processor,
+                          num_beams=num_beams).hypotheses
 
 
 @torch.no_grad()
 def decode_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: str | None = None,
                    task: str = "transcribe", batch_size: int = 16, max_new_tokens: int = 128,
                    progress: bool = True, device: torch.device | None = None,
-                   desc: str = "decode", short_input: bool = False, logits_processor=None) -> Decoded:
-    """Greedy transcripts of every utterance, in order, and which of them hit ``max_new_tokens``.
+                   desc: str = "decode", short_input: bool = False, logits_processor=None,
+                   num_beams: int = 1) -> Decoded:
+    """Transcripts of every utterance, in order, and which of them hit ``max_new_tokens``.
 
     Batches group utterances of one language, since ``generate`` takes one language per call.
     ``short_input``: the encoder sees each batch's longest utterance instead of 30 s (see
     :mod:`asrtune.models.short_input`; faster, not what Whisper was trained on). A hypothesis with
     no end-of-text token stopped at the cap; a :class:`TruncationWarning` counts them.
     ``logits_processor``: a transformers ``LogitsProcessorList`` passed to ``generate`` (e.g. term
-    biasing, :func:`asrtune.evaluation.biasing.bias_processor`).
+    biasing, :func:`asrtune.evaluation.biasing.bias_processor`). ``num_beams``: 1 decodes greedily,
+    more runs ``generate``'s beam search with that many beams per utterance.
     """
     model = loaded.model
     extra = {} if logits_processor is None else {"logits_processor": logits_processor}
+    if num_beams != 1:
+        extra["num_beams"] = num_beams
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
@@ -195,14 +201,14 @@ def transcribe_sharded(loaded: LoadedModel, dataset: FeatureDataset, processes=N
 def evaluate_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: str | None = None,
                      task: str = "transcribe", batch_size: int = 16, max_new_tokens: int = 128,
                      progress: bool = True, desc: str = "decode", short_input: bool = False,
-                     logits_processor=None) -> Evaluation:
+                     logits_processor=None, num_beams: int = 1) -> Evaluation:
     """Decode and score; the normaliser follows the utterances' language (English when unset).
 
     The record counts the hypotheses that hit ``max_new_tokens`` (``summary()["hit_max_new_tokens"]``).
     """
     decoded = decode_dataset(loaded, dataset, language=language, task=task, batch_size=batch_size,
                              max_new_tokens=max_new_tokens, progress=progress, desc=desc,
-                             short_input=short_input, logits_processor=logits_processor)
+                             short_input=short_input, logits_processor=logits_processor, num_beams=num_beams)
     hypotheses = decoded.hypotheses
     references = [u.text for u in dataset.utterances]
     ids = [u.id for u in dataset.utterances]

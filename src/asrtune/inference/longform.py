@@ -55,6 +55,8 @@ class TranscribeOptions:
         no_speech_threshold: ``<|nospeech|>`` probability above which a low-confidence window is skipped.
         seed: seed for the sampling fallbacks, so a run is repeatable.
         max_new_tokens: longest text per window (None: what the decoder's 448 positions leave).
+        num_beams: beams per window at temperature 0 (1: greedy); with term biasing, a beam that starts
+            a term and leaves it falls back.
     """
 
     language: str | None = None
@@ -68,12 +70,15 @@ class TranscribeOptions:
     no_speech_threshold: float | None = 0.6
     seed: int = 0
     max_new_tokens: int | None = None
+    num_beams: int = 1
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise AsrtuneError(f"batch size must be at least 1, not {self.batch_size}")
         if self.task not in ("transcribe", "translate"):
             raise AsrtuneError(f"task must be transcribe or translate, not {self.task!r}")
+        if self.num_beams < 1:
+            raise AsrtuneError(f"num beams must be at least 1, not {self.num_beams}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise AsrtuneError(f"max new tokens must be at least 1, not {self.max_new_tokens}")
         if not self.temperatures or any(t < 0 for t in self.temperatures):
@@ -258,6 +263,8 @@ def _generate(model, features: torch.Tensor, attention_mask: torch.Tensor, optio
         kwargs.update(prompt_ids=prompt.to(features.device), prompt_condition_type="all-segments")
     if logits_processor is not None:
         kwargs["logits_processor"] = logits_processor
+    if options.num_beams != 1:  # beam search at temperature 0; the fallbacks sample
+        kwargs["num_beams"] = options.num_beams
     with torch.random.fork_rng(devices=[]):  # seeded fallbacks, without touching the caller's RNG
         torch.manual_seed(options.seed)
         return model.generate(

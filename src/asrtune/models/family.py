@@ -96,7 +96,8 @@ class ModelFamily:
 
     def decode(self, loaded, features: torch.Tensor, frames: Sequence[int], *, language: str | None, task: str,
                max_new_tokens: int, **generate_options) -> tuple[list[str], list[bool]]:
-        """Greedy transcripts of one batch (prompt stripped) and which stopped at ``max_new_tokens``."""
+        """Transcripts of one batch (greedy, or ``num_beams`` beams; prompt stripped) and which stopped at
+        ``max_new_tokens``."""
         raise NotImplementedError
 
     def end_token_ids(self, processor) -> list[int]:

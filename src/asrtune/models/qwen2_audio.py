@@ -196,8 +196,11 @@ class Qwen2AudioFamily(ModelFamily):
     # --- decoding ---------------------------------------------------------------------------------------
 
     def decode(self, loaded, features: torch.Tensor, frames: Sequence[int], *, language: str | None, task: str,
-               max_new_tokens: int, short_input: bool = False, **generate_options) -> tuple[list[str], list[bool]]:
+               max_new_tokens: int, short_input: bool = False, num_beams: int = 1,
+               **generate_options) -> tuple[list[str], list[bool]]:
         del task, short_input  # one task; the audio tower takes its full window only
+        if num_beams != 1:  # the repetition guard stops rows by index, which beams reorder
+            raise AsrtuneError(f"{self.name} decodes greedily only (num_beams 1, not {num_beams})")
         processor, model = loaded.processor, loaded.model
         prompts = [self.prompt_ids(processor, int(f), language) for f in frames]
         width = max(map(len, prompts))
