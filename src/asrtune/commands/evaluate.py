@@ -1,4 +1,5 @@
-"""``asrtune evaluate MODEL --data MANIFEST [--terms FILE] [--bias FILE [--bias-weight W]] [--num-beams N] [--json]``."""
+"""``asrtune evaluate MODEL --data MANIFEST [--terms FILE] [--bias FILE [--bias-weight W]] [--num-beams N]
+[--json]``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""``asrtune transcribe MODEL AUDIO... [--format txt|json|srt|vtt] [--prompt TERMS] [--bias FILE [--bias-weight W]] [--num-beams N]
-[--output-dir DIR]``."""
+"""``asrtune transcribe MODEL AUDIO... [--format txt|json|srt|vtt] [--prompt TERMS] [--bias FILE [--bias-weight W]]
+[--num-beams N] [--output-dir DIR]``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from asrtune.commands import COMMANDS
-from asrtune.commands.evaluate import add_beams_argument, add_bias_arguments, bias_from_args, bias_terms_from_args
+from asrtune.commands.evaluate import (add_beams_argument, add_bias_arguments, bias_from_args,
+                                       bias_terms_from_args)
 
 
 @COMMANDS.register("transcribe")

@@ -89,7 +89,8 @@ def run_config(
     ``init_from`` is a transfer's stage 1 run folder: stage 2 starts from its kept weights.
     """
     values = json.loads(json.dumps(sweep.run))
-    values.update(model=sweep.model, init_from=init_from, strategy=strategy.spec, seed=seed, language=dataset.language)
+    values.update(model=sweep.model, init_from=init_from, strategy=strategy.spec, seed=seed,
+                  language=dataset.language)
     values["data"] = {
         **values.get("data", {}),
         "train": dataset.train,
