@@ -539,6 +539,9 @@ def test_a_tiny_sweep_chains_stages_and_mixes_languages(tiny_model_dir, tmp_path
     assert results["provenance"]["init_from"]["config_hash"] == stage_1_results["config_hash"]
     before = json.loads((stage_2 / "base_transcripts.json").read_text())["sets"]["eval"]
     assert json.loads(before["decoding"])["init_from"] == str(stage_1)  # decoded by stage 1, not the base
+    shared = json.loads((out / "base" / "tgt" / "base_transcripts.json").read_text())["sets"]["eval"]
+    assert "init_from" not in json.loads(shared["decoding"])  # the target's base row is the base model's
+    assert list((out / "base" / "tgt").glob("base_transcripts-*.json"))  # stage 1 decoded apart from it
     # a stage 2 that started from another stage 1 than the one on disk is stale
     results["provenance"]["init_from"]["config_hash"] = "an-earlier-stage-1"
     (stage_2 / "results.json").write_text(json.dumps(results))

@@ -301,7 +301,7 @@ def run_sweep(
     bar = tqdm(total=len(plans), desc="sweep", unit="run", disable=not progress)
     for dataset in datasets:
         mine = [p for p in plans if p.dataset.name == dataset.name]
-        config = mine[0].config
+        config = dataclasses.replace(mine[0].config, init_from="")  # the base model's row: no stage 1
         folder = output_dir / "base" / (dataset.base_of or dataset.name)  # same sets, same base transcripts
         folder.mkdir(parents=True, exist_ok=True)
         if report_only and (folder / "evidence.json").is_file():  # decode nothing: the base the runs saw
