@@ -9,8 +9,10 @@
 3. Fine-tune with :data:`DEMO_SETTINGS`; the recipe scores the general sets at every evaluation and on
    weight interpolations of the base and the trained model (``loop.interpolation``, WiSE-FT), and keeps
    the lowest-validation-WER one whose general WER stays within ``loop.forgetting_budget``.
-4. Print each set before / after with bootstrap intervals, whether the domain WER was at least
-   halved and whether each general set stayed within +10%, and write ``results.json``.
+4. Print each set before / after with bootstrap intervals, the medical test set's term recall
+   before / after (the built-in :data:`~asrtune.evaluation.terms.MEDICAL_TERMS`: are the drug names
+   right?), whether the domain WER was at least halved and whether each general set stayed within
+   +10%, and write ``results.json``.
 
 Why held-out voices: a general set read by a training voice improves as the model adapts to that
 voice, so it cannot show forgetting. Measured (issue 18): the former single-voice demo scored
@@ -32,6 +34,7 @@ from asrtune.config import DataConfig, GeneralSet, LoopConfig, OptimConfig, RunC
 from asrtune.data.manifest import read_manifest, write_manifest
 from asrtune.data.synth import SynthSettings, synthesise_lines
 from asrtune.errors import AsrtuneError
+from asrtune.evaluation.terms import MEDICAL_TERMS
 from asrtune.report import print_table
 from asrtune.training.recipe import train
 
@@ -193,7 +196,8 @@ def run_demo(output_dir: Path, *, steps: int | None = None, seed: int = 0, real_
         strategy=settings.strategy,
         seed=seed,
         data=DataConfig(train=str(manifests["train"]), eval=str(manifests["validation"]),
-                        test=str(manifests["test"]), general=tuple(general), eval_limit=settings.eval_limit),
+                        test=str(manifests["test"]), general=tuple(general), eval_limit=settings.eval_limit,
+                        terms=MEDICAL_TERMS),
         optim=OptimConfig(learning_rate=settings.learning_rate,
                           projector_learning_rate=settings.projector_learning_rate),
         loop=LoopConfig(max_steps=settings.steps, batch_size=8, eval_every=settings.eval_every,
@@ -241,6 +245,7 @@ def _results(trained: dict, settings: DemoSettings, real_note: str, started: flo
                         "base_wer": r["base"]["wer"], "base_wer_ci95": r["base"]["wer_ci95"],
                         "relative_change": r.get("relative_wer_change"), "delta_wer_ci95": r.get("delta_wer_ci95")}
                  for name, r in sets.items()},
+        "terms": _term_summary(test),
         "voices": {k: list(v) for k, v in split_voices().items()},
         "real_english": real_note,
         "verdicts": verdicts(sets),
@@ -262,6 +267,19 @@ def _results(trained: dict, settings: DemoSettings, real_note: str, started: flo
     }
 
 
+def _term_summary(test: dict) -> dict | None:
+    """The medical test set's term recall and insertions, before and after (None: scored without terms)."""
+    found = test.get("terms")
+    if not found or found.get("term_recall") is None:
+        return None
+    base = found.get("base", {})
+    keep = ("term_recall", "term_recall_ci95", "term_insertions", "term_hits", "term_occurrences")
+    return {"list": found["source"], **{k: found[k] for k in keep},
+            "base": {k: base[k] for k in keep if k in base} or None,
+            "delta_term_recall": found.get("delta_term_recall"),
+            "delta_term_recall_ci95": found.get("delta_term_recall_ci95"), "top_missed": found["top_missed"]}
+
+
 def _interval(low_high: list[float] | None) -> str:
     return f"[{low_high[0]:.3f}, {low_high[1]:.3f}]" if low_high else ""
 
@@ -280,9 +298,29 @@ def _print_summary(results: dict, run_dir: Path) -> None:
     print(f"trainable parameters: {results['trainable_params']:,} of {results['total_params']:,} "
           f"({100 * results['trainable_params'] / results['total_params']:.2f}%); "
           f"training {results['train_seconds']:.0f} s; demo {results['demo_seconds']:.0f} s")
+    _print_terms(results["terms"])
     _print_verdicts(results)
     _print_examples(run_dir)
     print(f"model: {results['model']}  (asrtune evaluate {results['model']} --data MANIFEST)")
+
+
+def _print_terms(terms: dict | None) -> None:
+    """Term recall on the medical test set: are the drug names, conditions and procedures right?"""
+    if terms is None:
+        return
+    rows = [["after", _recall_cell(terms), str(terms["term_insertions"])]]
+    if terms["base"]:
+        rows.insert(0, ["before", _recall_cell(terms["base"]), str(terms["base"]["term_insertions"])])
+    print(f"\nmedical terms ({terms['list']}) on the medical held-out-voice test set:")
+    print_table(["model", "term recall (hits/occurrences) [95% CI]", "term insertions"], rows)
+    if terms["top_missed"]:
+        print("most missed after training: "
+              + ", ".join(f"{m['term']} ({m['missed']}/{m['occurrences']})" for m in terms["top_missed"][:5]))
+
+
+def _recall_cell(r: dict) -> str:
+    hits = f"({r['term_hits']}/{r['term_occurrences']})"
+    return f"{r['term_recall']:.3f} {hits} {_interval(r['term_recall_ci95'])}"
 
 
 def _print_verdicts(results: dict) -> None:

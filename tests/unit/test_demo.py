@@ -104,6 +104,41 @@ def test_the_demo_names_an_interpolated_model_as_such(tmp_path, monkeypatch, cap
     assert "kept model: the base model + 0.5 x (step 30 - base): a weight interpolation" in out
 
 
+def test_the_demo_scores_its_medical_terms_before_and_after(tmp_path, monkeypatch, capsys):
+    """The run config names the built-in term list; results.json and the printed table carry its recall."""
+    import json
+
+    from conftest import espeak_or_skip
+
+    from asrtune.evaluation.terms import MEDICAL_TERMS, term_report
+
+    espeak_or_skip()
+    references = ["the patient takes amoxicillin for otitis media", "start metformin today", "no terms here"]
+    base = ["the patient takes them a facility for a Q-tatitis media", "start met for men today", "no terms here"]
+    tuned = ["the patient takes amoxicillin for otitis media", "start met for men today", "no terms here"]
+    seen = {}
+
+    def fake_train(config, run_dir):
+        seen["terms"] = config.data.terms
+        test = {**_set("test", 3, 0.2, 0.8), "terms": term_report(references, tuned, config.data.terms, "en",
+                                                                   base_hypotheses=base, resamples=50)}
+        sets = {"test": test, "everyday_heldout_voice": _set("general", 40, 0.06, 0.23)}
+        return {"evaluation": {"sets": sets}, "best_within_budget": True, "best_general_wer_rise": 0.0,
+                "trainable_params": 10, "total_params": 100, "train_seconds": 1.0, "steps": 2, "best_step": 2}
+
+    monkeypatch.setattr(demo, "train", fake_train)
+    demo.run_demo(tmp_path / "demo", real_en=None, settings=demo.DemoSettings(steps=2))
+    assert seen["terms"] == MEDICAL_TERMS
+    terms = json.loads((tmp_path / "demo" / "results.json").read_text())["terms"]
+    assert (terms["term_hits"], terms["term_occurrences"]) == (2, 3)  # amoxicillin, otitis media; not metformin
+    assert (terms["base"]["term_hits"], terms["base"]["term_recall"]) == (0, 0.0)
+    assert abs(terms["delta_term_recall"] - 2 / 3) < 1e-9
+    assert terms["top_missed"][0]["term"] == "metformin"
+    out = capsys.readouterr().out
+    assert "before | 0.000 (0/3)" in out and "after  | 0.667 (2/3)" in out
+    assert "most missed after training: metformin (1/1)" in out
+
+
 def test_the_llm_demo_trains_its_own_settings_with_the_budget_off_and_says_so(tmp_path, monkeypatch, capsys):
     """run_demo for bundled:llm-asr-tiny with the training replaced: model, strategy, no budget, honest output."""
     import math
