@@ -526,6 +526,13 @@ def test_a_tiny_sweep_chains_stages_and_mixes_languages(tiny_model_dir, tmp_path
     # the composites score on the target's sets, so they share its base transcripts
     assert not (out / "base" / "tgt-via-src").exists() and not (out / "base" / "tgt-joint-src").exists()
     assert outcome.bases["tgt-via-src"].wer == outcome.bases["tgt"].wer
+    # each composite run is paired with the direct run on the target's test utterances, in the report too
+    direct = next(r for r in outcome.records if r.dataset == "tgt")
+    assert [(c.dataset, c.how, c.n) for c in outcome.comparisons] == [("tgt-via-src", "via src", 2),
+                                                                      ("tgt-joint-src", "joint with src", 2)]
+    assert all(c.direct_wer == pytest.approx(direct.wer) for c in outcome.comparisons)
+    report = (out / "report.md").read_text()
+    assert "## Transfer and joint against direct fine-tuning" in report and "| joint with src |" in report
     # stage 2 starts from stage 1's kept weights, and its "before" is stage 1's model on the target
     from asrtune.config import config_from_dict
     from asrtune.models.load import load_model as load

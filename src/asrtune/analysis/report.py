@@ -5,12 +5,13 @@ the tables of :mod:`asrtune.analysis.tables` and the PNG figures of :mod:`asrtun
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import markdown
 
 from asrtune.analysis import plots
+from asrtune.analysis.paired import PairedComparison, comparison_table
 from asrtune.analysis.tables import (
     BaseRecord,
     Row,
@@ -38,6 +39,7 @@ class ReportInputs:
     seeds: list[int]
     notes: list[str]
     failures: list[str]
+    comparisons: list[PairedComparison] = field(default_factory=list)  # transfer / joint against direct
 
 
 def make_plots(inputs: ReportInputs, folder: Path) -> dict[str, Path]:
@@ -116,6 +118,19 @@ def _markdown(inputs: ReportInputs, figures: dict[str, Path], folder: Path) -> s
                 "",
                 *([verdict, ""] if verdict else []),
             ]
+    if inputs.comparisons:
+        lines += [
+            "## Transfer and joint against direct fine-tuning",
+            "",
+            "Each run of a transfer or joint dataset beside the direct run of the same strategy and seed, on "
+            "the target's test utterances. Δ is its WER minus the direct run's, with a paired-bootstrap 95% "
+            "interval (the same utterances resampled for both runs): an interval that excludes 0 is a "
+            "difference this test set shows. A run via a related language also trained stage 1's steps; a "
+            "joint run spent the same steps on the target's and the related languages' sentences.",
+            "",
+            format_table(*comparison_table(inputs.comparisons)),
+            "",
+        ]
     lines += [
         "## Seed 002's orderings",
         "",

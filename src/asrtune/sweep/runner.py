@@ -30,6 +30,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from asrtune.analysis.cka import layer_cka
+from asrtune.analysis.paired import PairedComparison, compare_runs
 from asrtune.analysis.report import ReportInputs, write_report
 from asrtune.analysis.tables import BaseRecord, Row, RunRecord, aggregate, read_run
 from asrtune.config import (GeneralSet, RunConfig, absolute_model, apply_overrides, config_from_dict, config_hash,
@@ -64,6 +65,7 @@ class SweepOutcome:
     failures: list[str]
     report_md: Path
     report_html: Path
+    comparisons: list[PairedComparison] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -262,6 +264,29 @@ def _cka(plan: RunPlan, sweep: SweepConfig, base: LoadedModel, sets: dict, progr
     )
 
 
+def _against_direct(sweep: SweepConfig, plans: list[RunPlan], scored: set[Path],
+                    failures: list[str]) -> list[PairedComparison]:
+    """Each scored transfer or joint run paired with the direct run of the same strategy and seed on its
+    target (both scored on the target's test utterances); a pair that cannot be made is a failure."""
+    cells = {(p.dataset.name, p.strategy.label, p.seed): p for p in plans}
+    entries = {d.name: d for d in sweep.datasets}
+    found = []
+    for plan in plans:
+        entry = entries[plan.dataset.name]
+        direct = cells.get((entry.target, plan.strategy.label, plan.seed)) if entry.composite else None
+        if direct is None or plan.run_dir not in scored or direct.run_dir not in scored:
+            continue
+        how = f"via {entry.first}" if entry.first else f"joint with {', '.join(entry.joint)}"
+        try:
+            found.append(compare_runs(direct.run_dir, plan.run_dir, target=entry.target, dataset=entry.name,
+                                      how=how, label=plan.strategy.label, seed=plan.seed,
+                                      language=plan.dataset.language))
+        except (AsrtuneError, OSError, ValueError) as error:
+            failures.append(f"{entry.name} / {plan.strategy.label} / seed {plan.seed} against {entry.target}: "
+                            f"not paired: {error}")
+    return found
+
+
 def run_sweep(
     sweep: SweepConfig,
     output_dir: str | Path,
@@ -298,6 +323,7 @@ def run_sweep(
     reran: list[str] = []
     left_out: list[str] = []
     records: list[RunRecord] = []
+    scored: set[Path] = set()  # run folders whose records are this grid's
     bar = tqdm(total=len(plans), desc="sweep", unit="run", disable=not progress)
     for dataset in datasets:
         mine = [p for p in plans if p.dataset.name == dataset.name]
@@ -348,8 +374,10 @@ def run_sweep(
             )
             if record:
                 records.append(record)
+                scored.add(plan.run_dir)
             bar.update(1)
     bar.close()
+    comparisons = _against_direct(sweep, plans, scored, failures)
     rows = aggregate(records)
     notes = [SYNTHETIC_NOTE] if any(d.corpus for d in sweep.datasets + sweep.general) else []
     if reran:
@@ -368,6 +396,7 @@ def run_sweep(
         seeds=list(sweep.seeds),
         failures=failures,
         notes=notes,
+        comparisons=comparisons,
     )
     report_md, report_html = write_report(inputs, output_dir)
     summary = {
@@ -377,6 +406,7 @@ def run_sweep(
         "failures": failures,
         "reran": reran,
         "left_out": left_out,
+        "against_direct": [dataclasses.asdict(c) for c in comparisons],
         "report": str(report_md),
         "report_html": str(report_html),
     }
@@ -388,4 +418,5 @@ def run_sweep(
         failures=failures,
         report_md=report_md,
         report_html=report_html,
+        comparisons=comparisons,
     )
