@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import soundfile as sf
 
@@ -36,7 +38,8 @@ def test_existing_audio_is_not_synthesised_again(tmp_path):
     espeak_or_skip()
     manifest = synthesise_lines(["one two three"], tmp_path, progress=False)
     audio = read_manifest(manifest)[0].audio
-    stamp = (tmp_path / "audio" / "utt-00000-en-us.wav").stat().st_mtime_ns
+    assert Path(audio).name.startswith("utt-00000-en-us-")
+    stamp = Path(audio).stat().st_mtime_ns
 
     def fail(*args, **kwargs):
         raise AssertionError("espeak-ng should not run again")
@@ -48,7 +51,17 @@ def test_existing_audio_is_not_synthesised_again(tmp_path):
     finally:
         synth.synthesise = original
     assert again[0].audio == audio
-    assert (tmp_path / "audio" / "utt-00000-en-us.wav").stat().st_mtime_ns == stamp
+    assert Path(audio).stat().st_mtime_ns == stamp
+
+
+def test_audio_is_never_reused_for_another_line(tmp_path):
+    """An edited text file (or a re-cut split) puts another line under the same id: it is spoken anew."""
+    espeak_or_skip()
+    first = read_manifest(synthesise_lines(["one two three"], tmp_path, progress=False))[0]
+    second = read_manifest(synthesise_lines(["four five six seven eight nine ten"], tmp_path, progress=False))[0]
+    assert first.id == second.id and first.audio != second.audio
+    assert second.duration > first.duration  # the new line's own audio, not the first line's
+    assert Path(first.audio).is_file()  # the earlier audio is left where it was
 
 
 def test_speaking_rate_changes_duration(tmp_path):

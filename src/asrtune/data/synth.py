@@ -9,6 +9,7 @@ that voice reads, which is not the same as recognising speech.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import shutil
@@ -92,6 +93,10 @@ def _slug(voice: str) -> str:
     return re.sub(r"[^A-Za-z0-9-]+", "_", voice)
 
 
+def _spoken_digest(text: str, rate: int, pitch: int) -> str:
+    return hashlib.sha256(f"{text}\0{rate}\0{pitch}".encode()).hexdigest()[:10]
+
+
 def read_text_lines(path: str | Path) -> list[str]:
     """Non-empty stripped lines of a UTF-8 text file."""
     path = Path(path)
@@ -125,8 +130,9 @@ def synthesise_lines(lines: list[str], out_dir: str | Path, *, settings: SynthSe
 
     def run(job: tuple[str, str, str, int, int]) -> Utterance:
         utt_id, text, voice, rate, pitch = job
-        # the voice is in the file name: audio from an earlier run with other voices is never reused
-        path = out_dir / "audio" / f"{utt_id}-{_slug(voice)}.wav"
+        # what is spoken is in the file name: audio is reused only for the same line, voice, rate and pitch
+        # (an edited text file or a re-cut split puts other lines under the same ids)
+        path = out_dir / "audio" / f"{utt_id}-{_slug(voice)}-{_spoken_digest(text, rate, pitch)}.wav"
         if path.is_file():
             duration = sf.info(str(path)).duration
         else:
