@@ -99,6 +99,12 @@ class DataConfig:
 
             read_terms(self.terms)  # a missing or empty list is an error now, not after training
 
+    def manifests(self) -> dict[str, str]:
+        """Every manifest the run reads, by role: train, eval, test and each general set's name."""
+        named = {"train": self.train, "eval": self.eval, "test": self.test}
+        named.update({f"general:{g.name}": g.manifest for g in self.general})
+        return {role: path for role, path in named.items() if path}
+
 
 @dataclass(frozen=True, kw_only=True)
 class OptimConfig:

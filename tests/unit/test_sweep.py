@@ -352,6 +352,49 @@ def test_a_run_of_an_edited_grid_cell_is_rerun_not_skipped(tmp_path, monkeypatch
     assert runner._train_one(plan, {}, False) == "skipped (has results)"
 
 
+def test_a_run_whose_data_changed_is_rerun_not_skipped(tmp_path, monkeypatch):
+    """Same grid, same manifest paths, other rows (a re-cut split, an edited corpus): the run is stale."""
+    from asrtune.config import config_hash
+    from asrtune.data.manifest import manifests_digest
+
+    train = write_tiny_manifest(tmp_path / "data", ["one", "two"], "train.jsonl")
+    test = write_tiny_manifest(tmp_path / "data", ["three"], "test.jsonl")
+    files = DatasetFiles(name="d", language=None, train=str(train), eval=str(test), test=str(test))
+    grid = sweep_from_dict({"strategies": ["full"], "datasets": [{"name": "d", "train": "a", "eval": "b"}]})
+    plan = runner.plan_runs(grid, [files], (), tmp_path / "sweep")[0]
+    calls = []
+
+    def train_recording_its_data(config, run_dir, resume, **kwargs):
+        calls.append(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "results.json").write_text(json.dumps(
+            {"config_hash": config_hash(config), "data_digest": manifests_digest(config.data.manifests())}))
+
+    monkeypatch.setattr(runner, "train", train_recording_its_data)
+    assert runner._train_one(plan, {}, False) == "trained"
+    assert runner._train_one(plan, {}, False) == "skipped (has results)"
+    write_tiny_manifest(tmp_path / "data", ["three", "four"], "test.jsonl")  # the test split grew
+    assert "its data changed since it ran" in runner.stale_run(plan)
+    assert runner._train_one(plan, {}, False).startswith("re-ran: its data changed")
+    assert len(calls) == 2 and runner.stale_run(plan) is None
+
+
+def test_a_run_records_the_digest_of_every_manifest_it_reads(tmp_path):
+    from asrtune.config import DataConfig, GeneralSet
+    from asrtune.data.manifest import manifests_digest
+
+    train = write_tiny_manifest(tmp_path / "a", ["one", "two"], "train.jsonl")
+    general = write_tiny_manifest(tmp_path / "a", ["five"], "general.jsonl")
+    data = DataConfig(train=str(train), eval=str(train), general=(GeneralSet(name="g", manifest=str(general)),))
+    assert data.manifests() == {"train": str(train), "eval": str(train), "general:g": str(general)}
+    digest = manifests_digest(data.manifests())
+    (tmp_path / "a").rename(tmp_path / "b")  # audio paths are relative to the manifest: the same data
+    moved = {role: path.replace(str(tmp_path / "a"), str(tmp_path / "b")) for role, path in data.manifests().items()}
+    assert manifests_digest(moved) == digest
+    write_tiny_manifest(tmp_path / "b", ["six"], "general.jsonl")
+    assert manifests_digest(moved) != digest
+
+
 def test_a_partial_run_of_an_edited_cell_is_not_resumed(tmp_path, monkeypatch):
     from asrtune.config import save_config
 

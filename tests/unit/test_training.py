@@ -17,6 +17,7 @@ from conftest import read_jsonl
 import asrtune.training.recipe as recipe
 from asrtune.config import DataConfig, LoopConfig, OptimConfig, RunConfig, config_from_dict, config_hash
 from asrtune.errors import AsrtuneError
+from asrtune.data.manifest import manifests_digest
 from asrtune.evaluation.decode import Evaluation
 from asrtune.evaluation.metrics import Scores, score
 from asrtune.models.load import load_model
@@ -44,6 +45,7 @@ RESULT_KEYS = {
     "train_seconds",
     "git_sha",
     "config_hash",
+    "data_digest",
     "config",
 }
 
@@ -147,6 +149,7 @@ def test_run_folder_layout_and_results(lora_run, tiny_model_dir):
     )
     assert results["train_seconds"] > 0
     assert results["config_hash"] == config_hash(config)
+    assert results["data_digest"] == manifests_digest(config.data.manifests())  # what a sweep checks for staleness
     provenance = results["provenance"]  # where the numbers came from (asrtune.provenance)
     assert provenance["libraries"]["torch"] == torch.__version__ and provenance["model"]["kind"] == "folder"
     assert results["git_sha"] == provenance["asrtune"]["git_sha"]

@@ -6,6 +6,7 @@ manifest and writing it elsewhere keeps every row pointing at the same files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from asrtune.errors import AsrtuneError
 
-__all__ = ["Utterance", "read_manifest", "write_manifest"]
+__all__ = ["Utterance", "read_manifest", "write_manifest", "manifests_digest"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,3 +102,18 @@ def write_manifest(utterances: list[Utterance], path: str | Path) -> None:
         for utterance in utterances:
             handle.write(json.dumps(utterance.to_row(folder), ensure_ascii=False) + "\n")
     os.replace(staging, path)
+
+
+def manifests_digest(manifests: dict[str, str]) -> str:
+    """A short sha256 of manifests' bytes, by role (a missing file counts as missing).
+
+    Manifests keep audio paths relative to their folder, so a moved folder keeps its digest; an edited
+    row, text or audio name changes it (synthesised audio is named by what it says).
+    """
+    digest = hashlib.sha256()
+    for role, path in sorted(manifests.items()):
+        file = Path(path)
+        digest.update(f"{role}\0".encode())
+        digest.update(file.read_bytes() if file.is_file() else b"\0missing")
+        digest.update(b"\0")
+    return digest.hexdigest()[:12]

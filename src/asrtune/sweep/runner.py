@@ -12,7 +12,8 @@ Layout of the output folder::
 
 A run with ``results.json`` is skipped and one with a last checkpoint is resumed, so an interrupted
 sweep picks up where it stopped, but only when the folder's run was made from the cell's current
-config (same ``config_hash``): after a grid edit a stale run is moved aside (``seed-<k>.stale-<hash>``)
+config (same ``config_hash``) and data (same ``data_digest`` of its manifests, when it recorded one):
+after a grid edit, or a re-cut split, a stale run is moved aside (``seed-<k>.stale-<hash>``)
 and trained again (``stale="rerun"``, the default), or refused and left out of the report
 (``stale="refuse"``); the report says which runs were re-run or refused. A failed run is reported
 and the sweep goes on.
@@ -36,6 +37,7 @@ from asrtune.analysis.tables import BaseRecord, Row, RunRecord, aggregate, read_
 from asrtune.config import (GeneralSet, RunConfig, absolute_model, apply_overrides, config_from_dict, config_hash,
                             parse_yaml)
 from asrtune.errors import AsrtuneError
+from asrtune.data.manifest import manifests_digest
 from asrtune.evaluation.sets import BASE_TRANSCRIPTS, base_transcripts, build_eval_sets, decoding_key, evidence
 from asrtune.models.load import LoadedModel, load_model
 from asrtune.sweep.config import StrategyEntry, SweepConfig
@@ -181,6 +183,15 @@ def recorded_hash(run_dir: Path) -> str | None:
     return None
 
 
+def recorded_data_digest(run_dir: Path) -> str | None:
+    """The digest of the manifests a finished run read (None: unfinished, or a run from before digests)."""
+    results = run_dir / "results.json"
+    try:
+        return json.loads(results.read_text()).get("data_digest") if results.is_file() else None
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
 def _holds_run(run_dir: Path) -> bool:
     return (run_dir / "results.json").is_file() or (run_dir / "checkpoints").exists()
 
@@ -192,6 +203,9 @@ def stale_run(plan: RunPlan) -> str | None:
     recorded, wanted = recorded_hash(plan.run_dir), planned_hash(plan)
     if recorded != wanted:
         return f"its run was made from config hash {recorded or 'unknown'}, the grid now gives {wanted}"
+    data = recorded_data_digest(plan.run_dir)
+    if data is not None and data != manifests_digest(plan.config.data.manifests()):
+        return f"its data changed since it ran: the manifests it read (digest {data}) differ now"
     if plan.stage_from is not None and (plan.run_dir / "results.json").is_file():
         started, stage_1 = started_from_hash(plan.run_dir), stage_hash(plan.stage_from)
         if started != stage_1:

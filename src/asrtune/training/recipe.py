@@ -37,7 +37,7 @@ from asrtune.config import RunConfig, absolute_model, config_from_dict, config_h
 from asrtune.data.augment import Augmenter, augmented_item
 from asrtune.data.feature_cache import FeatureCache
 from asrtune.data.features import FeatureDataset, collate
-from asrtune.data.manifest import read_manifest
+from asrtune.data.manifest import manifests_digest, read_manifest
 from asrtune.data.sampler import GlobalBatches, RankBatchSampler
 from asrtune.errors import AsrtuneError
 from asrtune.evaluation.decode import Evaluation, evaluate_dataset, write_predictions
@@ -713,6 +713,7 @@ class Recipe:
             "git_sha": provenance["asrtune"]["git_sha"],
             "provenance": provenance,
             "config_hash": config_hash(config),
+            "data_digest": manifests_digest(config.data.manifests()),  # a sweep re-runs a cell whose data changed
             "config": config_to_dict(config),
         }
         if processes.is_main:
