@@ -36,8 +36,8 @@ from asrtune.analysis.report import ReportInputs, write_report
 from asrtune.analysis.tables import BaseRecord, Row, RunRecord, aggregate, read_run
 from asrtune.config import (GeneralSet, RunConfig, absolute_model, apply_overrides, config_from_dict, config_hash,
                             parse_yaml)
-from asrtune.errors import AsrtuneError
 from asrtune.data.manifest import manifests_digest
+from asrtune.errors import AsrtuneError
 from asrtune.evaluation.sets import BASE_TRANSCRIPTS, base_transcripts, build_eval_sets, decoding_key, evidence
 from asrtune.models.load import LoadedModel, load_model
 from asrtune.sweep.config import StrategyEntry, SweepConfig
