@@ -3,10 +3,10 @@
     python benchmarks/new_language.py --corpus everyday_ky --language new:ky,init=kk \\
         --voices ky,ky+m3 --test-voices ky+f4,ky+m2 --work-dir runs/new-language-ky [--steps 40]
 
-Splits the packaged corpus by sentence (train / validation / test), speaks train and validation in
-``--voices`` and test in ``--test-voices`` with espeak-ng, then trains ``--strategy`` on ``--model``
-with ``language: new:xx,init=yy`` (asrtune.models.new_language) and prints the validation and test
-WER and CER before and after. "Before" is the base model prompted with ``<|yy|>``, which is what
+Splits the packaged corpus by sentence (train / validation / test) and speaks train and validation in
+``--voices``, test in ``--test-voices`` with espeak-ng (as a sweep's corpus dataset does), then
+trains ``--strategy`` on ``--model`` with ``language: new:xx,init=yy`` (asrtune.models.new_language)
+and prints the validation and test WER and CER before and after. "Before" is the base model prompted with ``<|yy|>``, which is what
 ``<|xx|>`` is at step 0. Prints numbers; asserts nothing.
 """
 
@@ -17,25 +17,19 @@ import json
 from pathlib import Path
 
 from asrtune.config import DataConfig, LoopConfig, OptimConfig, RunConfig
-from asrtune.data.synth import SynthSettings, parse_voices, synthesise_lines
 from asrtune.languages import parse_new_language
 from asrtune.report import print_table
-from asrtune.sweep.config import SplitSizes
-from asrtune.sweep.data import corpus_sentences, split_sentences
+from asrtune.sweep.config import DatasetSpec, SplitSizes
+from asrtune.sweep.data import DatasetFiles, materialise
 from asrtune.training.recipe import train
 
 
-def speak_splits(args: argparse.Namespace, code: str) -> dict[str, str]:
-    """Manifests of the corpus's train / validation / test splits, test in the held-out voices."""
-    sizes = SplitSizes(train=args.train, validation=args.validation, test=args.test)
-    splits = split_sentences(corpus_sentences(args.corpus), sizes, args.seed)
-    manifests = {}
-    for index, (split, lines) in enumerate(splits.items()):
-        voices = parse_voices(args.test_voices if split == "test" else args.voices)
-        manifests[split] = str(synthesise_lines(
-            lines, Path(args.work_dir) / "data" / split, settings=SynthSettings(voices=voices, seed=index),
-            prefix=f"{code}-{split}", language=code))
-    return manifests
+def speak_splits(args: argparse.Namespace, code: str) -> DatasetFiles:
+    """The corpus split by sentence and spoken as a sweep speaks it, test in the held-out voices."""
+    spec = DatasetSpec(name=code, corpus=args.corpus, voice=args.voices, test_voice=args.test_voices,
+                       language=code, seed=args.seed,
+                       split=SplitSizes(train=args.train, validation=args.validation, test=args.test))
+    return materialise(spec, Path(args.work_dir) / "data")
 
 
 def main() -> None:
@@ -59,10 +53,10 @@ def main() -> None:
     if new is None:
         parser.error(f"--language must be new:xx,init=yy, not {args.language!r}")
     code, init = new
-    manifests = speak_splits(args, code)
+    data = speak_splits(args, code)
     config = RunConfig(
         model=args.model, strategy=args.strategy, language=args.language, seed=args.seed,
-        data=DataConfig(train=manifests["train"], eval=manifests["validation"], test=manifests["test"]),
+        data=DataConfig(train=data.train, eval=data.eval, test=data.test),
         optim=OptimConfig(learning_rate=args.lr),
         loop=LoopConfig(max_steps=args.steps, batch_size=8, eval_every=10, eval_batch_size=16, max_new_tokens=40),
     )
