@@ -22,7 +22,7 @@ from asrtune.data.manifest import read_manifest
 from asrtune.evaluation.biasing import bias_processor
 from asrtune.evaluation.decode import evaluate_dataset
 from asrtune.evaluation.terms import read_terms, term_report
-from asrtune.models.load import load_model
+from asrtune.runs.load import load_model
 from asrtune.report import print_table
 
 

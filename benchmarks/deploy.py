@@ -42,7 +42,7 @@ from asrtune.evaluation.metrics import score
 from asrtune.evaluation.normalize import normalizer_for
 from asrtune.inference import TranscribeOptions, prepare_for_inference, render, timestamp_issues, transcribe_files
 from asrtune.inference.longform import FALLBACK_TEMPERATURES
-from asrtune.models.load import load_model
+from asrtune.runs.load import load_model
 from asrtune.report import print_table
 
 GENERAL_CORPUS = Path(__file__).resolve().parents[1] / "src" / "asrtune" / "data" / "corpora" / "general_en.txt"
@@ -155,9 +155,10 @@ def cmd_longform(args: argparse.Namespace) -> None:
 
 
 def cmd_arctic(args: argparse.Namespace) -> None:
-    from asrtune.export import export_ct2, load_merged
+    from asrtune.export.ct2 import export_ct2
+    from asrtune.export.merge import load_merged
     from asrtune.export.ct2 import _decoder_prompt, _hf_greedy_ids
-    from asrtune.inference.ct2_runtime import ct2_greedy_ids, load_ct2_whisper
+    from asrtune.export.ct2_runtime import ct2_greedy_ids, load_ct2_whisper
 
     samples = load_audio(args.wav)
     normalise = normalizer_for("en")

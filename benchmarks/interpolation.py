@@ -26,10 +26,11 @@ from asrtune.config import config_from_dict
 from asrtune.data.features import FeatureDataset
 from asrtune.data.manifest import read_manifest
 from asrtune.evaluation.decode import evaluate_dataset
-from asrtune.models.load import load_model
+from asrtune.runs.load import load_model
 from asrtune.report import print_table
 from asrtune.strategies import apply_strategy
-from asrtune.training.checkpoint import load_run_model, trainable_state
+from asrtune.runs.load import load_run_model
+from asrtune.runs.weights import trainable_state
 from asrtune.training.interpolation import START, mix_trainable
 
 

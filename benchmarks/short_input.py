@@ -22,7 +22,7 @@ from pathlib import Path
 from asrtune.data.features import FeatureDataset
 from asrtune.data.manifest import read_manifest
 from asrtune.evaluation.decode import evaluate_dataset
-from asrtune.models.load import load_model
+from asrtune.runs.load import load_model
 from asrtune.report import print_table
 
 

@@ -30,7 +30,7 @@ from asrtune.data.features import FeatureDataset
 from asrtune.data.manifest import read_manifest
 from asrtune.demo import DEMO_MODEL, LLM_DEMO_MODEL, speak_demo_data
 from asrtune.evaluation.decode import evaluate_dataset
-from asrtune.models.load import load_model
+from asrtune.runs.load import load_model
 from asrtune.report import print_table
 from asrtune.training.recipe import train
 

@@ -82,7 +82,7 @@ def run_baseline(strategy: str, steps: int, train: Path, out: Path, *, bf16: boo
 
     from asrtune.data.features import FeatureDataset, collate
     from asrtune.data.manifest import read_manifest
-    from asrtune.models.load import load_model
+    from asrtune.runs.load import load_model
     from asrtune.strategies import apply_strategy
 
     loaded = load_model(MODEL)

@@ -174,7 +174,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_loaded(tiny_model_dir):
-    from asrtune.models.load import load_model
+    from asrtune.runs.load import load_model
 
     return load_model(str(tiny_model_dir))
 

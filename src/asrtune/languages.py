@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from asrtune.errors import AsrtuneError
 
-__all__ = ["canonical_language", "parse_new_language", "MULTI"]
+__all__ = ["canonical_language", "parse_new_language", "is_known_language", "MULTI"]
 
 MULTI = "multi"  # a set whose utterances are in several languages
 
@@ -27,9 +27,6 @@ def canonical_language(tag: str | None) -> str | None:
     Whisper does not know keeps its primary subtag, lower-cased (``xx-YY`` -> ``xx``), so it is
     still compared alike everywhere.
     """
-    # late: config and manifests call this, and must not pay for importing transformers
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
-
     if tag is None:
         return None
     text = str(tag).strip().lower().replace("_", "-")
@@ -37,6 +34,9 @@ def canonical_language(tag: str | None) -> str | None:
         return None
     if text == MULTI:
         return MULTI
+    # late: config and manifests call this, and must not pay for importing transformers
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
     if text in TO_LANGUAGE_CODE:  # a Whisper name: english, swahili, castilian ...
         return TO_LANGUAGE_CODE[text]
     primary = text.split("-", 1)[0]
@@ -45,6 +45,18 @@ def canonical_language(tag: str | None) -> str | None:
     if primary in TO_LANGUAGE_CODE:  # "english-us", however unlikely
         return TO_LANGUAGE_CODE[primary]
     return primary
+
+
+def is_known_language(code: str) -> bool:
+    """Whether a canonical code (see :func:`canonical_language`) is a language some model family knows: one of
+    Whisper's, or one of Qwen3-ASR's (its list adds Filipino)."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    if code in LANGUAGES:
+        return True
+    from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_NAME
+
+    return code in LANGUAGE_CODE_TO_NAME
 
 
 _SPEC = re.compile(r"new:(?P<code>[a-z][a-z0-9-]*)\s*,\s*init\s*=\s*(?P<init>[A-Za-z_-]+)")

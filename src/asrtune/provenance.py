@@ -12,10 +12,12 @@ from __future__ import annotations
 import importlib.metadata
 import re
 import subprocess
-import tomllib
 from pathlib import Path
 
-import asrtune
+import tomllib
+
+from asrtune.models.bundled import BUNDLED
+from asrtune.version import __version__
 
 __all__ = ["run_provenance", "asrtune_checkout", "git_commit", "model_provenance", "LIBRARIES"]
 
@@ -45,7 +47,7 @@ def asrtune_checkout(package_dir: Path | None = None) -> Path | None:
     Args:
         package_dir: the ``asrtune`` package folder (default: the imported one).
     """
-    package_dir = Path(package_dir or Path(asrtune.__file__).parent).resolve()
+    package_dir = Path(package_dir or Path(__file__).parent).resolve()
     for folder in package_dir.parents:
         if (folder / ".git").exists():  # the nearest work tree's top (.git is a file in worktrees)
             return folder if (folder / "pyproject.toml").is_file() and _names_asrtune(folder / "pyproject.toml") \
@@ -95,8 +97,6 @@ def model_provenance(source: str) -> dict:
     """
     record: dict = {"source": source}
     if source.startswith("bundled:"):
-        from asrtune.models.bundled import BUNDLED
-
         record["kind"] = "bundled"
         entry = BUNDLED.get(source.removeprefix("bundled:"))
         if entry:
@@ -127,7 +127,7 @@ def run_provenance(model_source: str) -> dict:
     commit = git_commit(top) if top else None
     return {
         "asrtune": {
-            "version": asrtune.__version__,
+            "version": __version__,
             "git_sha": commit["sha"] if commit else None,
             "git_dirty": commit["dirty"] if commit else None,
         },

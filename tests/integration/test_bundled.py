@@ -20,7 +20,7 @@ from asrtune.data.manifest import read_manifest, write_manifest
 from asrtune.data.synth import SynthSettings, synthesise_lines
 from asrtune.evaluation.decode import evaluate_dataset
 from asrtune.models.bundled import SHA256
-from asrtune.models.load import load_model
+from asrtune.runs.load import load_model
 
 pytestmark = pytest.mark.integration
 

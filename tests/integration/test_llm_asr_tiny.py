@@ -60,7 +60,7 @@ def test_plain_transformers_loads_it_with_no_missing_or_unexpected_keys(loaded, 
 
 
 def test_parameter_counts_match_the_parts(loaded):
-    from asrtune.models.load import load_model
+    from asrtune.runs.load import load_model
 
     model, _, _ = loaded
     inner = model.model

@@ -9,11 +9,12 @@ from types import SimpleNamespace
 
 import pytest
 
-import asrtune.evaluation.sets as sets_module
+import asrtune.training.evidence as sets_module
 from asrtune.config import config_from_dict
 from asrtune.data.manifest import Utterance
+from asrtune.evaluation.decode import scoring_language
 from asrtune.evaluation.forgetting import Transcripts
-from asrtune.evaluation.sets import TARGET, EvalSet, base_transcripts, decoding_key
+from asrtune.training.evidence import TARGET, EvalSet, base_transcripts, decoding_key
 
 
 def _sets(texts=("hello world", "good morning")) -> dict[str, EvalSet]:
@@ -30,11 +31,11 @@ def decoder(monkeypatch):
         calls.append((config.loop.max_new_tokens, config.language, config.task))
         return {name: Transcripts([u.id for u in item.dataset.utterances], [u.text for u in item.dataset.utterances],
                                   [f"hyp@{config.loop.max_new_tokens}"] * len(item.dataset.utterances),
-                                  sets_module.scoring_language(item.dataset, config.language))
+                                  scoring_language(item.dataset, config.language))
                 for name, item in missing.items()}
 
     monkeypatch.setattr(sets_module, "decode_sets", decode_sets)
-    monkeypatch.setattr(sets_module, "load_model", lambda source: SimpleNamespace(model=None))
+    monkeypatch.setattr(sets_module, "load_start_model", lambda config: SimpleNamespace(model=None))
     return calls
 
 

@@ -265,7 +265,7 @@ def test_transcribe_passes_the_bias_to_every_window(tiny_model_dir, tmp_path):
     from conftest import write_tone
 
     from asrtune.inference.longform import TranscribeOptions, transcribe_files
-    from asrtune.models.load import load_model
+    from asrtune.runs.load import load_model
 
     loaded = load_model(str(tiny_model_dir))
     audio = tmp_path / "tone.wav"

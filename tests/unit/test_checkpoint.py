@@ -9,15 +9,10 @@ import torch
 
 from asrtune.config import RunConfig, save_config
 from asrtune.errors import AsrtuneError
-from asrtune.models.load import load_model
+from asrtune.paths import write_dir_atomically
+from asrtune.runs.load import load_model, load_run_model
+from asrtune.runs.weights import load_trainable, save_trainable, trainable_state
 from asrtune.strategies import apply_strategy
-from asrtune.training.checkpoint import (
-    load_run_model,
-    load_trainable,
-    save_trainable,
-    trainable_state,
-    write_dir_atomically,
-)
 
 
 def test_write_dir_atomically_creates_and_replaces(tmp_path):

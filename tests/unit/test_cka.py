@@ -14,7 +14,8 @@ from asrtune.analysis.cka import CKAAccumulator, layer_cka, linear_cka, sample_i
 from asrtune.cli import main
 from asrtune.data.features import FeatureDataset
 from asrtune.data.manifest import read_manifest
-from asrtune.models.load import LoadedModel, load_model
+from asrtune.models.load import LoadedModel
+from asrtune.runs.load import load_model
 
 
 def kernel_cka(x: np.ndarray, y: np.ndarray) -> float:

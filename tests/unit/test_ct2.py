@@ -16,7 +16,9 @@ from conftest import save_tiny
 
 from asrtune.errors import AsrtuneError
 from asrtune.models.ct2 import Ct2Model, ct2_to_hf_state_dict, read_model_bin, whisper_config_from_ct2
-from asrtune.models.load import convert_ct2_dir, load_model, resolve_source
+from asrtune.models.ct2 import convert_ct2_dir
+from asrtune.models.load import resolve_source
+from asrtune.runs.load import load_model
 
 DTYPE_CODES = {
     np.dtype(np.float32): 0,
@@ -310,7 +312,7 @@ def test_conversion_is_cached_by_model_bin_digest(ct2_dir, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("the cached conversion should have been reused")
 
-    monkeypatch.setattr("asrtune.models.load.read_model_bin", must_not_run)
+    monkeypatch.setattr("asrtune.models.ct2.read_model_bin", must_not_run)
     assert convert_ct2_dir(ct2_dir) == first
 
 

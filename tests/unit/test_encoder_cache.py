@@ -8,9 +8,11 @@ import pytest
 import torch
 from test_training import make_config
 
+from asrtune.models.family import CachePlan, family_of
+from asrtune.models.whisper import encode_top
 from asrtune.strategies import apply_strategy
-from asrtune.training.encoder_cache import (CachePlan, PrefixCache, cache_plan, encode_prefix, encode_top,
-                                            encoder_is_frozen)
+from asrtune.training.encoder_cache import PrefixCache
+from asrtune.training.parts import RecipeParts, encode_prefix
 from asrtune.training.recipe import SharedPrefix, train
 
 from conftest import read_jsonl, tiny_whisper
@@ -27,12 +29,12 @@ from conftest import read_jsonl, tiny_whisper
 ])
 def test_the_cached_prefix_is_the_largest_frozen_one(spec, expected):
     model = apply_strategy(tiny_whisper(encoder_layers=3), spec)
-    assert cache_plan(model) == expected
-    assert encoder_is_frozen(model) == (expected is not None and expected.whole)
+    assert family_of(model).cache_plan(model) == expected
 
 
 def test_dropout_turns_the_cache_off():
-    assert cache_plan(apply_strategy(tiny_whisper(dropout=0.1), "decoder")) is None
+    model = apply_strategy(tiny_whisper(dropout=0.1), "decoder")
+    assert family_of(model).cache_plan(model) is None
 
 
 def _autocast(precision: str):
@@ -61,9 +63,9 @@ def test_loss_and_gradients_equal_the_uncached_path(spec, precision):
     uncached = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
 
-    plan = cache_plan(model)
+    plan = family_of(model).cache_plan(model)
     with _autocast(precision):
-        prefix = encode_prefix(model, features, plan).float()
+        prefix = family_of(model).encode_prefix(model, features, plan, torch.full((3,), 100)).float()
     model.train()
     torch.manual_seed(7)
     with _autocast(precision):
@@ -88,31 +90,29 @@ def test_the_recipe_trains_the_same_with_and_without_the_cache(tiny_model_dir, t
     assert len(losses("cached")) == 3
 
 
-def test_runs_in_one_process_share_the_prefix_they_have_in_common(tiny_model_dir, tiny_data, tmp_path,
-                                                                  monkeypatch):
-    import asrtune.training.recipe as recipe
-
+def test_runs_in_one_process_share_the_prefix_they_have_in_common(tiny_model_dir, tiny_data, tmp_path):
     encoded: list[tuple[CachePlan, int]] = []
 
-    def counting(model, features, plan):
+    def counting(model, features, plan, frames):
         encoded.append((plan, features.shape[0]))
-        return encode_prefix(model, features, plan)
+        return encode_prefix(model, features, plan, frames)
 
-    monkeypatch.setattr(recipe, "encode_prefix", counting)
+    counted = RecipeParts(encode_prefix=counting)
     config = dataclasses.replace(make_config(tiny_model_dir, tiny_data, max_steps=2, eval_every=2),
                                  strategy="freeze:n=1")
     faster = dataclasses.replace(config, optim=dataclasses.replace(config.optim, learning_rate=1e-3))
     shared = SharedPrefix()
-    train(config, tmp_path / "a", progress=False, shared_prefix=shared)
+    train(config, tmp_path / "a", progress=False, shared_prefix=shared, parts=counted)
     first = list(encoded)
     # 2 steps of 2 of the 6 training utterances: each is encoded the first time a step meets it, never again
     assert {plan for plan, _ in first} == {CachePlan(layers=1, whole=False)} and sum(n for _, n in first) == 4
-    train(faster, tmp_path / "b", progress=False, shared_prefix=shared)
+    train(faster, tmp_path / "b", progress=False, shared_prefix=shared, parts=counted)
     assert encoded == first  # the second run reused the first one's outputs
-    train(faster, tmp_path / "b-fresh", progress=False)  # encodes again: the same losses
+    train(faster, tmp_path / "b-fresh", progress=False, parts=counted)  # encodes again: the same losses
     losses = lambda run: [r["loss"] for r in read_jsonl(tmp_path / run / "metrics.jsonl") if "loss" in r]  # noqa: E731
     assert losses("b") == losses("b-fresh") and len(losses("b")) == 2
-    train(dataclasses.replace(config, strategy="decoder"), tmp_path / "c", progress=False, shared_prefix=shared)
+    train(dataclasses.replace(config, strategy="decoder"), tmp_path / "c", progress=False, shared_prefix=shared,
+          parts=counted)
     assert {plan for plan, _ in encoded[2 * len(first):]} == {CachePlan(layers=2, whole=True)}
 
 

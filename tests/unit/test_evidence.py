@@ -14,7 +14,7 @@ from asrtune.evaluation.forgetting import (
     within_budget,
 )
 from asrtune.evaluation.metrics import score
-from asrtune.evaluation.sets import GENERAL, NONSPEECH_SET, TARGET, set_report
+from asrtune.training.evidence import GENERAL, NONSPEECH_SET, TARGET, set_report
 
 REFS = ["the cat sat on the mat", "open the door", "good morning", "[music]"]
 HYPS = ["the cat sat on a mat today", "open door", "good morning", "la la"]

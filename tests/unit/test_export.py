@@ -13,10 +13,12 @@ from transformers import GenerationConfig, WhisperForConditionalGeneration, Whis
 from asrtune.cli import main
 from asrtune.config import RunConfig, save_config
 from asrtune.errors import AsrtuneError
-from asrtune.export import deployable_generation_config, export_ct2, export_hf, load_merged
-from asrtune.models.load import load_model
+from asrtune.export.ct2 import export_ct2
+from asrtune.export.merge import export_hf, load_merged
+from asrtune.models.whisper import deployable_generation_config
+from asrtune.runs.load import load_model
 from asrtune.strategies import STRATEGIES, Strategy, apply_strategy
-from asrtune.training.checkpoint import save_trainable
+from asrtune.runs.weights import save_trainable
 
 SOT, NO_TIMESTAMPS = 50257, 50362
 

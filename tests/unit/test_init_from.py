@@ -10,10 +10,10 @@ import torch
 
 from asrtune.config import DataConfig, LoopConfig, OptimConfig, RunConfig, config_hash, load_config, save_config
 from asrtune.errors import AsrtuneError
-from asrtune.models.load import load_model
+from asrtune.runs.load import load_model
 from asrtune.strategies import apply_strategy
-from asrtune.training.checkpoint import load_run_model, save_trainable
-from asrtune.training.init_from import load_start_model
+from asrtune.runs.load import load_run_model, load_start_model
+from asrtune.runs.weights import save_trainable
 from asrtune.training.recipe import train
 
 from conftest import save_tiny

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -16,8 +15,7 @@ from asrtune.data.features import FeatureDataset, collate
 from asrtune.data.manifest import read_manifest
 from asrtune.errors import AsrtuneError
 from asrtune.inspection import count_parameters, module_counts
-from asrtune.models.family import family_of
-from asrtune.models.load import load_model
+from asrtune.runs.load import load_model
 from asrtune.models.qwen2_audio import audio_token_count, prompt_text
 from asrtune.strategies import apply_strategy, default_learning_rate
 from asrtune.training.step import TrainingForward
@@ -175,16 +173,14 @@ def test_projector_needs_a_model_with_one(tiny_loaded):
 
 
 def test_a_frozen_audio_encoder_is_cached(loaded):
-    from asrtune.training.encoder_cache import cache_plan, prefix_shape
-
-    assert cache_plan(apply_strategy(loaded.model, "projector+lora:r=4")).whole
-    assert prefix_shape(loaded.model) == (25, 32)
+    family = loaded.family
+    assert family.cache_plan(apply_strategy(loaded.model, "projector+lora:r=4")).whole
+    assert family.prefix_shape(loaded.model) == (25, 32)
 
 
 def test_full_strategy_audio_encoder_is_not_cached(tiny_qwen2_audio_dir):
-    from asrtune.training.encoder_cache import cache_plan
-
-    assert cache_plan(apply_strategy(load_model(str(tiny_qwen2_audio_dir)).model, "freeze:n=1")) is None
+    loaded = load_model(str(tiny_qwen2_audio_dir))
+    assert loaded.family.cache_plan(apply_strategy(loaded.model, "freeze:n=1")) is None
 
 
 def test_every_strategy_for_llm_families_is_tested_here():
@@ -331,7 +327,7 @@ def test_refusals_and_loops_count_in_the_hallucination_metrics():
 
 
 def test_the_repetition_guard_stops_a_looping_row_only():
-    from asrtune.evaluation.guards import RepetitionStop
+    from asrtune.models.guards import RepetitionStop
 
     guard = RepetitionStop(prompt_width=2, max_n=3, min_repeats=3, min_unigram_repeats=5)
     rows = torch.tensor([[9, 9, 5, 6, 5, 6, 5, 6], [9, 9, 1, 2, 3, 4, 5, 6], [9, 9, 7, 7, 7, 7, 8, 8]])
@@ -342,7 +338,7 @@ def test_the_repetition_guard_stops_a_looping_row_only():
 
 def test_decoding_bounds_new_tokens_by_the_audio_duration(loaded, llm_data, monkeypatch):
     from asrtune.evaluation.decode import decode_dataset
-    from asrtune.evaluation.guards import duration_token_cap
+    from asrtune.models.guards import duration_token_cap
 
     dataset = _dataset(loaded, llm_data[1])
     budgets: list[int] = []
@@ -363,15 +359,11 @@ def test_decoding_bounds_new_tokens_by_the_audio_duration(loaded, llm_data, monk
 
 def test_bundled_llm_asr_tiny_resolves_to_the_assembled_folder(tiny_qwen2_audio_dir, monkeypatch):
     """The source builds lazily through asrtune.models.llm_asr_tiny (stubbed here: no bundled weights needed)."""
-    import sys
-    import types
-
+    import asrtune.models.load as load
     from asrtune.models.load import resolve_source
 
     calls = []
-    stub = types.ModuleType("asrtune.models.llm_asr_tiny")
-    stub.build_llm_asr_tiny = lambda: calls.append(1) or tiny_qwen2_audio_dir
-    monkeypatch.setitem(sys.modules, "asrtune.models.llm_asr_tiny", stub)
+    monkeypatch.setattr(load, "build_llm_asr_tiny", lambda: calls.append(1) or tiny_qwen2_audio_dir)
     assert resolve_source("bundled:llm-asr-tiny") == ("hf_dir", tiny_qwen2_audio_dir)
     assert load_model("bundled:llm-asr-tiny").family.name == "qwen2_audio" and len(calls) == 2
 

@@ -8,7 +8,8 @@ from transformers import GenerationConfig
 
 from asrtune.config import RunConfig, save_config
 from asrtune.errors import AsrtuneError
-from asrtune.models.load import LoadedModel, load_model, resolve_source
+from asrtune.models.load import LoadedModel, resolve_source
+from asrtune.runs.load import load_model
 
 
 def test_resolve_hf_folder(tiny_model_dir):

@@ -40,7 +40,7 @@ def test_best_is_chosen_at_equal_steps_not_from_a_pruned_trial(tmp_path, monkeyp
     settings = SearchSettings(min_lr=1e-6, max_lr=1e-4, trials=4, rung_steps=10, max_steps=20)
     grid = lr_search.lr_grid(settings, "full")
     assert grid == [1e-6, 4.64e-6, 2.15e-5, 1e-4]  # log-spaced; the table above uses its own lrs
-    monkeypatch.setattr(lr_search, "lr_grid", lambda settings, spec: [1e-6, 1e-5, 3e-5, 1e-4])
+    monkeypatch.setattr(lr_search, "lr_grid", lambda settings, spec, family: [1e-6, 1e-5, 3e-5, 1e-4])
     result = run_lr_search(_config(), tmp_path, settings, progress=False)
     assert result["best_lr"] == 1e-5 and result["best_steps"] == 20
     assert result["selection"] == "lowest validation WER at step 20 among the 2 trials scored there"

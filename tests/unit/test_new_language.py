@@ -18,7 +18,8 @@ from asrtune.evaluation.decode import decode_dataset
 from asrtune.export.ct2 import export_ct2
 from asrtune.export.merge import export_hf
 from asrtune.languages import parse_new_language
-from asrtune.models.load import LoadedModel, load_model
+from asrtune.models.load import LoadedModel
+from asrtune.runs.load import load_model
 from asrtune.models.new_language import add_language_token
 from asrtune.training.recipe import train
 

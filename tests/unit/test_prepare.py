@@ -307,7 +307,8 @@ def test_charset_needs_known_languages_before_any_work(tmp_path, tiny_model_dir)
 
 
 def test_label_check_flags_rows_the_model_disagrees_with(tmp_path, tiny_model_dir, monkeypatch):
-    import asrtune.evaluation.decode as decode
+    import asrtune.evaluation.labelcheck as labelcheck
+    from asrtune.runs.load import load_model
 
     for name in ("a", "b"):
         write_tone(tmp_path / f"{name}.wav", seconds=1.0, freq=300.0 if name == "a" else 600.0)
@@ -318,12 +319,13 @@ def test_label_check_flags_rows_the_model_disagrees_with(tmp_path, tiny_model_di
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     # The tiny random model says nothing useful: script its transcripts, keep the rest real.
     monkeypatch.setattr(
-        decode, "transcribe_dataset", lambda loaded, dataset, **kw: ["hello world", "goodbye"]
+        labelcheck, "transcribe_dataset", lambda loaded, dataset, **kw: ["hello world", "goodbye"]
     )
     report = prepare(
         tmp_path / "m.jsonl",
         tmp_path / "out.jsonl",
         settings=_settings(tiny_model_dir, label_check=True, max_cer=0.3),
+        check_labels=lambda kept: labelcheck.label_check(kept, load_model(str(tiny_model_dir)), max_cer=0.3),
     )
     check = report["label_check"]
     assert check["checked"] == 2 and check["flagged_count"] == 1

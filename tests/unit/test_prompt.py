@@ -9,11 +9,12 @@ from asrtune.cli import main
 from asrtune.config import RunConfig, save_config
 from asrtune.errors import AsrtuneError
 from asrtune.inspection import count_parameters, module_counts
-from asrtune.models.load import load_model
+from asrtune.runs.load import load_model
 from asrtune.strategies import apply_strategy, merge_strategy, parse_spec
-from asrtune.strategies.base import whisper_core
+from asrtune.models.whisper import whisper_core
 from asrtune.strategies.prompt import FREQUENT_TOKENS
-from asrtune.training.checkpoint import load_run_model, save_trainable
+from asrtune.runs.load import load_run_model
+from asrtune.runs.weights import save_trainable
 
 from conftest import tiny_whisper
 

@@ -13,7 +13,7 @@ from conftest import TINY_TEXTS, write_tiny_manifest
 from asrtune.config import DataConfig, LoopConfig, OptimConfig, RunConfig
 from asrtune.data.features import FeatureDataset, collate
 from asrtune.data.manifest import read_manifest
-from asrtune.models.load import load_model
+from asrtune.runs.load import load_model
 from asrtune.models.qwen3_asr import qwen3_audio_tokens
 from asrtune.strategies import apply_strategy
 from asrtune.training.step import TrainingForward

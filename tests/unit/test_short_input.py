@@ -8,13 +8,13 @@ import pytest
 import torch
 from test_training import make_config
 
-import asrtune.training.recipe as recipe
-import asrtune.training.step as step
+import asrtune.models.whisper as whisper
 from asrtune.data.features import FeatureDataset, collate
 from asrtune.data.manifest import read_manifest
 from asrtune.evaluation.decode import transcribe_dataset
 from asrtune.models.short_input import encode_short, short_input_frames
 from asrtune.strategies import apply_strategy
+from asrtune.training.recipe import train
 
 from conftest import read_jsonl, tiny_whisper
 
@@ -85,26 +85,25 @@ def test_the_recipe_trains_on_the_cut_input_unless_the_whole_encoder_is_cached(t
         frames_seen.append(frames)
         return encode_short(model, features, frames)
 
-    monkeypatch.setattr(step, "encode_short", recording)
+    monkeypatch.setattr(whisper, "encode_short", recording)
     config = make_config(tiny_model_dir, tiny_data, max_steps=3, eval_every=3)
     config = dataclasses.replace(config, strategy="full", loop=dataclasses.replace(config.loop, short_input=True))
-    recipe.train(config, tmp_path / "cut", progress=False)
+    train(config, tmp_path / "cut", progress=False)
     losses = [row["loss"] for row in read_jsonl(tmp_path / "cut" / "metrics.jsonl") if "loss" in row]
     assert len(frames_seen) == 3 and all(2 <= f < 100 and f % 2 == 0 for f in frames_seen)
     assert len(losses) == 3 and all(loss == loss and loss > 0 for loss in losses)
 
     frames_seen.clear()  # a frozen bottom layer: the cut window from the stem up, no prefix cache
-    recipe.train(dataclasses.replace(config, strategy="freeze:n=1"), tmp_path / "freeze", progress=False)
+    train(dataclasses.replace(config, strategy="freeze:n=1"), tmp_path / "freeze", progress=False)
     assert len(frames_seen) == 3
     frames_seen.clear()  # the whole encoder frozen: its cached outputs cost nothing per step
-    recipe.train(dataclasses.replace(config, strategy="decoder"), tmp_path / "cached", progress=False)
+    train(dataclasses.replace(config, strategy="decoder"), tmp_path / "cached", progress=False)
     assert frames_seen == []
 
 
 def test_evaluate_cli_takes_short_input(tiny_model_dir, tiny_data, monkeypatch, capsys):
     import json
 
-    import asrtune.evaluation.decode as decode
     from asrtune.cli import main
 
     calls: list[int] = []
@@ -113,7 +112,7 @@ def test_evaluate_cli_takes_short_input(tiny_model_dir, tiny_data, monkeypatch, 
         calls.append(frames)
         return encode_short(model, features, frames)
 
-    monkeypatch.setattr(decode, "encode_short", recording)
+    monkeypatch.setattr(whisper, "encode_short", recording)
     assert main(["evaluate", str(tiny_model_dir), "--data", str(tiny_data[1]), "--short-input", "--json",
                  "--max-new-tokens", "4"]) == 0
     assert calls == [60]  # one batch of three utterances, the longest 0.6 s

@@ -15,7 +15,7 @@ import torch
 
 from asrtune.errors import AsrtuneError
 from asrtune.strategies import STRATEGIES, apply_strategy, merge_strategy
-from asrtune.training.checkpoint import load_trainable, save_trainable
+from asrtune.runs.weights import load_trainable, save_trainable
 
 from conftest import tiny_whisper
 

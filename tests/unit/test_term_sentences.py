@@ -31,7 +31,7 @@ def test_every_term_in_per_term_different_templates_templates_used_evenly():
     terms = parse_terms(["warfarin", "atrial fibrillation", "colonoscopy", "amoxicillin"])
     templates = parse_templates(["{term} was noted.", "Please spell {term}.", "We discussed {term} today.",
                                  "Note on {term}.", "Ask about {term} again."])
-    sentences = term_sentences(terms, templates, per_term=3, seed=1)
+    sentences = term_sentences(terms.terms, templates, per_term=3, seed=1)
     assert len(sentences) == 12 and len(set(sentences)) == 12
     counts = count_terms(sentences, terms)
     assert counts.sum(axis=0).tolist() == [3, 3, 3, 3] and counts.sum(axis=1).tolist() == [1] * 12
@@ -39,11 +39,11 @@ def test_every_term_in_per_term_different_templates_templates_used_evenly():
     used = collections.Counter(t for s in sentences for t in templates if s.lower().endswith(
         t.split(SLOT)[1].lower()) and s.lower().startswith(t.split(SLOT)[0].lower()))
     assert max(used.values()) - min(used.values()) <= 1
-    assert term_sentences(terms, templates, per_term=3, seed=1) == sentences  # seeded
+    assert term_sentences(terms.terms, templates, per_term=3, seed=1) == sentences  # seeded
     with pytest.raises(AsrtuneError, match="per-term"):
-        term_sentences(terms, templates, per_term=0)
+        term_sentences(terms.terms, templates, per_term=0)
     with pytest.raises(AsrtuneError, match="templates"):
-        term_sentences(terms, templates, per_term=6)
+        term_sentences(terms.terms, templates, per_term=6)
 
 
 def test_synth_terms_speaks_the_sentences_into_a_manifest(tmp_path, capsys):

@@ -123,7 +123,7 @@ def test_config_data_terms_is_checked_and_resolved(tmp_path):
 
 def test_set_report_and_evidence_carry_terms():
     from asrtune.evaluation.forgetting import Transcripts
-    from asrtune.evaluation.sets import TARGET, set_report
+    from asrtune.training.evidence import TARGET, set_report
 
     terms = parse_terms(["warfarin", "metformin"])
     refs = ("give warfarin", "give metformin", "rest")
@@ -168,7 +168,7 @@ def test_a_run_with_data_terms_reports_term_recall_per_set(tiny_model_dir, tiny_
 
     from asrtune.config import DataConfig, LoopConfig, RunConfig
     from asrtune.evaluation.forgetting import Transcripts
-    from asrtune.evaluation.sets import decoding_key
+    from asrtune.training.evidence import decoding_key
     from asrtune.training.recipe import train
 
     (tmp_path / "terms.txt").write_text("hello world\nthe cat\nopen the door\n", encoding="utf-8")

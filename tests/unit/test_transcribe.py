@@ -19,7 +19,7 @@ from asrtune.errors import AsrtuneError
 from asrtune.inference import Segment, TranscribeOptions, Transcript, render, timestamp_issues, transcribe_files
 from asrtune.inference.formats import timestamp
 from asrtune.inference.longform import prepare_for_inference, prompt_ids
-from asrtune.models.load import load_model
+from asrtune.runs.load import load_model
 
 # Greedy, no thresholds, short windows: the random model never says end-of-text, so cap its text.
 GREEDY = {"temperatures": (0.0,), "compression_ratio_threshold": None, "logprob_threshold": None,

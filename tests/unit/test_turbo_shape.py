@@ -21,9 +21,10 @@ from asrtune.config import DataConfig, LoopConfig, RunConfig
 from asrtune.data.features import FeatureDataset
 from asrtune.data.manifest import read_manifest
 from asrtune.evaluation.decode import evaluate_dataset
-from asrtune.export import export_ct2, export_hf
+from asrtune.export.ct2 import export_ct2
+from asrtune.export.merge import export_hf
 from asrtune.inference import TranscribeOptions, transcribe_files
-from asrtune.models.load import load_model
+from asrtune.runs.load import load_model
 from asrtune.training.recipe import train
 
 TURBO = dict(num_mel_bins=128, encoder_layers=32, decoder_layers=4, d_model=16, encoder_ffn_dim=32,

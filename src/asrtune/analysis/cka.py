@@ -25,7 +25,7 @@ from asrtune.data.audio import SAMPLE_RATE
 from asrtune.data.features import FeatureDataset
 from asrtune.errors import AsrtuneError
 from asrtune.models.load import LoadedModel
-from asrtune.strategies.base import whisper_core
+from asrtune.models.whisper import whisper_core
 
 __all__ = ["linear_cka", "CKAAccumulator", "speech_frames", "CKAResult", "layer_cka", "sample_indices"]
 

@@ -60,8 +60,8 @@ def run_cka(args: argparse.Namespace) -> int:
     from asrtune.analysis.plots import plot_cka
     from asrtune.data.features import FeatureDataset
     from asrtune.data.manifest import read_manifest
-    from asrtune.models.load import load_model
     from asrtune.report import print_table
+    from asrtune.runs.load import load_model
 
     base = load_model(args.base or _base_of(args.tuned))
     tuned = load_model(args.tuned)

@@ -11,7 +11,7 @@ from asrtune.commands import COMMANDS
 
 @COMMANDS.register("export")
 def add(subparsers: argparse._SubParsersAction) -> None:
-    from asrtune.export.ct2 import DEFAULT_QUANTIZATION, QUANTIZATIONS
+    from asrtune.export.quantization import DEFAULT_QUANTIZATION, QUANTIZATIONS
 
     parser = subparsers.add_parser("export", help="merged HF model or CTranslate2 (faster-whisper) folder")
     parser.add_argument("model", help="run folder, bundled:NAME, HF folder or id, or CTranslate2 folder")

@@ -19,8 +19,8 @@ def add(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from asrtune.inspection import count_parameters, module_counts
-    from asrtune.models.load import load_model
     from asrtune.report import print_table
+    from asrtune.runs.load import load_model
     from asrtune.strategies import apply_strategy, parse_spec
 
     parse_spec(args.strategy)  # a bad spec fails before the model loads

@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         ),
     )
     report_path = args.report or args.out.with_name(args.out.stem + ".report.json")
-    report = prepare(args.src, args.out, report_path, settings)
+    report = prepare(args.src, args.out, report_path, settings,
+                     check_labels=_label_check(args) if args.label_check else None)
     print_table(["", "rows", "duration", "what"], summary_rows(report))
     segmentation = report["segmentation"]
     if segmentation["cut_pieces"] or segmentation["split_rows"]:
@@ -138,3 +139,15 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"manifest: {args.out} ({report['kept']} rows)")
     return 0
+
+
+def _label_check(args: argparse.Namespace):
+    """The label check ``prepare`` runs on the kept rows: ``--model`` loaded only when it runs."""
+    from asrtune.evaluation.labelcheck import label_check
+    from asrtune.runs.load import load_model
+
+    def check(kept):
+        return label_check(kept, load_model(args.model), max_cer=args.max_cer, language=args.language,
+                           progress=not args.no_progress)
+
+    return check

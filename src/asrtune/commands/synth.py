@@ -43,7 +43,7 @@ def _lines(args: argparse.Namespace) -> list[str]:
     from asrtune.data.term_sentences import read_templates, term_sentences
     from asrtune.evaluation.terms import read_terms
 
-    return term_sentences(read_terms(args.terms, args.language), read_templates(args.templates),
+    return term_sentences(read_terms(args.terms, args.language).terms, read_templates(args.templates),
                           per_term=args.per_term, seed=args.seed)
 
 

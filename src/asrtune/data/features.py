@@ -21,11 +21,11 @@ from asrtune.data.feature_cache import FeatureCache, extract_features
 from asrtune.data.manifest import Utterance
 from asrtune.errors import AsrtuneError
 from asrtune.models.family import family_for_processor, family_named
-from asrtune.models.whisper import prefix_ids
+from asrtune.models.whisper import DECODER_POSITIONS, prefix_ids
 
 __all__ = ["prefix_ids", "label_ids", "FeatureDataset", "MAX_LABEL_TOKENS", "collate", "audio_duration"]
 
-MAX_LABEL_TOKENS = 448  # Whisper's decoder positions (each family has its own: ``family.max_label_tokens``)
+MAX_LABEL_TOKENS = DECODER_POSITIONS  # Whisper's (each family has its own: ``family.max_label_tokens``)
 
 
 def label_ids(processor: WhisperProcessor, text: str, prefix: list[int]) -> list[int]:

@@ -16,8 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
+from transformers import WhisperTokenizerFast
+
 from asrtune.data.features import MAX_LABEL_TOKENS, label_ids
 from asrtune.errors import AsrtuneError
+from asrtune.models.load import load_base_model, resolve_source, run_model_source
 
 __all__ = ["LabelBudget", "load_label_budget"]
 
@@ -53,8 +56,6 @@ def _languages(tokenizer) -> frozenset[str]:
 
 
 def _from_ct2(directory: Path) -> LabelBudget:
-    from transformers import WhisperTokenizerFast
-
     tokenizer_file = directory / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise AsrtuneError(f"{directory}: CTranslate2 model has no tokenizer.json")
@@ -67,8 +68,6 @@ def _from_ct2(directory: Path) -> LabelBudget:
 
 
 def _from_hf_dir(directory: Path) -> LabelBudget:
-    from transformers import WhisperTokenizerFast
-
     try:
         tokenizer = WhisperTokenizerFast.from_pretrained(str(directory))
     except (OSError, ValueError) as error:
@@ -91,18 +90,13 @@ def load_label_budget(source: str) -> LabelBudget:
     Raises:
         AsrtuneError: the source is not a model, or has no tokenizer.
     """
-    from asrtune.models.load import load_model, resolve_source
-
     kind, location = resolve_source(source)
     if kind == "run":
-        from asrtune.config import parse_yaml
-
-        config = parse_yaml((Path(location) / "config.yaml").read_text()) or {}
-        return load_label_budget(str(config.get("model") or "bundled:tiny.en"))
+        return load_label_budget(run_model_source(Path(location)))
     if kind == "ct2":
         return _from_ct2(Path(location))
     if kind == "hf_dir":
         return _from_hf_dir(Path(location))
-    loaded = load_model(source)  # a hub id: transformers resolves it (offline, only when cached)
+    loaded = load_base_model(source)  # a hub id: transformers resolves it (offline, only when cached)
     tokenizer = loaded.processor.tokenizer
     return LabelBudget(tokenizer, loaded.multilingual, _languages(tokenizer))

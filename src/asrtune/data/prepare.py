@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,8 +134,13 @@ def prepare(
     out: str | Path,
     report_path: str | Path | None = None,
     settings: PrepareSettings = PrepareSettings(),
+    *,
+    check_labels: Callable[[list[Utterance]], dict] | None = None,
 ) -> dict:
     """Read ``src``, clean it, write the kept rows to ``out`` and the report to ``report_path``.
+
+    ``check_labels``: with ``settings.label_check``, the check run on the kept rows (its result is the report's
+    ``label_check``; :func:`asrtune.evaluation.labelcheck.label_check` with the model loaded).
 
     Returns:
         The report (also written as JSON). ``out`` is written only when a row is kept.
@@ -142,6 +148,8 @@ def prepare(
     Raises:
         AsrtuneError: the source cannot be read as a whole, or an output would overwrite the source.
     """
+    if settings.label_check and check_labels is None:
+        raise AsrtuneError("settings.label_check: pass the check to run (check_labels)")
     src, out = Path(src).expanduser(), Path(out).expanduser()
     report_path = Path(report_path) if report_path else out.with_name(out.stem + ".report.json")
     for target in (out, report_path):
@@ -160,15 +168,7 @@ def prepare(
     dropped = list(source.dropped) + dropped
     report = _report(source, out, settings, kept, dropped, segmentation, normalization)
     if settings.label_check and kept:
-        from asrtune.data.labelcheck import label_check
-
-        report["label_check"] = label_check(
-            kept,
-            settings.model,
-            max_cer=settings.max_cer,
-            language=settings.clean.language,
-            progress=settings.progress,
-        )
+        report["label_check"] = check_labels(kept)
     if kept:
         write_manifest(kept, out)
     _write_atomic_text(report_path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")

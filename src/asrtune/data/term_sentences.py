@@ -9,11 +9,12 @@ packaged templates (``packaged:medical_templates_en``) are medical dictation sen
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+from asrtune.data.corpora import PACKAGED_PREFIX
 from asrtune.errors import AsrtuneError
-from asrtune.evaluation.terms import PACKAGED_PREFIX, TermList
 
 __all__ = ["SLOT", "MEDICAL_TEMPLATES", "read_templates", "parse_templates", "term_sentences"]
 
@@ -64,9 +65,9 @@ def _fill(template: str, term: str) -> str:
     return template.replace(SLOT, term)
 
 
-def term_sentences(terms: TermList, templates: tuple[str, ...], *, per_term: int = 3,
+def term_sentences(terms: Sequence[str], templates: tuple[str, ...], *, per_term: int = 3,
                    seed: int = 0) -> list[str]:
-    """``per_term`` sentences for every term, each term in different templates, in a seeded order.
+    """``per_term`` sentences for every term (a term list's ``terms``), each term in different templates, in a seeded order.
 
     Templates are dealt in turn from a seeded shuffle, so over the whole list each is used
     ``len(terms) * per_term / len(templates)`` times, give or take one.
@@ -82,7 +83,7 @@ def term_sentences(terms: TermList, templates: tuple[str, ...], *, per_term: int
     order = list(templates)
     rng.shuffle(order)
     sentences, turn = [], 0
-    for term in terms.terms:
+    for term in terms:
         for _ in range(per_term):  # consecutive turns: per_term <= len(order), so never the same template twice
             sentences.append(_fill(order[turn % len(order)], term))
             turn += 1

@@ -16,21 +16,19 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers.modeling_outputs import BaseModelOutput
 
 from asrtune.data.features import FeatureDataset
-from asrtune.evaluation.guards import duration_token_cap
 from asrtune.evaluation.metrics import Scores, score
 from asrtune.languages import canonical_language
+from asrtune.models.guards import duration_token_cap
 from asrtune.models.load import LoadedModel
-from asrtune.models.short_input import encode_short, short_input_frames
+from asrtune.models.whisper import DECODER_POSITIONS
 
 __all__ = ["Evaluation", "Decoded", "TruncationWarning", "decode_dataset", "transcribe_dataset", "transcribe_sharded",
-           "evaluate_dataset", "write_predictions", "safe_max_new_tokens"]
+           "evaluate_dataset", "scoring_language", "write_predictions", "safe_max_new_tokens"]
 
 
 SHOWN_IDS = 20  # ids of cut-off hypotheses kept in the record (the count is always complete)
-DECODER_POSITIONS = 448  # Whisper's decoder positions: prompt + hypothesis must fit
 
 
 class TruncationWarning(UserWarning):
@@ -93,26 +91,6 @@ def _warn_capped(desc: str, capped: int, total: int, max_new_tokens: int) -> Non
                       "without end-of-text, so their lost words count as deletions; raise loop.max_new_tokens "
                       "(asrtune.evaluation.decode.safe_max_new_tokens derives one from the label lengths)",
                       TruncationWarning, stacklevel=4)  # the caller of decode_dataset (under no_grad)
-
-
-def whisper_decode_batch(loaded: LoadedModel, features: torch.Tensor, frames: list[int], *, language: str | None,
-                         task: str, max_new_tokens: int, short_input: bool = False, num_beams: int = 1,
-                         **generate_options) -> tuple[list[str], list[bool]]:
-    """The ``whisper`` family's batch decode: ``generate`` from log-mels (or the encoder on the batch's cut
-    window); transcripts and which of them stopped at ``max_new_tokens`` without end-of-text."""
-    model = loaded.model
-    if short_input:
-        cut = short_input_frames(frames, features.shape[-1])
-        inputs = {"encoder_outputs": BaseModelOutput(last_hidden_state=encode_short(model, features, cut))}
-    else:
-        inputs = {"input_features": features}
-    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams,
-                            **loaded.language_kwargs(language, task), **generate_options)
-    sequences = output.sequences if hasattr(output, "sequences") else output
-    texts = loaded.processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)
-    eos = loaded.processor.tokenizer.eos_token_id
-    # finished rows end in (and are padded with) end-of-text
-    return [text.strip() for text in texts], [eos not in row for row in sequences.tolist()]
 
 
 def transcribe_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: str | None = None,
@@ -198,6 +176,12 @@ def transcribe_sharded(loaded: LoadedModel, dataset: FeatureDataset, processes=N
     return [gathered[i] for i in range(len(dataset))]
 
 
+def scoring_language(dataset: FeatureDataset, language: str | None) -> str | None:
+    """The language a set is scored in: its utterances' (``language`` for rows without one), or ``multi``."""
+    languages = {canonical_language(u.language or language) for u in dataset.utterances}
+    return languages.pop() if len(languages) == 1 else "multi"
+
+
 def evaluate_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: str | None = None,
                      task: str = "transcribe", batch_size: int = 16, max_new_tokens: int = 128,
                      progress: bool = True, desc: str = "decode", short_input: bool = False,
@@ -212,9 +196,7 @@ def evaluate_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: 
     hypotheses = decoded.hypotheses
     references = [u.text for u in dataset.utterances]
     ids = [u.id for u in dataset.utterances]
-    languages = {canonical_language(u.language or language) for u in dataset.utterances}
-    scoring_language = languages.pop() if len(languages) == 1 else "multi"
-    return Evaluation(scores=score(references, hypotheses, scoring_language), hypotheses=hypotheses,
+    return Evaluation(scores=score(references, hypotheses, scoring_language(dataset, language)), hypotheses=hypotheses,
                       references=references, ids=ids,
                       capped_ids=[i for i, cut in zip(ids, decoded.capped, strict=True) if cut],
                       max_new_tokens=max_new_tokens)

@@ -32,7 +32,7 @@ class Transcripts:
         ids, references, hypotheses: (N,) tuples, row-aligned (lists are accepted and frozen).
         language: the language the set is scored in (None: English; "multi": mixed).
         decoding: the decoding settings that produced the hypotheses (a canonical JSON string, see
-            :func:`asrtune.evaluation.sets.decoding_key`); None when unknown. Not part of equality.
+            :func:`asrtune.training.evidence.decoding_key`); None when unknown. Not part of equality.
     """
 
     ids: tuple[str, ...]

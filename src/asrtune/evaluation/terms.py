@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from asrtune.data.corpora import PACKAGED_PREFIX
 from asrtune.errors import AsrtuneError
 from asrtune.evaluation.bootstrap import bootstrap_ratio, paired_bootstrap_ratio_delta
 from asrtune.evaluation.normalize import normalizer_for
@@ -33,7 +34,6 @@ from asrtune.languages import canonical_language
 __all__ = ["TermList", "TermCounts", "PACKAGED_PREFIX", "MEDICAL_TERMS", "parse_terms", "read_terms",
            "packaged_term_lists", "count_terms", "term_scores", "term_report", "TOP_MISSED"]
 
-PACKAGED_PREFIX = "packaged:"
 MEDICAL_TERMS = "packaged:medical_terms_en"  # the demo's built-in list
 TOP_MISSED = 10  # terms listed in a report's ``top_missed``
 

@@ -17,16 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asrtune.data.features import prefix_ids
 from asrtune.errors import AsrtuneError
+from asrtune.export.ct2_runtime import ct2_greedy_ids, load_ct2_whisper
 from asrtune.export.merge import MergedModel, load_merged, prepare_output_dir, save_hf, write_marker
+from asrtune.export.quantization import DEFAULT_QUANTIZATION, QUANTIZATIONS
+from asrtune.models.whisper import prefix_ids
 
 __all__ = ["DEFAULT_QUANTIZATION", "QUANTIZATIONS", "Ct2Check", "check_ct2_export", "export_ct2"]
 
-# ctranslate2's accepted weight types (ctranslate2.specs.model_spec.ACCEPTED_MODEL_TYPES).
-QUANTIZATIONS = ("float16", "float32", "bfloat16", "int8", "int8_float16", "int8_float32", "int8_bfloat16",
-                 "int16")
-DEFAULT_QUANTIZATION = "float16"  # what faster-whisper's published models use; on a CPU, run int8
 COPY_FILES = ("tokenizer.json", "preprocessor_config.json")
 
 
@@ -103,8 +101,6 @@ def check_ct2_export(merged: MergedModel, ct2_dir: str | Path, *, max_new_tokens
 
     Float32 exports give identical tokens; quantised ones may part ways after a few tokens.
     """
-    from asrtune.inference.ct2_runtime import ct2_greedy_ids, load_ct2_whisper
-
     features = _probe_features(merged)
     prompt = _decoder_prompt(merged)
     hf_ids = _hf_greedy_ids(merged, features, prompt, max_new_tokens)

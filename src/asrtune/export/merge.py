@@ -8,7 +8,6 @@ weights (LoRA merged), the processor (tokenizer + feature extractor) and the gen
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import time
@@ -16,15 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperProcessor
+from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-from asrtune import __version__
 from asrtune.errors import AsrtuneError
 from asrtune.models.family import ModelFamily, family_of
-from asrtune.models.load import LoadedModel, load_model
+from asrtune.models.load import LoadedModel
+from asrtune.paths import write_dir_atomically
+from asrtune.runs.load import load_model
+from asrtune.strategies import merge_strategy
+from asrtune.version import __version__
 
-__all__ = ["EXPORT_MARKER", "MERGEABLE_HINT", "MergedModel", "deployable_generation_config", "export_hf",
-           "load_merged", "merge_loaded", "prepare_output_dir", "save_hf", "write_marker"]
+__all__ = ["EXPORT_MARKER", "MERGEABLE_HINT", "MergedModel", "export_hf", "load_merged", "merge_loaded",
+           "prepare_output_dir", "save_hf", "write_marker"]
 
 EXPORT_MARKER = "asrtune_export.json"
 MERGEABLE_HINT = ("run it unmerged with `asrtune transcribe RUN` / `asrtune evaluate RUN`, or fine-tune "
@@ -48,26 +50,6 @@ class MergedModel:
     strategy: str = ""
 
 
-def deployable_generation_config(generation: GenerationConfig, tokenizer=None) -> GenerationConfig:
-    """A copy of ``generation`` that every Whisper runtime reads correctly.
-
-    English-only models must not carry ``lang_to_id``: transformers' ``generate`` sees the attribute,
-    runs language detection over an empty language set and inserts token 0 (``!``) after
-    ``<|startoftranscript|>``, which wrecks every transcript (and timestamps). ``prev_sot_token_id``
-    (``<|startofprev|>``, which opens the previous-text / prompt context) is filled in from ``tokenizer``
-    when missing; transformers otherwise guesses it from the suppressed-token list.
-    """
-    fixed = copy.deepcopy(generation)
-    english_only = not getattr(fixed, "is_multilingual", False)
-    if english_only and hasattr(fixed, "lang_to_id") and not fixed.lang_to_id:
-        delattr(fixed, "lang_to_id")
-    if tokenizer is not None and getattr(fixed, "prev_sot_token_id", None) is None:
-        prev = tokenizer.convert_tokens_to_ids("<|startofprev|>")
-        if isinstance(prev, int) and prev != tokenizer.unk_token_id:
-            fixed.prev_sot_token_id = prev
-    return fixed
-
-
 def _plain_parameter_names(model: torch.nn.Module) -> set[str]:
     with torch.device("meta"):
         reference = type(model)(model.config)
@@ -77,9 +59,8 @@ def _plain_parameter_names(model: torch.nn.Module) -> set[str]:
 def _check_plain(model: torch.nn.Module, strategy: str, family: ModelFamily) -> torch.nn.Module:
     """Refuse anything but a plain model of the family's transformers class with exactly its parameters."""
     if type(model).__name__ != family.model_class:
-        plain = "Whisper" if family.name == "whisper" else family.model_class
-        raise AsrtuneError(f"strategy {strategy!r} left a {type(model).__name__}, not a plain {plain} model: "
-                           f"{MERGEABLE_HINT}")
+        raise AsrtuneError(f"strategy {strategy!r} left a {type(model).__name__}, not a plain "
+                           f"{family.display_name} model: {MERGEABLE_HINT}")
     extra = sorted(set(model.state_dict()) - _plain_parameter_names(model))
     if extra:
         raise AsrtuneError(f"strategy {strategy!r} added modules plain Whisper cannot hold "
@@ -94,8 +75,6 @@ def merge_loaded(loaded: LoadedModel) -> MergedModel:
         AsrtuneError: the strategy cannot be merged (its message names the alternative), or the merged
             model's outputs differ from the unmerged ones.
     """
-    from asrtune.strategies import merge_strategy
-
     model, family = loaded.model, loaded.family
     if loaded.strategy:
         before = family.probe_logits(model)
@@ -115,11 +94,7 @@ def merge_loaded(loaded: LoadedModel) -> MergedModel:
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     model.eval()
-    if family.name == "whisper":
-        model.generation_config = deployable_generation_config(model.generation_config,
-                                                               loaded.processor.tokenizer)
-    else:
-        family.prepare_export(model, loaded.processor)
+    family.prepare_export(model, loaded.processor)
     return MergedModel(model=model, processor=loaded.processor, source=loaded.source,
                        strategy=loaded.strategy)
 
@@ -156,12 +131,9 @@ def save_hf(merged: MergedModel, folder: Path) -> None:
     # transformers 5 nests the feature extractor in processor_config.json; faster-whisper, ctranslate2's
     # converter and older transformers read preprocessor_config.json.
     merged.processor.feature_extractor.save_pretrained(folder)
-    if type(merged.model).__name__ != "WhisperForConditionalGeneration":
-        return
-    # save_pretrained writes the generation config too; write the deployable one explicitly so the file
-    # on disk is exactly what runtimes (transformers, ctranslate2's converter) will read.
-    generation = deployable_generation_config(merged.model.generation_config, merged.processor.tokenizer)
-    generation.save_pretrained(folder)
+    # save_pretrained writes the generation config too; write the one the family prepared (merge_loaded) again
+    # so the file on disk is exactly what runtimes (transformers, ctranslate2's converter) will read.
+    merged.model.generation_config.save_pretrained(folder)
 
 
 def export_hf(source: str | MergedModel, out: str | Path, *, overwrite: bool = False) -> Path:
@@ -175,19 +147,13 @@ def export_hf(source: str | MergedModel, out: str | Path, *, overwrite: bool = F
     Returns:
         ``out``.
     """
-    from asrtune.training.checkpoint import write_dir_atomically
-
     out = Path(out)
     prepare_output_dir(out, overwrite)
     merged = source if isinstance(source, MergedModel) else load_merged(source)
 
     def write(staging: Path) -> None:
         save_hf(merged, staging)
-        extra = {}
-        family = family_of(merged.model)
-        if family.name != "whisper":  # LLM families: the prompt to feed the exported model (one audio placeholder)
-            extra["prompt"] = family.prompt(merged.processor, None)
-        write_marker(staging, merged, "hf", **extra)
+        write_marker(staging, merged, "hf", **family_of(merged.model).export_record(merged.processor))
 
     if out.is_dir() and not any(out.iterdir()):
         shutil.rmtree(out)

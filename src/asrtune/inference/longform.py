@@ -27,8 +27,10 @@ from tqdm import tqdm
 
 from asrtune.data.audio import SAMPLE_RATE, load_audio
 from asrtune.errors import AsrtuneError
+from asrtune.export.merge import merge_loaded
 from asrtune.models.load import LoadedModel
 from asrtune.models.new_language import generate_language
+from asrtune.models.whisper import deployable_generation_config
 from asrtune.strategies.prompt import soft_prompt_length
 
 __all__ = ["FALLBACK_TEMPERATURES", "Segment", "TranscribeOptions", "TranscribeStats", "Transcript",
@@ -116,11 +118,14 @@ class Transcript:
 
 @dataclass(frozen=True, kw_only=True)
 class TranscribeStats:
-    """Totals over a call: ``rtf`` is decode seconds per audio second (below 1 is faster than real time)."""
+    """Totals over a call: ``rtf`` is decode seconds per audio second (below 1 is faster than real time);
+    ``window_seconds``: the window decoded at a time; ``device``: where the model ran."""
 
     files: int
     audio_seconds: float
     decode_seconds: float
+    window_seconds: float = 30.0
+    device: str = "cpu"
 
     @property
     def rtf(self) -> float:
@@ -133,8 +138,6 @@ def prepare_for_inference(loaded: LoadedModel) -> LoadedModel:
     Merging happens in place (PEFT's ``merge_and_unload``): use the returned model, not the one passed.
     A strategy whose modules cannot be merged (bottleneck adapters) is decoded as it is.
     """
-    from asrtune.export.merge import deployable_generation_config, merge_loaded
-
     if loaded.strategy:
         try:
             merged = merge_loaded(loaded)
@@ -300,8 +303,6 @@ def transcribe_files(loaded: LoadedModel, paths: Sequence[str | Path],
     """
     if not paths:
         raise AsrtuneError("no audio files given")
-    from asrtune.export.merge import deployable_generation_config
-
     model, tokenizer = loaded.model, loaded.processor.tokenizer
     model.generation_config = deployable_generation_config(model.generation_config, tokenizer)
     model.eval()
@@ -343,7 +344,9 @@ def transcribe_files(loaded: LoadedModel, paths: Sequence[str | Path],
         bar.refresh()
     bar.close()
     stats = TranscribeStats(files=len(paths), audio_seconds=sum(durations),
-                            decode_seconds=time.perf_counter() - started)
+                            decode_seconds=time.perf_counter() - started,
+                            window_seconds=loaded.processor.feature_extractor.chunk_length,
+                            device=next(loaded.model.parameters()).device.type)
     return [results[i] for i in range(len(paths))], stats
 
 

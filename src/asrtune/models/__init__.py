@@ -1,7 +1,6 @@
-"""Model sources: HF ids and folders, CTranslate2 folders, bundled real Whisper weights, run folders."""
+"""Models: one file per family (``family``, ``whisper``, ``qwen2_audio``, ``qwen3_asr``), where pretrained weights
+come from (``bundled``, ``ct2``, ``llm_asr_tiny``) and loading any source but a run folder (``load``).
 
-from __future__ import annotations
-
-from asrtune.models.load import LoadedModel, load_model, resolve_source
-
-__all__ = ["LoadedModel", "load_model", "resolve_source"]
+Nothing here imports from training, evaluation, analysis or commands (the import-linter contracts in
+``pyproject.toml`` hold the layers).
+"""

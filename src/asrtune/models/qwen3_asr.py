@@ -52,6 +52,7 @@ def _language_name(language: str | None) -> str:
 @FAMILIES.register("qwen3_asr")
 class Qwen3ASRFamily(Qwen2AudioFamily):
     name = "qwen3_asr"
+    display_name = "Qwen3-ASR"
     core_class = "Qwen3ASRModel"
     model_class = "Qwen3ASRForConditionalGeneration"
     model_types = ("qwen3_asr",)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from asrtune.strategies.base import whisper_core
+from asrtune.models.family import model_core
 
 __all__ = ["encoder_stem", "short_input_frames", "encode_short"]
 
@@ -46,7 +46,7 @@ def encode_short(model: torch.nn.Module, features: torch.Tensor, frames: int) ->
     Forward hooks on the layers (bottleneck adapters) and PEFT-wrapped linears run as in the full
     forward; LayerDrop is honoured in training mode as ``WhisperEncoder`` does it.
     """
-    encoder = whisper_core(model).encoder
+    encoder = model_core(model).encoder
     hidden = encoder_stem(encoder, features[..., :frames])
     for layer in encoder.layers:
         if encoder.training and encoder.layerdrop > 0.0 and torch.rand([]) < encoder.layerdrop:

@@ -4,23 +4,40 @@ Training targets are the decoder prompt after ``<|startoftranscript|>`` (languag
 multilingual models, ``<|notimestamps|>``), the text with Whisper's leading space, and
 ``<|endoftext|>``; the decoder input is the targets shifted right behind ``<|startoftranscript|>``.
 Every target position counts in the loss, the prompt tokens included (as Whisper's own recipe).
+
+The frozen prefix: the encoder's stem (convolutions, positions) and its bottom layers, when nothing in
+them trains and no dropout applies; a step then runs the layers above from the cached output.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import WhisperForConditionalGeneration, WhisperProcessor
+from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperProcessor
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
 from asrtune.errors import AsrtuneError
-from asrtune.models.family import FAMILIES, ModelFamily, ModuleMap
+from asrtune.models.family import FAMILIES, CachePlan, ModelFamily, ModuleMap, trains
+from asrtune.models.new_language import add_language_token
+from asrtune.models.short_input import encode_short, encoder_stem, short_input_frames
 
-__all__ = ["WhisperFamily", "prefix_ids", "DECODER_POSITIONS"]
+__all__ = ["WhisperFamily", "prefix_ids", "DECODER_POSITIONS", "whisper_core", "whisper_loss",
+           "whisper_decode_batch", "deployable_generation_config"]
 
 DECODER_POSITIONS = 448  # Whisper's decoder positions
+
+
+def whisper_core(model: torch.nn.Module) -> torch.nn.Module:
+    """The ``WhisperModel`` (encoder + decoder) inside a possibly wrapped model."""
+    for module in model.modules():
+        if type(module).__name__ == "WhisperModel":
+            return module
+    raise AsrtuneError("this needs a Whisper model")
 
 
 def prefix_ids(processor: WhisperProcessor, *, multilingual: bool, language: str | None, task: str) -> list[int]:
@@ -36,9 +53,83 @@ def prefix_ids(processor: WhisperProcessor, *, multilingual: bool, language: str
     return ids
 
 
+def encode_top(model: torch.nn.Module, prefix: torch.Tensor, plan: CachePlan) -> torch.Tensor:
+    """The encoder output from a cached prefix: the layers above it and the final layer norm.
+
+    Shapes: (B, positions, d_model) -> (B, positions, d_model). Gradients flow as usual.
+    """
+    if plan.whole:
+        return prefix
+    encoder = whisper_core(model).encoder
+    hidden = prefix
+    for layer in encoder.layers[plan.layers:]:
+        hidden = layer(hidden, None)
+    return encoder.layer_norm(hidden)
+
+
+def whisper_loss(model: torch.nn.Module, batch: dict, plan: CachePlan | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training forward: the encoder from log-mels, from a cached frozen prefix, or on a cut window; the
+    decoder on the labels shifted right behind ``<|startoftranscript|>``. Summed token cross-entropy and the
+    number of target tokens."""
+    labels = batch["labels"]
+    if batch.get("prefix") is not None:
+        inputs = {"encoder_outputs": (encode_top(model, batch["prefix"], plan),)}
+    elif batch.get("short_frames") is not None:
+        inputs = {"encoder_outputs": (encode_short(model, batch["input_features"], batch["short_frames"]),)}
+    else:
+        inputs = {"input_features": batch["input_features"]}
+    config = whisper_core(model).config
+    decoder_input_ids = shift_tokens_right(labels, config.pad_token_id, config.decoder_start_token_id)
+    logits = model(**inputs, decoder_input_ids=decoder_input_ids).logits
+    loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
+                                             reduction="sum")
+    return loss, (labels != -100).sum()
+
+
+def whisper_decode_batch(loaded, features: torch.Tensor, frames: Sequence[int], *, language: str | None, task: str,
+                         max_new_tokens: int, short_input: bool = False, num_beams: int = 1,
+                         **generate_options) -> tuple[list[str], list[bool]]:
+    """One batch through ``generate`` from log-mels (or the encoder on the batch's cut window); transcripts and
+    which of them stopped at ``max_new_tokens`` without end-of-text."""
+    model = loaded.model
+    if short_input:
+        cut = short_input_frames(frames, features.shape[-1])
+        inputs = {"encoder_outputs": BaseModelOutput(last_hidden_state=encode_short(model, features, cut))}
+    else:
+        inputs = {"input_features": features}
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams,
+                            **loaded.language_kwargs(language, task), **generate_options)
+    sequences = output.sequences if hasattr(output, "sequences") else output
+    texts = loaded.processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+    eos = loaded.processor.tokenizer.eos_token_id
+    # finished rows end in (and are padded with) end-of-text
+    return [text.strip() for text in texts], [eos not in row for row in sequences.tolist()]
+
+
+def deployable_generation_config(generation: GenerationConfig, tokenizer=None) -> GenerationConfig:
+    """A copy of ``generation`` that every Whisper runtime reads correctly.
+
+    English-only models must not carry ``lang_to_id``: transformers' ``generate`` sees the attribute,
+    runs language detection over an empty language set and inserts token 0 (``!``) after
+    ``<|startoftranscript|>``, which wrecks every transcript (and timestamps). ``prev_sot_token_id``
+    (``<|startofprev|>``, which opens the previous-text / prompt context) is filled in from ``tokenizer``
+    when missing; transformers otherwise guesses it from the suppressed-token list.
+    """
+    fixed = copy.deepcopy(generation)
+    english_only = not getattr(fixed, "is_multilingual", False)
+    if english_only and hasattr(fixed, "lang_to_id") and not fixed.lang_to_id:
+        delattr(fixed, "lang_to_id")
+    if tokenizer is not None and getattr(fixed, "prev_sot_token_id", None) is None:
+        prev = tokenizer.convert_tokens_to_ids("<|startofprev|>")
+        if isinstance(prev, int) and prev != tokenizer.unk_token_id:
+            fixed.prev_sot_token_id = prev
+    return fixed
+
+
 @FAMILIES.register("whisper")
 class WhisperFamily(ModelFamily):
     name = "whisper"
+    display_name = "Whisper"
     core_class = "WhisperModel"
     model_class = "WhisperForConditionalGeneration"
     model_types = ("whisper",)
@@ -47,6 +138,9 @@ class WhisperFamily(ModelFamily):
                         stem=("encoder.conv1", "encoder.conv2", "encoder.embed_positions"),
                         fixed=("encoder.embed_positions.weight",))
     max_label_tokens = DECODER_POSITIONS
+    short_input = True
+    long_form = True
+    new_language_tokens = True
 
     def load(self, location: Path | str, dtype: torch.dtype):
         try:
@@ -87,16 +181,56 @@ class WhisperFamily(ModelFamily):
         }
 
     def loss(self, model: torch.nn.Module, batch: dict, *, plan=None) -> tuple[torch.Tensor, torch.Tensor]:
-        from asrtune.training.step import whisper_loss  # lives beside the training forward
-
         return whisper_loss(model, batch, plan)
 
     def decode(self, loaded, features: torch.Tensor, frames: Sequence[int], *, language: str | None, task: str,
                max_new_tokens: int, short_input: bool = False, **generate_options) -> tuple[list[str], list[bool]]:
-        from asrtune.evaluation.decode import whisper_decode_batch  # lives beside the batching loop
-
         return whisper_decode_batch(loaded, features, frames, language=language, task=task,
                                     max_new_tokens=max_new_tokens, short_input=short_input, **generate_options)
+
+    # --- the frozen prefix ------------------------------------------------------------------------------
+
+    def cache_plan(self, model: torch.nn.Module) -> CachePlan | None:
+        core = whisper_core(model)
+        encoder, config = core.encoder, core.config
+        if config.dropout or config.attention_dropout or config.activation_dropout or config.encoder_layerdrop:
+            return None
+        if trains(encoder.conv1) or trains(encoder.conv2) or trains(encoder.embed_positions):
+            return None
+        layers = 0
+        for layer in encoder.layers:
+            if trains(layer):
+                break
+            layers += 1
+        return CachePlan(layers=layers, whole=layers == len(encoder.layers) and not trains(encoder.layer_norm))
+
+    def prefix_shape(self, model: torch.nn.Module, processor=None) -> tuple[int, int]:
+        config = whisper_core(model).config
+        return config.max_source_positions, config.d_model
+
+    @torch.no_grad()
+    def encode_prefix(self, model: torch.nn.Module, features: torch.Tensor, plan: CachePlan,
+                      frames: torch.Tensor | None = None) -> torch.Tensor:
+        del frames  # the encoder sees its whole 30 s window
+        encoder = whisper_core(model).encoder
+        was_training = encoder.training
+        encoder.eval()
+        features = features.to(dtype=next(encoder.parameters()).dtype)
+        if plan.whole:
+            hidden = encoder(features).last_hidden_state
+        else:
+            hidden = encoder_stem(encoder, features)
+            for layer in encoder.layers[: plan.layers]:
+                hidden = layer(hidden, None)
+        encoder.train(was_training)
+        return hidden
+
+    # --- languages --------------------------------------------------------------------------------------
+
+    def add_language_token(self, model: torch.nn.Module, processor, language: str, init: str) -> int:
+        return add_language_token(model, processor, language, init)
+
+    # --- export -----------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def probe_logits(self, model: torch.nn.Module) -> torch.Tensor:
@@ -108,3 +242,6 @@ class WhisperFamily(ModelFamily):
         output = model(input_features=features.to(parameter.device, parameter.dtype),
                        decoder_input_ids=decoder_ids.to(parameter.device))
         return output.logits.float().cpu()
+
+    def prepare_export(self, model: torch.nn.Module, processor) -> None:
+        model.generation_config = deployable_generation_config(model.generation_config, processor.tokenizer)

@@ -18,7 +18,7 @@ from asrtune.models.family import ModuleMap, family_of, model_core
 from asrtune.registry import Registry
 
 __all__ = ["Strategy", "STRATEGIES", "parse_spec", "apply_strategy", "merge_strategy", "default_learning_rate",
-           "whisper_core", "freeze_positional_embeddings", "qualified_modules", "encoder_layer_count",
+           "freeze_positional_embeddings", "qualified_modules", "encoder_layer_count",
            "stem_modules", "set_trainable", "module_map", "encoder_of", "decoder_of", "encoder_layer_names",
            "model_core"]
 
@@ -153,14 +153,6 @@ def parse_spec(spec: str) -> list[Strategy]:
         raise AsrtuneError(f"strategy spec {spec!r}: {selects[0].name} cannot be combined with "
                            f"{strategies[1].name} ({reason})")
     return strategies
-
-
-def whisper_core(model: torch.nn.Module) -> torch.nn.Module:
-    """The ``WhisperModel`` (encoder + decoder) inside a possibly wrapped model."""
-    for module in model.modules():
-        if type(module).__name__ == "WhisperModel":
-            return module
-    raise AsrtuneError("strategy needs a Whisper model")
 
 
 def module_map(model: torch.nn.Module) -> ModuleMap:

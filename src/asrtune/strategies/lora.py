@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from peft import LoraConfig, get_peft_model
 
 from asrtune.errors import AsrtuneError
 from asrtune.models.family import core_prefix
@@ -60,6 +59,11 @@ class Lora(Strategy):
                 and isinstance(module, torch.nn.Linear)]
 
     def apply(self, model: torch.nn.Module, frozen: frozenset[str] = frozenset()) -> torch.nn.Module:
+        from peft import (  # here: reading a config checks specs without loading PEFT
+            LoraConfig,
+            get_peft_model,
+        )
+
         prefix = core_prefix(model)
         names = [prefix + name for name in self.target_names(model, frozen)]
         if not names:

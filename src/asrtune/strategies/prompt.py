@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from asrtune.errors import AsrtuneError
-from asrtune.strategies.base import STRATEGIES, Strategy, whisper_core
+from asrtune.strategies.base import STRATEGIES, Strategy
 
 __all__ = ["Prompt", "SoftPrompt", "FREQUENT_TOKENS", "soft_prompt_length"]
 
@@ -163,6 +163,9 @@ class Prompt(Strategy):
             raise ValueError(f"init must be vocab or random, got {self.init!r}")
 
     def apply(self, model: torch.nn.Module, frozen: frozenset[str] = frozenset()) -> torch.nn.Module:
+        # here: reading a config parses strategy specs, which must not load transformers' Whisper
+        from asrtune.models.whisper import whisper_core
+
         decoder = whisper_core(model).decoder
         limit = decoder.config.max_target_positions
         if self.n > limit // 2:

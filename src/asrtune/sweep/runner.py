@@ -34,15 +34,29 @@ from asrtune.analysis.cka import layer_cka
 from asrtune.analysis.paired import PairedComparison, compare_runs
 from asrtune.analysis.report import ReportInputs, write_report
 from asrtune.analysis.tables import BaseRecord, Row, RunRecord, aggregate, read_run
-from asrtune.config import (GeneralSet, RunConfig, absolute_model, apply_overrides, config_from_dict, config_hash,
-                            parse_yaml)
+from asrtune.config import (
+    GeneralSet,
+    RunConfig,
+    absolute_model,
+    apply_overrides,
+    config_from_dict,
+    config_hash,
+    parse_yaml,
+)
 from asrtune.data.manifest import manifests_digest
 from asrtune.errors import AsrtuneError
-from asrtune.evaluation.sets import BASE_TRANSCRIPTS, base_transcripts, build_eval_sets, decoding_key, evidence
-from asrtune.models.load import LoadedModel, load_model
+from asrtune.models.load import LoadedModel
+from asrtune.runs.layout import LAST
+from asrtune.runs.load import load_model
 from asrtune.sweep.config import StrategyEntry, SweepConfig
 from asrtune.sweep.data import DatasetFiles, materialise, materialise_composite, materialise_general
-from asrtune.training.checkpoint import LAST
+from asrtune.training.evidence import (
+    BASE_TRANSCRIPTS,
+    base_transcripts,
+    build_eval_sets,
+    decoding_key,
+    evidence,
+)
 from asrtune.training.recipe import train
 
 __all__ = ["SweepOutcome", "RunPlan", "run_config", "plan_runs", "run_sweep", "planned_hash", "recorded_hash",

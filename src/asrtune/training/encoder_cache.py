@@ -14,132 +14,21 @@ changes the inputs every step disables it (the recipe checks).
 LLM families (Qwen2-Audio): when the whole audio encoder is frozen (``projector``, ``lora``,
 ``projector+lora``), the cached tensor is the audio tower's output before the projector, and a step
 runs the projector and the LLM only. A partly trained audio encoder is not cached there.
+
+What is frozen, the cached shape and the encoding are the model family's (``ModelFamily.cache_plan``,
+``prefix_shape``, ``encode_prefix``); this module stores the outputs.
 """
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from asrtune.models.family import family_of, model_core
-from asrtune.models.short_input import encoder_stem
-from asrtune.strategies.base import whisper_core
-
-__all__ = ["CachePlan", "cache_plan", "encoder_is_frozen", "item_bytes", "encode_prefix",
-           "encode_top", "PrefixCache", "prefix_shape"]
-
-
-@dataclass(frozen=True)
-class CachePlan:
-    """What is cached: the stem plus ``layers`` encoder layers; ``whole`` adds the final layer norm."""
-
-    layers: int
-    whole: bool
-
-
-def _trains(module: torch.nn.Module) -> bool:
-    return any(p.requires_grad for p in module.parameters())
-
-
-def _audio_encoder_plan(model: torch.nn.Module) -> CachePlan | None:
-    """LLM families: the whole audio encoder when nothing in it trains and it applies no dropout."""
-    family = family_of(model)
-    encoder = model_core(model).get_submodule(family.modules.encoder)
-    config = encoder.config
-    if any(getattr(config, name, 0) for name in ("dropout", "attention_dropout", "activation_dropout",
-                                                  "encoder_layerdrop")):
-        return None
-    if _trains(encoder):
-        return None
-    return CachePlan(layers=len(encoder.layers), whole=True)
-
-
-def prefix_shape(model: torch.nn.Module, processor=None) -> tuple[int, int]:
-    """One cached item's shape (positions, width): Whisper's encoder positions, or the audio tower's
-    output positions for the processor's full window (LLM families)."""
-    family = family_of(model)
-    if family.name == "whisper":
-        config = whisper_core(model).config
-        return config.max_source_positions, config.d_model
-    return family.prefix_shape(model, processor)
-
-
-def cache_plan(model: torch.nn.Module) -> CachePlan | None:
-    """The largest frozen prefix of the encoder, or None when the stem trains or dropout is on."""
-    if family_of(model).name != "whisper":
-        return _audio_encoder_plan(model)
-    core = whisper_core(model)
-    encoder, config = core.encoder, core.config
-    if config.dropout or config.attention_dropout or config.activation_dropout or config.encoder_layerdrop:
-        return None
-    if _trains(encoder.conv1) or _trains(encoder.conv2) or _trains(encoder.embed_positions):
-        return None
-    layers = 0
-    for layer in encoder.layers:
-        if _trains(layer):
-            break
-        layers += 1
-    return CachePlan(layers=layers, whole=layers == len(encoder.layers) and not _trains(encoder.layer_norm))
-
-
-def encoder_is_frozen(model: torch.nn.Module) -> bool:
-    """True when no encoder parameter trains and the encoder applies no dropout."""
-    plan = cache_plan(model)
-    return plan is not None and plan.whole
-
-
-def item_bytes(model: torch.nn.Module) -> int:
-    """Memory one cached utterance takes: (max_source_positions, d_model) float32."""
-    config = whisper_core(model).config
-    return config.max_source_positions * config.d_model * 4
-
-
-@torch.no_grad()
-def encode_prefix(model: torch.nn.Module, features: torch.Tensor, plan: CachePlan,
-                  frames: torch.Tensor | None = None) -> torch.Tensor:
-    """The cached prefix's output (B, max_source_positions, d_model) for log-mels (B, n_mels, frames).
-
-    LLM families: the audio tower's output, each row's padding masked by its valid ``frames`` (B,).
-    """
-    family = family_of(model)
-    if family.name != "whisper":
-        tower = model_core(model).get_submodule(family.modules.encoder)
-        was_training = tower.training
-        tower.eval()
-        output = family.encode_audio(model, features.to(dtype=next(tower.parameters()).dtype), frames)
-        tower.train(was_training)
-        return output
-    encoder = whisper_core(model).encoder
-    was_training = encoder.training
-    encoder.eval()
-    features = features.to(dtype=next(encoder.parameters()).dtype)
-    if plan.whole:
-        hidden = encoder(features).last_hidden_state
-    else:
-        hidden = encoder_stem(encoder, features)
-        for layer in encoder.layers[: plan.layers]:
-            hidden = layer(hidden, None)
-    encoder.train(was_training)
-    return hidden
-
-
-def encode_top(model: torch.nn.Module, prefix: torch.Tensor, plan: CachePlan) -> torch.Tensor:
-    """The encoder output from a cached prefix: the layers above it and the final layer norm.
-
-    Shapes: (B, positions, d_model) -> (B, positions, d_model). Gradients flow as usual.
-    """
-    if plan.whole:
-        return prefix
-    encoder = whisper_core(model).encoder
-    hidden = prefix
-    for layer in encoder.layers[plan.layers :]:
-        hidden = layer(hidden, None)
-    return encoder.layer_norm(hidden)
+__all__ = ["PrefixCache"]
 
 
 class PrefixCache:

@@ -1,6 +1,6 @@
 """One training forward: what DDP/FSDP/DeepSpeed wrap, and the loss normalised over the global batch.
 
-:class:`TrainingForward` runs the model family's training forward (see ``models.family``; for Whisper
+:class:`TrainingForward` runs the model family's training forward (``ModelFamily.loss``; for Whisper
 the encoder from log-mels, from a cached frozen prefix, or on a cut window, then the decoder) and
 returns the *sum* of token cross-entropies and the token count. The
 recipe divides by the number of target tokens in the whole global batch (every process, every
@@ -12,32 +12,10 @@ process takes with batch N x B.
 from __future__ import annotations
 
 import torch
-from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
-from asrtune.models.family import family_of
-from asrtune.models.short_input import encode_short
-from asrtune.strategies.base import whisper_core
-from asrtune.training.encoder_cache import CachePlan, encode_top
+from asrtune.models.family import CachePlan, family_of
 
-__all__ = ["TrainingForward", "whisper_loss"]
-
-
-def whisper_loss(model: torch.nn.Module, batch: dict, plan: CachePlan | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``whisper`` family's training forward: the encoder from log-mels, from a cached frozen prefix, or
-    on a cut window; the decoder on the labels shifted right behind ``<|startoftranscript|>``."""
-    labels = batch["labels"]
-    if batch.get("prefix") is not None:
-        inputs = {"encoder_outputs": (encode_top(model, batch["prefix"], plan),)}
-    elif batch.get("short_frames") is not None:
-        inputs = {"encoder_outputs": (encode_short(model, batch["input_features"], batch["short_frames"]),)}
-    else:
-        inputs = {"input_features": batch["input_features"]}
-    config = whisper_core(model).config
-    decoder_input_ids = shift_tokens_right(labels, config.pad_token_id, config.decoder_start_token_id)
-    logits = model(**inputs, decoder_input_ids=decoder_input_ids).logits
-    loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
-                                             reduction="sum")
-    return loss, (labels != -100).sum()
+__all__ = ["TrainingForward"]
 
 
 class TrainingForward(torch.nn.Module):

@@ -11,8 +11,11 @@ from collections.abc import Sequence
 
 import jiwer
 
+from asrtune.data.features import FeatureDataset
 from asrtune.data.manifest import Utterance
+from asrtune.evaluation.decode import transcribe_dataset
 from asrtune.evaluation.normalize import normalizer_for
+from asrtune.models.load import LoadedModel
 
 __all__ = ["row_cer", "label_check"]
 
@@ -28,24 +31,20 @@ def row_cer(reference: str, hypothesis: str, language: str | None) -> float:
 
 def label_check(
     utterances: Sequence[Utterance],
-    model: str,
+    loaded: LoadedModel,
     *,
     max_cer: float,
     language: str | None = None,
     batch_size: int = 8,
     progress: bool = True,
 ) -> dict:
-    """Transcribe ``utterances`` greedily with ``model``; return the report section.
+    """Transcribe ``utterances`` greedily with ``loaded`` (the model ``prepare --model`` names); return the
+    report section.
 
     Returns:
         ``{"model", "max_cer", "checked", "mean_cer", "flagged_count", "flagged": [{"id", "audio",
         "cer", "text", "hypothesis"}]}``, flagged rows sorted by CER, worst first.
     """
-    from asrtune.data.features import FeatureDataset
-    from asrtune.evaluation.decode import transcribe_dataset
-    from asrtune.models.load import load_model
-
-    loaded = load_model(model)
     dataset = FeatureDataset(
         list(utterances),
         loaded.processor,
@@ -71,7 +70,7 @@ def label_check(
         )
     flagged = sorted((r for r in rows if r["cer"] > max_cer), key=lambda r: -r["cer"])
     return {
-        "model": model,
+        "model": loaded.source,
         "max_cer": max_cer,
         "checked": len(rows),
         "mean_cer": round(sum(r["cer"] for r in rows) / len(rows), 4) if rows else None,

@@ -30,13 +30,13 @@ from asrtune.data.feature_cache import FeatureCache
 from asrtune.data.features import FeatureDataset
 from asrtune.data.manifest import read_manifest
 from asrtune.evaluation.bootstrap import bootstrap_wer, paired_bootstrap_delta, utterance_counts
-from asrtune.evaluation.decode import Evaluation, transcribe_sharded
+from asrtune.evaluation.decode import Evaluation, scoring_language, transcribe_sharded
 from asrtune.evaluation.forgetting import Transcripts
 from asrtune.evaluation.hallucination import hallucination_stats, nonspeech_stats, write_nonspeech_clips
 from asrtune.evaluation.metrics import score
 from asrtune.evaluation.terms import TermList, read_terms, term_report
-from asrtune.models.load import LoadedModel, load_model
-from asrtune.training.init_from import load_start_model
+from asrtune.models.load import LoadedModel
+from asrtune.runs.load import load_start_model
 
 __all__ = [
     "EvalSet",
@@ -44,7 +44,6 @@ __all__ = [
     "GENERAL",
     "NONSPEECH_SET",
     "build_eval_sets",
-    "scoring_language",
     "transcripts_of",
     "decode_sets",
     "base_transcripts",
@@ -73,12 +72,6 @@ class EvalSet:
     role: str
     dataset: FeatureDataset
     terms: TermList | None = None
-
-
-def scoring_language(dataset: FeatureDataset, language: str | None) -> str | None:
-    """The language a set is scored in, as :func:`~asrtune.evaluation.decode.evaluate_dataset` decides."""
-    languages = {u.language or language for u in dataset.utterances}
-    return languages.pop() if len(languages) == 1 else "multi"
 
 
 def transcripts_of(evaluation: Evaluation, dataset: FeatureDataset, language: str | None) -> Transcripts:
@@ -268,7 +261,7 @@ def base_transcripts(
     missing = {name: item for name, item in sets.items() if name not in found}
     if missing:
         # the model the run starts from: init_from names another run's kept weights
-        model = base or (load_start_model(config) if config.init_from else load_model(config.model))
+        model = base or load_start_model(config)
         if device is not None:
             model.model.to(device)
         found.update(decode_sets(model, missing, config, progress=progress, device=device, processes=processes))

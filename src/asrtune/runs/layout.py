@@ -16,7 +16,10 @@ from pathlib import Path
 
 from asrtune.errors import AsrtuneError
 
-__all__ = ["RunDir"]
+__all__ = ["RunDir", "BEST", "LAST"]
+
+BEST = "best"  # checkpoints/best: the kept checkpoint
+LAST = "last"  # checkpoints/last: the latest, with everything a resume needs
 
 
 @dataclass(frozen=True)
