@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from conftest import read_jsonl, write_tiny_manifest
 
-import asrtune.training.recipe as recipe
 from asrtune.config import DataConfig, GeneralSet, LoopConfig, OptimConfig, RunConfig
 from asrtune.evaluation.decode import Evaluation
 from asrtune.evaluation.forgetting import Transcripts
 from asrtune.evaluation.metrics import score
-from asrtune.evaluation.sets import decoding_key
+from asrtune.training.evidence import decoding_key
+from asrtune.training.parts import RecipeParts
 from asrtune.training.recipe import train
 
 GENERAL_TEXT = "apple banana cherry grape lemon"
@@ -67,11 +67,11 @@ def fruit_base(config: RunConfig) -> dict[str, Transcripts]:
 @pytest.mark.parametrize(("budget", "measure", "best_step"),
                          [(0.03, "absolute", 3), (1.0, "absolute", 2), (0.5, "relative", 3), (3.0, "relative", 2)])
 def test_budget_decides_the_kept_checkpoint(
-    tiny_model_dir, tiny_data, tmp_path, monkeypatch, budget, measure, best_step
+    tiny_model_dir, tiny_data, tmp_path, budget, measure, best_step
 ):
     general = write_tiny_manifest(tmp_path / "general", [GENERAL_TEXT, GENERAL_TEXT], "general.jsonl")
     # Steps 0..3: target WER best at step 2, but there the general WER rose by 2 words in 5 (+0.4).
-    monkeypatch.setattr(recipe, "_evaluate", Script([0.9, 0.5, 0.3, 0.4, 0.4], [1, 1, 3, 1]))
+    script = Script([0.9, 0.5, 0.3, 0.4, 0.4], [1, 1, 3, 1])
     config = RunConfig(
         model=str(tiny_model_dir),
         strategy="decoder",
@@ -97,7 +97,8 @@ def test_budget_decides_the_kept_checkpoint(
     # decoded (so the recipe is told) with the run's own decoding settings.
     base = {"fruit": Transcripts(["u0", "u1"], [GENERAL_TEXT] * 2, [with_errors(1)] * 2, "en",
                                  decoding_key(config))}
-    results = train(config, tmp_path / "run", progress=False, baseline_transcripts=base)
+    results = train(config, tmp_path / "run", progress=False, baseline_transcripts=base,
+                    parts=RecipeParts(score=script))
 
     evals = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval_wer" in r]
     # +2 words in 5 at step 2: +0.4 WER points, twice the base model's 0.2 (relative +2.0)
@@ -136,14 +137,15 @@ def test_relative_rise_against_a_perfect_base_is_infinite_unless_nothing_rose():
 
 
 def test_without_a_budget_general_sets_are_scored_before_and_after_only(
-    tiny_model_dir, tiny_data, tmp_path, monkeypatch
+    tiny_model_dir, tiny_data, tmp_path
 ):
     general = write_tiny_manifest(tmp_path / "general", [GENERAL_TEXT, GENERAL_TEXT], "general.jsonl")
     # Eval WERs for steps 0..2 and the final pass; no general hypotheses scripted: scoring the set during training fails.
-    monkeypatch.setattr(recipe, "_evaluate", Script([0.9, 0.5, 0.3, 0.3], []))
+    script = Script([0.9, 0.5, 0.3, 0.3], [])
     config = fruit_config(tiny_model_dir, tiny_data, general, max_steps=2, forgetting_budget=float("inf"))
     base = fruit_base(config)
-    results = train(config, tmp_path / "run", progress=False, baseline_transcripts=base)
+    results = train(config, tmp_path / "run", progress=False, baseline_transcripts=base,
+                    parts=RecipeParts(score=script))
 
     evals = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval_wer" in r]
     assert len(evals) == 3 and not any("general_wer_rise" in r for r in evals)

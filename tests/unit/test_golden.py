@@ -17,9 +17,10 @@ import pytest
 from conftest import read_jsonl
 from test_training import ScriptedEvaluation
 
-import asrtune.training.recipe as recipe
 from asrtune.config import DataConfig, LoopConfig, OptimConfig, RunConfig
 from asrtune.strategies import STRATEGIES
+from asrtune.training.parts import RecipeParts
+from asrtune.training.recipe import train
 
 GOLDEN = Path(__file__).parent / "golden" / "strategy_losses.json"
 SPECS = {
@@ -46,13 +47,13 @@ def _losses(spec: str, model_dir: Path, data: tuple[Path, Path], run_dir: Path) 
         loop=LoopConfig(max_steps=4, batch_size=2, grad_accum_steps=1, eval_every=4, max_new_tokens=4,
                         warmup_ratio=0.0, num_workers=0, mixed_precision="no"),
     )
-    recipe.train(config, run_dir, progress=False, final_evaluation=False)
+    train(config, run_dir, progress=False, final_evaluation=False,
+          parts=RecipeParts(score=ScriptedEvaluation(itertools.repeat(0.5))))
     return [r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r]
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
-def test_golden_losses(name, tiny_model_dir, tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(recipe, "_evaluate", ScriptedEvaluation(itertools.repeat(0.5)))
+def test_golden_losses(name, tiny_model_dir, tiny_data, tmp_path):
     losses = _losses(SPECS[name], tiny_model_dir, tiny_data, tmp_path / "run")
     recorded = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
     if os.environ.get("ASRTUNE_UPDATE_GOLDEN"):

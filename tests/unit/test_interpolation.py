@@ -10,10 +10,10 @@ from conftest import read_jsonl, write_tiny_manifest
 from safetensors.torch import load_file
 from test_forgetting_budget import GENERAL_TEXT, Script, fruit_base, fruit_config
 
-import asrtune.training.recipe as recipe
 from asrtune.config import LoopConfig
 from asrtune.errors import AsrtuneError
 from asrtune.training.interpolation import load_start, mix_trainable
+from asrtune.training.parts import RecipeParts
 from asrtune.training.recipe import train
 
 
@@ -42,15 +42,16 @@ def test_interpolation_weights_lie_strictly_between_start_and_end(weight):
         LoopConfig(interpolation=(weight,))
 
 
-def test_an_interpolated_model_is_kept_when_every_checkpoint_forgets(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+def test_an_interpolated_model_is_kept_when_every_checkpoint_forgets(tiny_model_dir, tiny_data, tmp_path):
     general = write_tiny_manifest(tmp_path / "general", [GENERAL_TEXT, GENERAL_TEXT], "general.jsonl")
     # Steps 0, 1, 2, then the mix 0.5: steps 1 and 2 beat step 0 on target WER but add 2 wrong general
     # words in 5; the mix keeps part of the gain (0.4) and forgets nothing.
-    monkeypatch.setattr(recipe, "_evaluate", Script([0.9, 0.5, 0.3, 0.4, 0.4], [1, 3, 3, 1]))
+    script = Script([0.9, 0.5, 0.3, 0.4, 0.4], [1, 3, 3, 1])
     config = fruit_config(tiny_model_dir, tiny_data, general, learning_rate=1e-3, max_steps=2, forgetting_budget=0.1,
                           interpolation=(0.5,))
     base = fruit_base(config)
-    results = train(config, tmp_path / "run", progress=False, baseline_transcripts=base)
+    results = train(config, tmp_path / "run", progress=False, baseline_transcripts=base,
+                    parts=RecipeParts(score=script))
 
     checkpoints = tmp_path / "run" / "checkpoints"
     assert results["best_step"] == 2 and results["best_interpolation"] == 0.5
@@ -70,7 +71,7 @@ def test_an_interpolated_model_is_kept_when_every_checkpoint_forgets(tiny_model_
 
 
 def test_a_resume_drops_the_interpolation_records_it_will_score_again(tmp_path):
-    from asrtune.training.run_dir import RunDir
+    from asrtune.runs.layout import RunDir
 
     run = RunDir(tmp_path)
     records = [{"step": 0, "eval_wer": 0.9}, {"step": 2, "eval_wer": 0.5},

@@ -11,12 +11,13 @@ import pytest
 import torch
 from test_training import ScriptedEvaluation, make_config
 
-import asrtune.training.recipe as recipe
 from asrtune.cli import main
 from asrtune.errors import AsrtuneError
 from asrtune.strategies import apply_strategy
 from asrtune.training.lr_control import OverfitWatch, WerPlateau, parameter_groups, warmup_schedule
 from asrtune.training.lr_search import SearchSettings, lr_grid, run_lr_search, suggested_learning_rate
+from asrtune.training.parts import RecipeParts
+from asrtune.training.recipe import train
 
 from conftest import read_jsonl, tiny_whisper
 
@@ -111,10 +112,10 @@ def test_parameter_groups_put_lora_with_its_side():
     assert len(groups["encoder"]["params"]) == 2 * 2 * 2  # 2 layers x (q, v) x (A, B)
 
 
-def test_plateau_in_the_recipe_lowers_the_lr_and_logs_why(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(recipe, "_evaluate", ScriptedEvaluation(itertools.chain([0.9, 0.5, 0.6], itertools.repeat(0.6))))
+def test_plateau_in_the_recipe_lowers_the_lr_and_logs_why(tiny_model_dir, tiny_data, tmp_path):
+    scripted = RecipeParts(score=ScriptedEvaluation(itertools.chain([0.9, 0.5, 0.6], itertools.repeat(0.6))))
     config = make_config(tiny_model_dir, tiny_data, max_steps=5, eval_every=2, plateau_factor=0.5, schedule="constant")
-    results = recipe.train(config, tmp_path / "run", progress=False)
+    results = train(config, tmp_path / "run", progress=False, parts=scripted)
     # evaluations at steps 0, 2, 4, 5 score 0.9, 0.5, 0.6, 0.6: worse than the best at 4 and at 5
     assert [c["step"] for c in results["lr_changes"]] == [4, 5]
     assert "worse than the best 0.5000" in results["lr_changes"][0]["reason"]
@@ -123,7 +124,7 @@ def test_plateau_in_the_recipe_lowers_the_lr_and_logs_why(tiny_model_dir, tiny_d
     assert lrs[4] == pytest.approx(1e-3) and lrs[5] == pytest.approx(5e-4)  # LoRA default 1e-3, halved after 4
 
 
-def test_search_picks_the_lowest_wer_trial_prunes_and_resumes(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+def test_search_picks_the_lowest_wer_trial_prunes_and_resumes(tiny_model_dir, tiny_data, tmp_path):
     # WER by learning rate: the middle one is best; pruning keeps the better half after rung 1.
     by_lr = {1e-4: 0.8, 1e-3: 0.3, 1e-2: 0.5}
 
@@ -132,10 +133,9 @@ def test_search_picks_the_lowest_wer_trial_prunes_and_resumes(tiny_model_dir, ti
         wer = base - 0.05 * (config.loop.max_steps > 1)  # longer trials do a bit better
         return ScriptedEvaluation([wer])(loaded, dataset, config)
 
-    monkeypatch.setattr(recipe, "_evaluate", scripted)
     config = make_config(tiny_model_dir, tiny_data)
     settings = SearchSettings(trials=3, rung_steps=1, max_steps=2)
-    result = run_lr_search(config, tmp_path / "search", settings, progress=False)
+    result = run_lr_search(config, tmp_path / "search", settings, progress=False, parts=RecipeParts(score=scripted))
     trials = {t["lr"]: t for t in result["trials"]}
     assert result["best_lr"] == 1e-3 == min(trials, key=lambda lr: trials[lr]["wer"])
     assert trials[1e-4]["pruned"] and trials[1e-4]["steps"] == 1
@@ -145,7 +145,7 @@ def test_search_picks_the_lowest_wer_trial_prunes_and_resumes(tiny_model_dir, ti
     assert (tmp_path / "search" / "lr_search.png").stat().st_size > 0
     # Resume: nothing retrains.
     lines = (tmp_path / "search" / "trials" / "lr-0.001" / "metrics.jsonl").read_text()
-    again = run_lr_search(config, tmp_path / "search", settings, progress=False)
+    again = run_lr_search(config, tmp_path / "search", settings, progress=False, parts=RecipeParts(score=scripted))
     assert again["best_lr"] == 1e-3
     assert (tmp_path / "search" / "trials" / "lr-0.001" / "metrics.jsonl").read_text() == lines
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 from test_training import make_config
 
-import asrtune.training.recipe as recipe
 from asrtune.config import load_config
 from asrtune.errors import AsrtuneError
-from asrtune.strategies.base import whisper_core
+from asrtune.models.whisper import whisper_core
+from asrtune.strategies import apply_strategy
+from asrtune.training.parts import RecipeParts
 from asrtune.training.precision import accelerator_mixed_precision, native_bf16, resolve_mixed_precision
 from asrtune.training.recipe import train
 
@@ -52,20 +53,17 @@ def test_auto_is_the_default_and_unknown_values_are_refused():
         load_config(None, ["loop.mixed_precision=fp8"])
 
 
-def test_bf16_trains_under_autocast_and_evaluates_in_fp32(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+def test_bf16_trains_under_autocast_and_evaluates_in_fp32(tiny_model_dir, tiny_data, tmp_path):
     seen: list[tuple[bool, bool]] = []  # (decoder in training mode, autocast on) for every decoder call
-    apply_strategy = recipe.apply_strategy
-
     def recording(model, spec):
         model = apply_strategy(model, spec)
         whisper_core(model).decoder.register_forward_hook(
             lambda module, args, output: seen.append((module.training, torch.is_autocast_enabled("cpu"))))
         return model
 
-    monkeypatch.setattr(recipe, "apply_strategy", recording)
     config = make_config(tiny_model_dir, tiny_data, max_steps=2, eval_every=2)
     config = dataclasses.replace(config, loop=dataclasses.replace(config.loop, mixed_precision="bf16"))
-    results = train(config, tmp_path / "run", progress=False)
+    results = train(config, tmp_path / "run", progress=False, parts=RecipeParts(apply_strategy=recording))
     assert results["mixed_precision"] == "bf16"
     assert json.loads((tmp_path / "run" / "results.json").read_text())["mixed_precision"] == "bf16"
     training = {autocast for is_training, autocast in seen if is_training}

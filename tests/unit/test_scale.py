@@ -18,12 +18,12 @@ import torch
 import yaml
 from conftest import read_jsonl, write_tone
 
-import asrtune.training.recipe as recipe
 from asrtune.config import DataConfig, LoopConfig, OptimConfig, RunConfig, config_to_dict
-from asrtune.data.features import FeatureDataset
+from asrtune.data.features import FeatureDataset, collate
 from asrtune.data.manifest import Utterance, write_manifest
-from asrtune.models.load import load_model
+from asrtune.runs.load import load_model
 from asrtune.training.faults import NonFiniteLoss
+from asrtune.training.parts import RecipeParts
 from asrtune.training.recipe import train
 from asrtune.training.step import TrainingForward
 
@@ -110,6 +110,40 @@ def test_accelerate_launch_that_would_run_one_process_refuses_with_the_torchrun_
     check_launch(one, {"ACCELERATE_MIXED_PRECISION": "no"})  # asked for one, got one
 
 
+def test_a_failure_on_the_main_process_reaches_every_process_at_once(tiny_model_dir, tiny_data, tmp_path):
+    """Two ranks started by hand (no launcher to kill the survivor): the main process fails with an error that
+    is not asrtune's own, where only it works (checking the run folder); the other one must learn of it and
+    exit non-zero, not wait in a collective until gloo's timeout."""
+    run = tmp_path / "broken"
+    (run / "checkpoints" / "last").mkdir(parents=True)
+    (run / "checkpoints" / "last" / "state.json").write_text("{}")
+    (run / "config.yaml").mkdir()  # reading it fails (IsADirectoryError), on the main process only
+    config = _write_config(_config(tiny_model_dir, tiny_data), tmp_path / "run.yaml")
+    port = str(29600 + os.getpid() % 1000)
+    ranks = []
+    for rank in (0, 1):
+        env = {**_env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        log = tempfile.TemporaryFile(mode="w+")
+        ranks.append((subprocess.Popen([sys.executable, "-m", "asrtune", "train", str(config), "--output-dir",
+                                        str(run), "--resume"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       text=True), log))
+    started = time.monotonic()
+    try:
+        codes = [process.wait(timeout=180) for process, _ in ranks]
+    finally:
+        for process, _ in ranks:
+            process.kill()
+    outputs = []
+    for _, log in ranks:
+        log.seek(0)
+        outputs.append(log.read())
+    assert time.monotonic() - started < 120, "a process waited for the failed main process"
+    assert codes[0] != 0 and "IsADirectoryError" in outputs[0]
+    assert codes[1] == 2, outputs[1][-2000:]
+    assert "asrtune: error: the main process failed: IsADirectoryError" in outputs[1]
+
+
 # --- kill -9 ----------------------------------------------------------------------------------------------
 
 
@@ -158,9 +192,9 @@ def _poisoned(steps: set[int]):
     return Poisoned
 
 
-def test_a_non_finite_step_is_skipped_counted_and_logged(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(recipe, "TrainingForward", _poisoned({3}))
-    results = train(_config(tiny_model_dir, tiny_data), tmp_path / "run", progress=False)
+def test_a_non_finite_step_is_skipped_counted_and_logged(tiny_model_dir, tiny_data, tmp_path):
+    results = train(_config(tiny_model_dir, tiny_data), tmp_path / "run", progress=False,
+                    parts=RecipeParts(forward=_poisoned({3})))
     records = {r["step"]: r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "loss" in r}
     assert "skipped" in records[3] and not torch.isfinite(torch.tensor(records[3]["loss"]))
     assert all("skipped" not in records[s] and torch.isfinite(torch.tensor(records[s]["grad_norm"]))
@@ -170,12 +204,10 @@ def test_a_non_finite_step_is_skipped_counted_and_logged(tiny_model_dir, tiny_da
     assert all(torch.isfinite(p).all() for p in trained.parameters())  # the NaN step updated nothing
 
 
-def test_too_many_non_finite_steps_stop_with_the_last_finite_checkpoints(tiny_model_dir, tiny_data, tmp_path,
-                                                                        monkeypatch):
-    monkeypatch.setattr(recipe, "TrainingForward", _poisoned(set(range(4, 100))))
+def test_too_many_non_finite_steps_stop_with_the_last_finite_checkpoints(tiny_model_dir, tiny_data, tmp_path):
     config = _config(tiny_model_dir, tiny_data, max_steps=10, max_nonfinite_steps=2)
     with pytest.raises(NonFiniteLoss, match="step 5: .*not finite for 2 steps in a row"):
-        train(config, tmp_path / "run", progress=False)
+        train(config, tmp_path / "run", progress=False, parts=RecipeParts(forward=_poisoned(set(range(4, 100)))))
     last = json.loads((tmp_path / "run" / "checkpoints" / "last" / "state.json").read_text())
     assert last["step"] == 3  # the evaluation at step 3 saved it; steps 4 and 5 never did
     kept = load_model(str(tmp_path / "run")).model
@@ -183,11 +215,13 @@ def test_too_many_non_finite_steps_stop_with_the_last_finite_checkpoints(tiny_mo
     assert not (tmp_path / "run" / "results.json").exists()
 
 
-def test_the_cli_exits_non_zero_on_a_non_finite_stop(tiny_model_dir, tiny_data, tmp_path, monkeypatch, capsys):
+def test_the_cli_exits_non_zero_on_a_non_finite_stop(tiny_model_dir, tiny_data, tmp_path, capsys):
     from asrtune.cli import main
 
-    monkeypatch.setattr(recipe, "TrainingForward", _poisoned(set(range(1, 100))))
-    config = _write_config(_config(tiny_model_dir, tiny_data, max_nonfinite_steps=3), tmp_path / "run.yaml")
+    # A learning rate that blows every weight up after the first step: the losses after it are not finite.
+    diverging = dataclasses.replace(_config(tiny_model_dir, tiny_data, max_nonfinite_steps=3),
+                                    optim=OptimConfig(learning_rate=1e38))
+    config = _write_config(diverging, tmp_path / "run.yaml")
     assert main(["train", str(config), "--output-dir", str(tmp_path / "run")]) != 0
     assert "not finite for 3 steps in a row" in capsys.readouterr().err
 
@@ -195,14 +229,14 @@ def test_the_cli_exits_non_zero_on_a_non_finite_stop(tiny_model_dir, tiny_data, 
 # --- the run folder ---------------------------------------------------------------------------------------
 
 
-def test_an_unwritable_output_folder_fails_before_training(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+def test_an_unwritable_output_folder_fails_before_training(tiny_model_dir, tiny_data, tmp_path):
     from asrtune.errors import AsrtuneError
 
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    monkeypatch.setattr(recipe.Recipe, "_setup_model", lambda self: pytest.fail("model loaded"))
     with pytest.raises(AsrtuneError, match="cannot write the run folder"):
-        train(_config(tiny_model_dir, tiny_data), blocker / "run", progress=False)
+        train(_config(tiny_model_dir, tiny_data), blocker / "run", progress=False,
+              parts=RecipeParts(load_start=lambda config: pytest.fail("model loaded")))
 
 
 def test_a_resume_with_new_optim_settings_applies_them(tiny_model_dir, tiny_data, tmp_path):
@@ -252,7 +286,7 @@ def test_a_corpus_of_thousands_costs_no_feature_memory_up_front(corpus):
     before = _rss_mb()
     dataset = FeatureDataset(read_manifest(corpus), processor, multilingual=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=8, sampler=range(0, 3000, 15),
-                                         collate_fn=recipe.collate)
+                                         collate_fn=collate)
     read = sum(len(batch["index"]) for batch in loader)  # 200 items read, features dropped after each batch
     grown = _rss_mb() - before
     assert read == 200 and len(dataset) == 3000 and dataset.durations[0] == pytest.approx(0.1)

@@ -578,8 +578,8 @@ def test_a_tiny_sweep_chains_stages_and_mixes_languages(tiny_model_dir, tmp_path
     assert "## Transfer and joint against direct fine-tuning" in report and "| joint with src |" in report
     # stage 2 starts from stage 1's kept weights, and its "before" is stage 1's model on the target
     from asrtune.config import config_from_dict
-    from asrtune.models.load import load_model as load
-    from asrtune.training.init_from import load_start_model
+    from asrtune.runs.load import load_model as load
+    from asrtune.runs.load import load_start_model
 
     first, start = load(str(stage_1)), load_start_model(config_from_dict(chained))
     for (name, a), b in zip(first.model.named_parameters(), start.model.parameters()):

@@ -14,15 +14,14 @@ from safetensors.torch import load_file
 
 from conftest import read_jsonl
 
-import asrtune.training.recipe as recipe
 from asrtune.config import DataConfig, LoopConfig, OptimConfig, RunConfig, config_from_dict, config_hash
 from asrtune.errors import AsrtuneError
 from asrtune.data.manifest import manifests_digest
 from asrtune.evaluation.decode import Evaluation
 from asrtune.evaluation.metrics import Scores, score
-from asrtune.models.load import load_model
+from asrtune.runs.load import load_model
+from asrtune.training.parts import RecipeParts
 from asrtune.training.recipe import train
-from asrtune.data.sampler import RankBatchSampler
 from test_training_data import crashing_sampler
 
 LORA = "lora:r=4,alpha=8"
@@ -89,7 +88,7 @@ def logits(model):
 
 
 class Capture:
-    """Wraps recipe.apply_strategy to keep the model the recipe trains."""
+    """The recipe's apply_strategy part, keeping the model the recipe trains."""
 
     def __init__(self):
         self.model = None
@@ -107,9 +106,7 @@ def lora_run(tiny_model_dir, tiny_data, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "lora"
     config = make_config(tiny_model_dir, tiny_data)
     capture = Capture()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(recipe, "apply_strategy", capture)
-        results = train(config, run_dir, progress=False)
+    results = train(config, run_dir, progress=False, parts=RecipeParts(apply_strategy=capture))
     return config, run_dir, results, capture.model
 
 
@@ -263,7 +260,7 @@ def test_training_needs_both_manifests(tiny_model_dir, tiny_data, tmp_path):
 
 
 class ScriptedEvaluation:
-    """Replaces recipe._evaluate: returns the next WER of a script and records the weights it saw."""
+    """The recipe's score part: returns the next WER of a script and records the weights it saw."""
 
     def __init__(self, wers):
         self.wers = iter(wers)
@@ -300,20 +297,17 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_keeps_the_lowest_wer_checkpoint_and_stops_on_patience(
-    tiny_model_dir, tiny_data, tmp_path, monkeypatch
-):
+def test_keeps_the_lowest_wer_checkpoint_and_stops_on_patience(tiny_model_dir, tiny_data, tmp_path):
     # Evaluations at steps 0, 2, 4, 6; WER best at step 2, then two evaluations without improvement.
     script = ScriptedEvaluation([0.9, 0.5, 0.7, 0.8, 0.55])
     capture = Capture()
-    monkeypatch.setattr(recipe, "_evaluate", script)
-    monkeypatch.setattr(recipe, "apply_strategy", capture)
     config = dataclasses.replace(
         make_config(tiny_model_dir, tiny_data, max_steps=20, eval_every=2, patience=2),
         strategy="full",
         optim=OptimConfig(learning_rate=1e-3),
     )
-    results = train(config, tmp_path / "run", progress=False)
+    results = train(config, tmp_path / "run", progress=False,
+                    parts=RecipeParts(score=script, apply_strategy=capture))
 
     assert results["stopped_early"] is True and results["steps"] == 6
     assert (results["best_step"], results["best_subset_wer"]) == (2, 0.5)
@@ -342,8 +336,8 @@ def test_keeps_the_lowest_wer_checkpoint_and_stops_on_patience(
     assert not torch.equal(logits(reloaded.model), logits(load_model(str(tiny_model_dir)).model))
 
 
-def test_an_interrupted_run_resumes_to_the_same_weights(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(recipe, "_evaluate", ScriptedEvaluation(itertools.repeat(0.5)))
+def test_an_interrupted_run_resumes_to_the_same_weights(tiny_model_dir, tiny_data, tmp_path):
+    scripted = RecipeParts(score=ScriptedEvaluation(itertools.repeat(0.5)))
     # LoRA dropout (0.05) draws random numbers, and 2 micro-batches a step exercise accumulation.
     config = dataclasses.replace(
         make_config(
@@ -352,14 +346,13 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tiny_model_dir, tiny_dat
         optim=OptimConfig(learning_rate=1e-2),
         seed=3,
     )
-    train(config, tmp_path / "straight", progress=False)
+    train(config, tmp_path / "straight", progress=False, parts=scripted)
 
-    monkeypatch.setattr(recipe, "RankBatchSampler", crashing_sampler(4))  # step 3's first micro-batch
+    crashing = dataclasses.replace(scripted, batch_sampler=crashing_sampler(4))  # step 3's first micro-batch
     with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "interrupted", progress=False)
+        train(config, tmp_path / "interrupted", progress=False, parts=crashing)
     assert json.loads((tmp_path / "interrupted/checkpoints/last/state.json").read_text())["step"] == 2
-    monkeypatch.setattr(recipe, "RankBatchSampler", RankBatchSampler)
-    train(config, tmp_path / "interrupted", resume=True, progress=False)
+    train(config, tmp_path / "interrupted", resume=True, progress=False, parts=scripted)
 
     straight = load_file(str(tmp_path / "straight/checkpoints/last/trainable.safetensors"))
     resumed = load_file(str(tmp_path / "interrupted/checkpoints/last/trainable.safetensors"))
@@ -374,14 +367,11 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tiny_model_dir, tiny_dat
     assert losses("interrupted") == pytest.approx(losses("straight"), rel=1e-6)
 
 
-def test_eval_limit_applies_during_training_but_not_to_the_final_score(
-    tiny_model_dir, tiny_data, tmp_path, monkeypatch
-):
+def test_eval_limit_applies_during_training_but_not_to_the_final_score(tiny_model_dir, tiny_data, tmp_path):
     script = ScriptedEvaluation(itertools.repeat(0.5))
-    monkeypatch.setattr(recipe, "_evaluate", script)
     config = make_config(tiny_model_dir, tiny_data, max_steps=2, eval_every=1)
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, eval_limit=2))
-    results = train(config, tmp_path / "run", progress=False)
+    results = train(config, tmp_path / "run", progress=False, parts=RecipeParts(score=script))
     assert script.sizes == [2, 2, 2, 3]  # steps 0, 1, 2 on two eval rows; the final on all three
     assert len(read_jsonl(tmp_path / "run" / "predictions.jsonl")) == 3
     assert results["final"]["n"] == 3
@@ -418,11 +408,11 @@ def test_a_failed_resume_leaves_the_run_intact(lora_run, tmp_path):
 def test_run_trained_from_a_relative_model_path_loads_from_anywhere(
     tiny_model_dir, tiny_data, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(recipe, "_evaluate", ScriptedEvaluation(itertools.repeat(0.5)))
     monkeypatch.chdir(tiny_model_dir.parent)
     config = dataclasses.replace(
         make_config(tiny_model_dir, tiny_data, max_steps=1), model=tiny_model_dir.name
     )  # relative to the working directory
-    train(config, tmp_path / "run", progress=False)
+    train(config, tmp_path / "run", progress=False,
+          parts=RecipeParts(score=ScriptedEvaluation(itertools.repeat(0.5))))
     monkeypatch.chdir(tmp_path)
     assert load_model(str(tmp_path / "run")).strategy == LORA

@@ -10,7 +10,9 @@ import io
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -21,6 +23,8 @@ from accelerate.utils import broadcast_object_list, gather_object
 from asrtune.errors import AsrtuneError
 
 __all__ = ["Processes", "check_launch"]
+
+T = TypeVar("T")
 
 
 class Processes:
@@ -43,6 +47,30 @@ class Processes:
         box = [value]
         broadcast_object_list(box, from_process=0)
         return box[0]
+
+    def on_main(self, work: Callable[[], T]) -> T:
+        """Run ``work`` on the main process; its result reaches every process, and so does its failure.
+
+        Whatever ``work`` raises on the main process (an AsrtuneError or anything else) is raised there again
+        and, as an AsrtuneError naming it, on every other process, which would otherwise wait for the main
+        process's answer until the launcher's timeout.
+        """
+        if self.world == 1:
+            return work()
+        outcome, failure = None, None
+        if self.is_main:
+            try:
+                outcome = ("ok", work())
+            except Exception as error:  # noqa: BLE001 - every failure must reach the other processes
+                failure = error
+                outcome = ("error", str(error) if isinstance(error, AsrtuneError)
+                           else f"the main process failed: {type(error).__name__}: {error}")
+        outcome = self.from_main(outcome)
+        if failure is not None:
+            raise failure
+        if outcome[0] == "error":
+            raise AsrtuneError(outcome[1])
+        return outcome[1]
 
     def gather(self, items: list) -> list:
         """Every process's ``items``, concatenated in rank order, on every process.

@@ -32,6 +32,8 @@ from asrtune.config import RunConfig
 from asrtune.errors import AsrtuneError
 from asrtune.models.load import source_family
 from asrtune.strategies import default_learning_rate, parse_spec
+from asrtune.training.parts import RecipeParts
+from asrtune.training.recipe import SharedPrefix, train
 
 __all__ = ["SearchSettings", "lr_grid", "extension_grid", "run_lr_search", "suggested_learning_rate",
            "PRETRAINING_PEAK_LR"]
@@ -132,14 +134,13 @@ def _eval_at(run_dir: Path, steps: int) -> dict | None:
     return {**evals[-1], "loss": losses[-1] if losses else None}
 
 
-def _train_to(config: RunConfig, run_dir: Path, steps: int, progress: bool, shared_prefix=None) -> dict:
+def _train_to(config: RunConfig, run_dir: Path, steps: int, progress: bool, shared_prefix: SharedPrefix | None = None,
+              parts: RecipeParts | None = None) -> dict:
     """Train (or resume) a trial's run folder up to ``steps``; returns its evaluation at ``steps``.
 
     A trial already trained that far is not trained again: its evaluation at that step is read back.
-    ``shared_prefix`` (a :class:`asrtune.training.recipe.SharedPrefix`): the frozen-prefix cache trials hand on.
+    ``shared_prefix``: the frozen-prefix cache trials hand on; ``parts``: the recipe's parts (default: real).
     """
-    from asrtune.training.recipe import train  # late: the recipe imports much
-
     found = _eval_at(run_dir, steps)
     if found is not None:
         return found
@@ -149,7 +150,7 @@ def _train_to(config: RunConfig, run_dir: Path, steps: int, progress: bool, shar
                            "search compares trials; delete the folder to search again")
     resume = (run_dir / "checkpoints" / "last" / "state.json").is_file()
     train(config, run_dir, resume=resume, progress=progress, final_evaluation=False,
-          shared_prefix=shared_prefix)
+          shared_prefix=shared_prefix, parts=parts)
     found = _eval_at(run_dir, steps)
     if found is None:
         raise AsrtuneError(f"{run_dir}: training stopped without an evaluation at step {steps}")
@@ -209,22 +210,21 @@ def _ranks(trials: dict) -> None:
 
 
 def run_lr_search(config: RunConfig, output_dir: Path, settings: SearchSettings = SearchSettings(),
-                  progress: bool = True) -> dict:
+                  progress: bool = True, parts: RecipeParts | None = None) -> dict:
     """Search, write ``output_dir/lr_search.json`` and a WER-vs-LR plot; returns the JSON's content.
 
     The JSON holds ``best_lr`` and ``best_steps`` (the rung it won at, against every trial scored
     there), ``edge`` (``low``/``high`` when the best is at an end of the searched range),
     ``extensions`` (decades added past an end), ``warning`` (set when the best is still at an end)
     and every trial's lr, WER and loss at its last rung, WER per rung, rank there and pruned flag.
+    ``parts``: the recipe's parts every trial trains with (default: the real ones).
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    from asrtune.training.recipe import SharedPrefix
-
     shared_prefix = SharedPrefix()  # every trial's frozen encoder prefix is the same: encode it once
-    train_trial = functools.partial(_train_to, progress=False, shared_prefix=shared_prefix)
+    train_trial = functools.partial(_train_to, progress=False, shared_prefix=shared_prefix, parts=parts)
     family = source_family(config.model)
-    grid = lr_grid(settings, config.strategy, family) if family != "whisper" else lr_grid(settings, config.strategy)
+    grid = lr_grid(settings, config.strategy, family)
     trials = {lr: _trial(lr) for lr in grid}
     survivors, steps = _bracket(trials, list(grid), settings, config, output_dir, train_trial, progress)
     extensions: list[dict] = []
