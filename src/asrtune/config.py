@@ -18,8 +18,11 @@ from typing import Any
 
 import yaml
 
+from asrtune.data.augment import AUGMENTATIONS, parse_augment
 from asrtune.errors import AsrtuneError
-from asrtune.languages import canonical_language, parse_new_language
+from asrtune.evaluation.terms import packaged_term_lists, read_terms
+from asrtune.languages import canonical_language, is_known_language, parse_new_language
+from asrtune.strategies import STRATEGIES, parse_spec
 
 MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")  # auto: asrtune.training.precision
 
@@ -90,14 +93,13 @@ class DataConfig:
         names = [g.name for g in self.general]
         if len(set(names)) != len(names):
             raise AsrtuneError(f"data.general: set names must be unique, got {names}")
-        if self.augment:
-            from asrtune.data.augment import parse_augment
-
-            parse_augment(self.augment)  # an unknown augmentation or option is an error now, not at step 1
-        if self.terms:
-            from asrtune.evaluation.terms import read_terms
-
-            read_terms(self.terms)  # a missing or empty list is an error now, not after training
+        # a bad spec is an error when the config is read, not at step 1 or after training
+        _checked("data.augment", self.augment, parse_augment,
+                 f"NAME[:KEY=VALUE,...] joined by '+', NAME one of {', '.join(AUGMENTATIONS.names())} "
+                 "(e.g. speed+noise:min_snr_db=5+specaugment), or '' for none")
+        _checked("data.terms", self.terms, read_terms,
+                 "a UTF-8 file with one term or phrase a line, or packaged:NAME "
+                 f"({', '.join(packaged_term_lists())}), or '' for none")
 
     def manifests(self) -> dict[str, str]:
         """Every manifest the run reads, by role: train, eval, test and each general set's name."""
@@ -204,6 +206,14 @@ class LoopConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
+    """One fine-tuning run: the model, the strategy, the data and how to train (YAML in and out).
+
+    Build it from YAML with :func:`load_config`, from plain data with :func:`config_from_dict`, or directly;
+    every field has a default and is checked when the config is made (a bad strategy, augmentation,
+    language or term list is an error here, before any model loads). Each field's ``help`` metadata says
+    what it means.
+    """
+
     model: str = _help("HF id or folder, CTranslate2 folder, or bundled:tiny.en / bundled:base", "bundled:tiny.en")
     strategy: str = _help("fine-tuning strategy spec, e.g. full, lora:r=32,alpha=64", "lora:r=32,alpha=64")
     init_from: str = _help("another run's folder: start from its kept checkpoint (its strategy merged into the "
@@ -221,12 +231,18 @@ class RunConfig:
     loop: LoopConfig = _help("training loop", factory=LoopConfig)
 
     def __post_init__(self) -> None:
-        new = parse_new_language(self.language) if self.language is not None else None
+        _checked("strategy", self.strategy, parse_spec,
+                 f"NAME[:KEY=VALUE,...] joined by '+', NAME one of {', '.join(STRATEGIES.names())} "
+                 "(e.g. full, freeze:n=2, lora:r=32,alpha=64, freeze:n=2+lora:r=8)")
+        new = _checked("language", self.language, parse_new_language, _LANGUAGE_FORMS) if self.language else None
         if new:
             object.__setattr__(self, "language", new[0])
             object.__setattr__(self, "language_init", new[1])
         else:
             object.__setattr__(self, "language", canonical_language(self.language))  # en-US, English -> en
+            if self.language is not None and self.language_init is None and not is_known_language(self.language):
+                raise AsrtuneError(f"language {self.language!r}: no model family knows it; "
+                                   f"allowed: {_LANGUAGE_FORMS}")
         if self.language_init is not None:
             if not self.language:
                 raise AsrtuneError("language_init needs a language (write language: new:xx,init=yy)")
@@ -235,6 +251,20 @@ class RunConfig:
                 raise AsrtuneError(f"language new:{self.language}: init must be another language")
         if self.task not in ("transcribe", "translate"):
             raise AsrtuneError("task must be transcribe or translate")
+
+
+_LANGUAGE_FORMS = ("a language code or name Whisper knows (en, sw, pt-BR, English), or "
+                   "new:CODE,init=RELATED for a language the model lacks (e.g. new:ky,init=kk)")
+
+
+def _checked(key: str, value: str, check, forms: str):
+    """``check(value)`` for a spec string; its error names the key, the value and the allowed forms."""
+    if not value:
+        return None
+    try:
+        return check(value)
+    except AsrtuneError as error:
+        raise AsrtuneError(f"{key} {value!r}: {error}; allowed: {forms}") from None
 
 
 def _convert(value: Any, hint: Any, where: str) -> Any:

@@ -254,3 +254,48 @@ def test_accelerate_configs_parse_and_name_their_launch_command(path):
     assert config.num_processes >= 2 and config.distributed_type
     launch = [line for line in path.read_text().splitlines() if line.startswith("#") and "-m asrtune train" in line]
     assert launch and ("torchrun" in launch[0] or str(path.relative_to(REPO)) in launch[0]), path.name
+
+
+# --- spec strings are checked when the config is read ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("strategy=freeze:n=x", r"strategy 'freeze:n=x': strategy freeze\.n: 'x' is not a number; allowed: NAME"),
+        ("strategy=loar:r=8", r"strategy 'loar:r=8': .*loar.*allowed: .*lora"),
+        ("strategy=lora:q=8", r"unknown option 'q'"),
+        ("data.augment=speed+pitchshift", r"data\.augment 'speed\+pitchshift': .*allowed: .*specaugment"),
+        ("data.terms=/no/such/terms.txt", r"data\.terms '/no/such/terms\.txt': term list not found.*allowed: .*packaged:"),
+        ("data.terms=packaged:nope", r"data\.terms 'packaged:nope': .*medical_terms_en"),
+        ("language=klingon", r"language 'klingon': no model family knows it; allowed: .*new:CODE,init=RELATED"),
+        ("language=new:ky", r"language 'new:ky': .*allowed: .*new:CODE,init=RELATED"),
+    ],
+)
+def test_a_bad_spec_names_its_key_value_and_allowed_forms(override, fragment):
+    with pytest.raises(AsrtuneError, match=fragment):
+        load_config(None, [override])
+
+
+def test_good_specs_pass_and_a_run_of_a_new_language_reloads(tmp_path):
+    config = load_config(None, ["strategy=freeze:n=2+lora:r=8", "data.augment=speed+specaugment",
+                                "data.terms=packaged:medical_terms_en", "language=new:ky,init=kk"])
+    assert (config.language, config.language_init) == ("ky", "kk")
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml").language == "ky"  # its own token, added by training
+
+
+def test_a_bad_strategy_fails_the_cli_before_any_model_or_the_recipe_loads(tmp_path):
+    import subprocess
+    import sys
+
+    config = _write_yaml(tmp_path / "run.yaml", "model: bundled:tiny.en\nstrategy: freeze:n=x\n"
+                                                "data: {train: t.jsonl, eval: e.jsonl}\n")
+    code = ("import sys; from asrtune.cli import main; code = main(['train', sys.argv[1], '--output-dir', "
+            "sys.argv[2]]); print(code, 'asrtune.training.recipe' in sys.modules, "
+            "'transformers.models.whisper.modeling_whisper' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, str(config), str(tmp_path / "run")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["2", "False", "False"], result.stderr
+    assert "asrtune: error: strategy 'freeze:n=x'" in result.stderr and "allowed:" in result.stderr
+    assert not (tmp_path / "run").exists()

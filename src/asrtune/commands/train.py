@@ -23,9 +23,10 @@ def add(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from asrtune.config import load_config
     from asrtune.report import print_table
+
+    config = load_config(args.config, args.set or [])  # a bad config fails before the recipe (and model) loads
     from asrtune.training.recipe import train
 
-    config = load_config(args.config, args.set or [])
     results = train(config, args.output_dir, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # several processes: the main one prints
