@@ -61,79 +61,31 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def bias_terms_from_args(args: argparse.Namespace):
-    """The term list ``--bias`` names (read now, so a bad list fails before any model loads), or None.
-
-    Raises:
-        AsrtuneError: ``--bias-weight`` without ``--bias``, a missing or empty list.
-    """
-    from asrtune.errors import AsrtuneError
-    from asrtune.evaluation.terms import read_terms
-
-    if args.bias is None:
-        if args.bias_weight is not None or args.bias_start_weight is not None:
-            raise AsrtuneError("--bias-weight and --bias-start-weight need --bias FILE (the terms to bias towards)")
-        return None
-    return read_terms(args.bias)
-
-
-def bias_from_args(args: argparse.Namespace, tokenizer, terms):
-    """The ``LogitsProcessorList`` for ``--bias``/``--bias-weight`` (None without ``--bias``)."""
-    from asrtune.evaluation.biasing import bias_processor
-
-    if terms is None:
-        return None
-    return bias_processor(tokenizer, terms, BIAS_WEIGHT if args.bias_weight is None else args.bias_weight,
-                          start_weight=args.bias_start_weight)
-
-
 def run(args: argparse.Namespace) -> int:
-    from asrtune.data.features import FeatureDataset
-    from asrtune.data.manifest import read_manifest
-    from asrtune.evaluation.decode import evaluate_dataset, write_predictions
-    from asrtune.evaluation.terms import read_terms, term_report
-    from asrtune.models.load import load_model
+    from asrtune.api import evaluate
     from asrtune.report import print_table
 
-    terms = read_terms(args.terms) if args.terms else None  # a bad list fails before any decoding
-    bias_terms = bias_terms_from_args(args)
-    loaded = load_model(args.model)
-    bias = bias_from_args(args, loaded.processor.tokenizer, bias_terms)
-    rows = read_manifest(args.data)
-    dataset = FeatureDataset(rows, loaded.processor, multilingual=loaded.multilingual, language=args.language)
-    scoring_language = _scoring_language(dataset, args.language)
-    evaluation = evaluate_dataset(loaded, dataset, language=args.language, batch_size=args.batch_size,
-                                  max_new_tokens=args.max_new_tokens, short_input=args.short_input,
-                                  logits_processor=bias, num_beams=args.num_beams)
-    if args.predictions:
-        write_predictions(evaluation, args.predictions)
-    s = evaluation.scores
+    record = evaluate(args.model, args.data, language=args.language, batch_size=args.batch_size,
+                      max_new_tokens=args.max_new_tokens, short_input=args.short_input, terms=args.terms,
+                      bias=args.bias, bias_weight=args.bias_weight, bias_start_weight=args.bias_start_weight,
+                      num_beams=args.num_beams, predictions=args.predictions)
+    del record["predictions"]  # in the file --predictions names, not in the printed record
     rows = [
-        ["WER (normalised)", f"{s.wer:.4f}"], ["CER (normalised)", f"{s.cer:.4f}"],
-        ["WER (raw)", f"{s.raw_wer:.4f}"], ["subs / dels / ins", f"{s.substitutions} / {s.deletions} / {s.insertions}"],
-        ["utterances", str(s.n)], ["beams", str(args.num_beams)],
+        ["WER (normalised)", f"{record['wer']:.4f}"], ["CER (normalised)", f"{record['cer']:.4f}"],
+        ["WER (raw)", f"{record['raw_wer']:.4f}"],
+        ["subs / dels / ins", f"{record['substitutions']} / {record['deletions']} / {record['insertions']}"],
+        ["utterances", str(record["n"])], ["beams", str(args.num_beams)],
     ]
-    record = {"model": args.model, "data": str(args.data), "num_beams": args.num_beams, **s.as_dict()}
-    if bias is not None:
-        processor = bias[0]
-        rows.append(["biasing", f"{args.bias}, weight {processor.weight:g} (start {processor.start_weight:g}), "
-                                f"{processor.trie.sequences} token sequences"])
-        record["bias"] = {"terms": args.bias, "weight": processor.weight, "start_weight": processor.start_weight}
-    if terms is not None:
-        found = term_report(evaluation.references, evaluation.hypotheses, terms, scoring_language)
-        rows += term_rows(found)
-        record.update(term_recall=found["term_recall"], term_insertions=found["term_insertions"], terms=found)
+    if "bias" in record:
+        bias = record["bias"]
+        rows.append(["biasing", f"{args.bias}, weight {bias['weight']:g} (start {bias['start_weight']:g}), "
+                                f"{record.pop('bias_sequences')} token sequences"])
+    if "terms" in record:
+        rows += term_rows(record["terms"])
     print_table(["metric", "value"], rows, file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(record, ensure_ascii=False))
     return 0
-
-
-def _scoring_language(dataset, language: str | None) -> str | None:
-    from asrtune.languages import canonical_language
-
-    languages = {canonical_language(u.language or language) for u in dataset.utterances}
-    return languages.pop() if len(languages) == 1 else "multi"
 
 
 def term_rows(found: dict) -> list[list[str]]:

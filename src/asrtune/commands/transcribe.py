@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 from asrtune.commands import COMMANDS
-from asrtune.commands.evaluate import (add_beams_argument, add_bias_arguments, bias_from_args,
-                                       bias_terms_from_args)
+from asrtune.commands.evaluate import BIAS_WEIGHT, add_beams_argument, add_bias_arguments
 
 
 @COMMANDS.register("transcribe")
@@ -55,37 +54,20 @@ def _output_names(paths: list[Path], fmt: str) -> list[str]:
     return names
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
+def _bias_text(args: argparse.Namespace) -> str:
+    if args.bias is None:
+        return "none"
+    weight = BIAS_WEIGHT if args.bias_weight is None else args.bias_weight
+    start = weight if args.bias_start_weight is None else args.bias_start_weight
+    return f"{args.bias}, weight {weight:g} (start {start:g})"
 
+
+def run(args: argparse.Namespace) -> int:
+    from asrtune.api import transcribe_audio
     from asrtune.inference.formats import render
-    from asrtune.inference.longform import (
-        FALLBACK_TEMPERATURES,
-        TranscribeOptions,
-        prepare_for_inference,
-        timestamp_issues,
-        transcribe_files,
-    )
-    from asrtune.models.load import load_model
+    from asrtune.inference.longform import timestamp_issues
     from asrtune.report import print_table
 
-    options = TranscribeOptions(language=args.language, task=args.task, batch_size=args.batch_size,
-                                prompt=args.prompt,
-                                condition_on_previous_text=not args.no_condition_on_previous_text,
-                                temperatures=(0.0,) if args.no_fallback else FALLBACK_TEMPERATURES,
-                                max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    bias_terms = bias_terms_from_args(args)  # a bad list fails before the model loads
-    loaded = load_model(args.model)
-    if loaded.family.name != "whisper":
-        from asrtune.errors import AsrtuneError
-
-        raise AsrtuneError(f"asrtune transcribe (long-form, timestamps) runs Whisper models; {args.model} is a "
-                           f"{loaded.family.name} model: score it with `asrtune evaluate MODEL --data MANIFEST`, "
-                           "or run its `asrtune export --to hf` folder with transformers")
-    loaded = prepare_for_inference(loaded)
-    loaded.model.to(device)
-    bias = bias_from_args(args, loaded.processor.tokenizer, bias_terms)
     names = _output_names(args.audio, args.format)
     if args.output_dir:
         args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -93,8 +75,12 @@ def run(args: argparse.Namespace) -> int:
     def write(index: int, transcript) -> None:  # files are written as soon as their batch is decoded
         (args.output_dir / names[index]).write_text(render(transcript, args.format), encoding="utf-8")
 
-    transcripts, stats = transcribe_files(loaded, args.audio, options,
-                                          on_file=write if args.output_dir else None, logits_processor=bias)
+    transcripts, stats = transcribe_audio(
+        args.model, args.audio, language=args.language, task=args.task, batch_size=args.batch_size,
+        prompt=args.prompt, condition_on_previous_text=not args.no_condition_on_previous_text,
+        fallback=not args.no_fallback, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+        bias=args.bias, bias_weight=args.bias_weight, bias_start_weight=args.bias_start_weight,
+        device=args.device, on_file=write if args.output_dir else None)
     if not args.output_dir:
         for transcript in transcripts:  # in the order given
             if args.format == "json":
@@ -103,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             if len(transcripts) > 1:
                 print(f"==> {transcript.audio} <==")
             sys.stdout.write(render(transcript, args.format))
-    window = loaded.processor.feature_extractor.chunk_length
+    window = stats.window_seconds
     for transcript in transcripts:
         issues = timestamp_issues(transcript, window=window)
         if issues:
@@ -117,10 +103,9 @@ def run(args: argparse.Namespace) -> int:
                       f"{'off' if args.no_condition_on_previous_text else 'on'}, "
                       f"{'greedy' if args.num_beams == 1 else f'{args.num_beams} beams'}"
                       f"{'' if args.no_fallback else ', temperature fallback'}, "
-                      f"{args.batch_size} file(s) per batch, {device.type}")],
+                      f"{args.batch_size} file(s) per batch, {stats.device}")],
         ["prompt", f"{len(args.prompt.split())} words" if args.prompt else "none"],
-        ["biasing", f"{args.bias}, weight {bias[0].weight:g} (start {bias[0].start_weight:g})"
-         if bias is not None else "none"],
+        ["biasing", _bias_text(args)],
         ["decode time", f"{stats.decode_seconds:.1f} s"],
         ["RTF", f"{stats.rtf:.3f}"],
         ["output", str(args.output_dir) if args.output_dir else "stdout"],

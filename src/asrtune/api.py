@@ -1,0 +1,185 @@
+"""asrtune from Python: train, load, evaluate and transcribe as the command line does.
+
+``import asrtune`` exposes these lazily (``asrtune.train``, ``asrtune.evaluate``, ...), so importing the package
+costs nothing until one is used. The commands ``asrtune evaluate`` and ``asrtune transcribe`` are these
+functions plus printing.
+
+Example::
+
+    import asrtune
+
+    results = asrtune.train("configs/medical-decoder.yaml", "runs/py", loop={"max_steps": 30})
+    scores = asrtune.evaluate("runs/py", "runs/demo/data/test/manifest.jsonl")
+    print(results["final_wer"], scores["wer"])
+    print(asrtune.transcribe("runs/py", ["dictation.wav"])[0].text)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from asrtune.config import RunConfig, config_from_dict, config_to_dict, load_config
+from asrtune.data.features import FeatureDataset
+from asrtune.data.manifest import read_manifest
+from asrtune.errors import AsrtuneError
+from asrtune.evaluation.biasing import DEFAULT_BIAS_WEIGHT, bias_processor
+from asrtune.evaluation.decode import evaluate_dataset, scoring_language, write_predictions
+from asrtune.evaluation.terms import TermList, read_terms, term_report
+from asrtune.inference.longform import (FALLBACK_TEMPERATURES, TranscribeOptions, Transcript, TranscribeStats,
+                                        prepare_for_inference, transcribe_files)
+from asrtune.models.load import LoadedModel
+from asrtune.runs.load import load_model
+from asrtune.training.recipe import train as train_run
+
+__all__ = ["train", "load_config", "RunConfig", "load_model", "evaluate", "transcribe", "transcribe_audio",
+           "bias_terms"]
+
+
+def _merged(values: dict, overrides: Mapping[str, object]) -> dict:
+    merged = dict(values)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}  # a section: its keys replace the config's, one by one
+        else:
+            merged[key] = value
+    return merged
+
+
+def train(config: RunConfig | str | Path | Mapping, output_dir: str | Path, *, resume: bool = False,
+          progress: bool = True, **overrides: object) -> dict:
+    """Fine-tune a model; returns what the run folder's ``results.json`` holds.
+
+    Args:
+        config: a :class:`RunConfig`, a YAML run config's path, or the config as a mapping.
+        output_dir: the run folder (``asrtune train --output-dir``).
+        resume: continue the run in ``output_dir`` from its last checkpoint.
+        progress: show progress bars.
+        overrides: top-level keys (``strategy="lora:r=16,alpha=32"``) or sections whose keys replace the
+            config's one by one (``loop={"max_steps": 30}``).
+
+    Raises:
+        AsrtuneError: a bad config or override (before any model loads), or a failed run.
+    """
+    if isinstance(config, RunConfig):
+        values = config_to_dict(config)
+    elif isinstance(config, Mapping):
+        values = dict(config)
+    else:
+        values = config_to_dict(load_config(config))
+    return train_run(config_from_dict(_merged(values, overrides)), output_dir, resume=resume, progress=progress)
+
+
+def bias_terms(bias: str | Path | None, weight: float | None = None,
+               start_weight: float | None = None) -> TermList | None:
+    """The term list decoding is biased to (read now, so a bad list fails before any model loads), or None.
+
+    Raises:
+        AsrtuneError: a weight without a list; a missing, unreadable or empty list.
+    """
+    if bias is None:
+        if weight is not None or start_weight is not None:
+            raise AsrtuneError("--bias-weight and --bias-start-weight need --bias FILE (the terms to bias towards)")
+        return None
+    return read_terms(bias)
+
+
+def _loaded(model: str | LoadedModel) -> LoadedModel:
+    return model if isinstance(model, LoadedModel) else load_model(str(model))
+
+
+def _bias(loaded: LoadedModel, terms: TermList | None, weight: float | None, start_weight: float | None):
+    if terms is None:
+        return None
+    return bias_processor(loaded.processor.tokenizer, terms, DEFAULT_BIAS_WEIGHT if weight is None else weight,
+                          start_weight=start_weight)
+
+
+def evaluate(model: str | LoadedModel, data: str | Path, *, language: str | None = None, batch_size: int = 16,
+             max_new_tokens: int = 128, short_input: bool = False, terms: str | Path | None = None,
+             bias: str | Path | None = None, bias_weight: float | None = None,
+             bias_start_weight: float | None = None, num_beams: int = 1, progress: bool = True,
+             predictions: str | Path | None = None) -> dict:
+    """WER and CER of a model (any source, a run folder too) on a manifest, greedy or with beams.
+
+    Args:
+        model: a model source or an already loaded model.
+        data: a manifest (JSONL).
+        language: for rows without one.
+        terms: a term list to score (term recall and insertions).
+        bias: a term list to bias decoding towards; ``bias_weight`` / ``bias_start_weight`` its bonuses.
+        predictions: also write the per-utterance hypotheses here (JSONL).
+
+    Returns:
+        ``asrtune evaluate --json``'s record (``model``, ``data``, ``num_beams``, ``wer``, ``cer``, ``raw_wer``,
+        error counts, ``n``; ``bias``, ``term_recall``, ``term_insertions`` and ``terms`` when asked for) and
+        ``predictions``: ``{"id", "reference", "hypothesis"}`` per utterance.
+    """
+    term_list = read_terms(terms) if terms else None  # a bad list fails before the model loads
+    biased = bias_terms(bias, bias_weight, bias_start_weight)
+    loaded = _loaded(model)
+    processor = _bias(loaded, biased, bias_weight, bias_start_weight)
+    dataset = FeatureDataset(read_manifest(data), loaded.processor, multilingual=loaded.multilingual,
+                             language=language)
+    evaluation = evaluate_dataset(loaded, dataset, language=language, batch_size=batch_size,
+                                  max_new_tokens=max_new_tokens, short_input=short_input, logits_processor=processor,
+                                  num_beams=num_beams, progress=progress)
+    if predictions:
+        write_predictions(evaluation, predictions)
+    record = {"model": loaded.source, "data": str(data), "num_beams": num_beams, **evaluation.scores.as_dict()}
+    if processor is not None:
+        record["bias"] = {"terms": str(bias), "weight": processor[0].weight,
+                          "start_weight": processor[0].start_weight}
+        record["bias_sequences"] = processor[0].trie.sequences
+    if term_list is not None:
+        found = term_report(evaluation.references, evaluation.hypotheses, term_list,
+                            scoring_language(dataset, language))
+        record.update(term_recall=found["term_recall"], term_insertions=found["term_insertions"], terms=found)
+    record["predictions"] = [{"id": i, "reference": r, "hypothesis": h} for i, r, h
+                             in zip(evaluation.ids, evaluation.references, evaluation.hypotheses, strict=True)]
+    return record
+
+
+def transcribe_audio(model: str | LoadedModel, audio: str | Path | Sequence[str | Path], *,
+                     language: str | None = None, task: str = "transcribe", batch_size: int = 4,
+                     prompt: str | None = None, condition_on_previous_text: bool = True, fallback: bool = True,
+                     max_new_tokens: int | None = None, num_beams: int = 1, bias: str | Path | None = None,
+                     bias_weight: float | None = None, bias_start_weight: float | None = None,
+                     device: str | torch.device | None = None, progress: bool = True,
+                     on_file: Callable[[int, Transcript], None] | None = None,
+                     ) -> tuple[list[Transcript], TranscribeStats]:
+    """:func:`transcribe`, with the totals (audio seconds, decode seconds, real-time factor)."""
+    paths = [audio] if isinstance(audio, (str, Path)) else list(audio)
+    options = TranscribeOptions(language=language, task=task, batch_size=batch_size, prompt=prompt,
+                                condition_on_previous_text=condition_on_previous_text,
+                                temperatures=FALLBACK_TEMPERATURES if fallback else (0.0,),
+                                max_new_tokens=max_new_tokens, num_beams=num_beams)
+    biased = bias_terms(bias, bias_weight, bias_start_weight)  # a bad list fails before the model loads
+    loaded = _loaded(model)
+    if not loaded.family.long_form:
+        raise AsrtuneError(f"asrtune transcribe (long-form, timestamps) runs Whisper models; {loaded.source} is a "
+                           f"{loaded.family.display_name} model: score it with `asrtune evaluate MODEL --data "
+                           "MANIFEST`, or run its `asrtune export --to hf` folder with transformers")
+    loaded = prepare_for_inference(loaded)
+    loaded.model.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    return transcribe_files(loaded, paths, options, progress=progress, on_file=on_file,
+                            logits_processor=_bias(loaded, biased, bias_weight, bias_start_weight))
+
+
+def transcribe(model: str | LoadedModel, audio: str | Path | Sequence[str | Path], **options) -> list[Transcript]:
+    """Long-form transcription with segment timestamps, window by window as openai/whisper and faster-whisper do.
+
+    Args:
+        model: a Whisper model source (a run folder too) or an already loaded model (prepared for inference in
+            place: a LoRA run is merged).
+        audio: one audio file or several (anything libsndfile reads).
+        options: see :func:`transcribe_audio` (language, task, batch_size, prompt, condition_on_previous_text,
+            fallback, max_new_tokens, num_beams, bias, bias_weight, bias_start_weight, device, progress, on_file).
+
+    Returns:
+        One :class:`~asrtune.inference.longform.Transcript` per file, in order (``.text``, ``.segments``,
+        ``.as_dict()``).
+    """
+    return transcribe_audio(model, audio, **options)[0]
