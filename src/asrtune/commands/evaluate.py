@@ -1,5 +1,5 @@
 """``asrtune evaluate MODEL --data MANIFEST [--terms FILE] [--bias FILE [--bias-weight W]] [--num-beams N]
-[--json]``."""
+[--json] [--save FILE.json]``."""
 
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     add_bias_arguments(parser)
     add_beams_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument("--save", type=Path, default=None, metavar="FILE.json",
+                        help="write the scores and every utterance's reference and hypothesis (asrtune explore "
+                             "reads it: two saves of one manifest show before and after)")
     parser.set_defaults(func=run)
 
 
@@ -124,9 +127,37 @@ def run(args: argparse.Namespace) -> int:
         rows += term_rows(found)
         record.update(term_recall=found["term_recall"], term_insertions=found["term_insertions"], terms=found)
     print_table(["metric", "value"], rows, file=sys.stderr if args.json else sys.stdout)
+    if args.save:
+        save_evaluation(args.save, record, evaluation, data=args.data, scoring_language=scoring_language,
+                        terms=args.terms)
     if args.json:
         print(json.dumps(record, ensure_ascii=False))
     return 0
+
+
+def save_evaluation(path: Path, record: dict, evaluation, *, data: Path, scoring_language: str | None,
+                    terms: str | None) -> None:
+    """``--save``: the record, the manifest (absolute), and each utterance's id, reference, hypothesis and
+    whether it stopped at ``max_new_tokens`` (format :data:`asrtune.explore.sources.SAVED_FORMAT`).
+
+    Raises:
+        AsrtuneError: the file cannot be written.
+    """
+    from asrtune.errors import AsrtuneError
+    from asrtune.explore.sources import SAVED_FORMAT
+
+    capped = set(evaluation.capped_ids)
+    saved = {"format": SAVED_FORMAT, "version": 1, **record, "data": str(Path(data).resolve()),
+             "scoring_language": scoring_language, "term_list": terms,
+             "max_new_tokens": evaluation.max_new_tokens,
+             "utterances": [{"id": i, "reference": r, "hypothesis": h, "truncated": i in capped}
+                            for i, r, h in zip(evaluation.ids, evaluation.references, evaluation.hypotheses,
+                                               strict=True)]}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(saved, ensure_ascii=False, indent=1), encoding="utf-8")
+    except OSError as error:
+        raise AsrtuneError(f"cannot write {path}: {error.strerror or error}") from error
 
 
 def _scoring_language(dataset, language: str | None) -> str | None:
