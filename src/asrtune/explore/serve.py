@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import posixpath
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,7 +44,7 @@ def _handler(files: dict[str, Path]) -> type[BaseHTTPRequestHandler]:
             pass  # quiet: the terminal keeps the URL
 
         def do_GET(self) -> None:
-            path = files.get(unquote(urlsplit(self.path).path))
+            path = files.get(posixpath.normpath(unquote(urlsplit(self.path).path)))
             if path is None or not path.is_file():
                 self.send_error(404)
                 return

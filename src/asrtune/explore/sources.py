@@ -346,7 +346,7 @@ def read_sources(
         path = Path(given).expanduser()
         if not path.exists():
             raise AsrtuneError(f"not found: {path}")
-        if path.is_dir() and (path / "evaluation").is_dir():
+        if path.is_dir() and ((path / "evaluation").is_dir() or (path / "config.yaml").is_file()):
             found += _run_sets(path, str(given), only, warnings)
         elif path.is_dir() and ((path / "sweep.json").is_file() or (path / "runs").is_dir()):
             found += _sweep_sets(path, picks, only, warnings)
