@@ -53,12 +53,25 @@ def make_explore_run(root: Path) -> Path:
             train=str(training),
             eval=str(training),
             test=str(write_manifest(data, "test", TEST_TEXTS, voices=VOICES)),
-            general=(GeneralSet(name="everyday_heldout_voice", manifest=str(write_manifest(data, "general", TINY_TEXTS[:2]))),),
+            general=(
+                GeneralSet(
+                    name="everyday_heldout_voice",
+                    manifest=str(write_manifest(data, "general", TINY_TEXTS[:2])),
+                ),
+            ),
             terms=str(root / "terms.txt"),
         ),
         optim=OptimConfig(learning_rate=3e-3),
-        loop=LoopConfig(max_steps=150, batch_size=3, eval_every=150, eval_batch_size=6, max_new_tokens=3,
-                        log_every=50, warmup_ratio=0.0, num_workers=0),
+        loop=LoopConfig(
+            max_steps=150,
+            batch_size=3,
+            eval_every=150,
+            eval_batch_size=6,
+            max_new_tokens=3,
+            log_every=50,
+            warmup_ratio=0.0,
+            num_workers=0,
+        ),
     )
     with warnings.catch_warnings():  # the cap of 3 new tokens is on purpose
         warnings.simplefilter("ignore", TruncationWarning)
@@ -91,14 +104,26 @@ def synthetic_set(root: Path, n: int = 1000) -> tuple[Path, Path, Path]:
         before.append({"id": f"s{i}", "reference": text, "hypothesis": first, "truncated": False})
         after.append({"id": f"s{i}", "reference": text, "hypothesis": second, "truncated": i == 11})
     if n > 5:
-        after[5]["hypothesis"] = rows[5]["text"].replace("hotel", "motel")  # foxtrot golf hotel india juliet alpha
+        after[5]["hypothesis"] = rows[5]["text"].replace(
+            "hotel", "motel"
+        )  # foxtrot golf hotel india juliet alpha
     manifest = root / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     saves = []
     for name, utterances in (("before", before), ("after", after)):
         path = root / f"{name}.json"
-        path.write_text(json.dumps({"format": SAVED_FORMAT, "version": 1, "model": f"model-{name}",
-                                    "data": str(manifest.resolve()), "scoring_language": None, "term_list": None,
-                                    "utterances": utterances}))
+        path.write_text(
+            json.dumps(
+                {
+                    "format": SAVED_FORMAT,
+                    "version": 1,
+                    "model": f"model-{name}",
+                    "data": str(manifest.resolve()),
+                    "scoring_language": None,
+                    "term_list": None,
+                    "utterances": utterances,
+                }
+            )
+        )
         saves.append(path)
     return manifest, saves[0], saves[1]

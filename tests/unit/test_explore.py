@@ -1,4 +1,4 @@
-"""``asrtune explore`` without a browser: diffs, flags, the numbers of a real run, inputs, errors, the HTML file.
+"""``asrtune explore`` without a browser: diffs, flags, a real run's numbers, inputs, errors, the HTML file.
 
 The page in a real browser is tested in ``test_explore_browser.py``.
 """
@@ -58,10 +58,18 @@ def test_diff_marks_substitutions_deletions_insertions_as_jiwer_counts_them():
     alignments = align_all([_words(r) for r in refs], [_words(h) for h in hyps])
     first = [(t.op, t.ref, t.hyp) for t in alignments[0].tokens]
     # jiwer aligns "on the mat" with "mat today": two substitutions and a deletion
-    assert first == [("=", "the", "the"), ("s", "cat", "bat"), ("=", "sat", "sat"), ("s", "on", "mat"),
-                     ("s", "the", "today"), ("d", "mat", "")]
+    assert first == [
+        ("=", "the", "the"),
+        ("s", "cat", "bat"),
+        ("=", "sat", "sat"),
+        ("s", "on", "mat"),
+        ("s", "the", "today"),
+        ("d", "mat", ""),
+    ]
     assert [(t.op, t.ref) for t in alignments[1].tokens] == [("d", "open"), ("d", "the"), ("d", "door")]
-    assert [(t.op, t.ref) for t in alignments[2].tokens] == [("=", "good morning")]  # a run of hits is one token
+    assert [(t.op, t.ref) for t in alignments[2].tokens] == [
+        ("=", "good morning")
+    ]  # a run of hits is one token
     assert [(t.op, t.hyp) for t in alignments[3].tokens] == [("i", "thank"), ("i", "you")]
     counts = utterance_counts(refs, hyps, "en")  # the counts WER is made of (empty reference left out)
     assert [a.errors for a in alignments[:3]] == counts.errors.tolist()
@@ -71,11 +79,16 @@ def test_diff_marks_substitutions_deletions_insertions_as_jiwer_counts_them():
 
 def test_term_words_are_marked_in_the_diff():
     terms = [("metformin",), ("otitis", "media")]
-    [alignment] = align_all([_words("start metformin for otitis media")], [_words("start met for otitis media")],
-                            terms)
+    [alignment] = align_all(
+        [_words("start metformin for otitis media")], [_words("start met for otitis media")], terms
+    )
     marked = [(t.op, t.ref, t.hyp, t.term) for t in alignment.tokens]
-    assert marked == [("=", "start", "start", False), ("s", "metformin", "met", True),
-                      ("=", "for", "for", False), ("=", "otitis media", "otitis media", True)]
+    assert marked == [
+        ("=", "start", "start", False),
+        ("s", "metformin", "met", True),
+        ("=", "for", "for", False),
+        ("=", "otitis media", "otitis media", True),
+    ]
 
 
 def test_flags_follow_the_hallucination_rules():
@@ -90,9 +103,19 @@ def test_flags_follow_the_hallucination_rules():
 
 
 def _source(refs, before, after, **kw) -> SetSource:
-    return SetSource(source="s", name="set", role="target", language="en", ids=tuple(f"u{i}" for i in range(len(refs))),
-                     references=tuple(refs), after=tuple(after), before=None if before is None else tuple(before),
-                     before_label="base", after_label="tuned", **kw)
+    return SetSource(
+        source="s",
+        name="set",
+        role="target",
+        language="en",
+        ids=tuple(f"u{i}" for i in range(len(refs))),
+        references=tuple(refs),
+        after=tuple(after),
+        before=None if before is None else tuple(before),
+        before_label="base",
+        after_label="tuned",
+        **kw,
+    )
 
 
 def test_categories_substitutions_and_words_gained_and_lost_by_hand():
@@ -106,9 +129,12 @@ def test_categories_substitutions_and_words_gained_and_lost_by_hand():
     assert summary["subs"]["before"] == [["green", "grin", 1], ["wrong", "long", 1]]
     assert summary["subs"]["after"] == [["fish", "dish", 1], ["wrong", "song", 1]]
     assert summary["gained"] == [["green", 1]] and summary["lost"] == [["fish", 1]]
-    assert view["options"]["categories"] == [["regression", "regressions", 1], ["improvement", "improvements", 1],
-                                             ["unchanged", "unchanged errors", 1],
-                                             ["correct", "correct before and after", 1]]
+    assert view["options"]["categories"] == [
+        ["regression", "regressions", 1],
+        ["improvement", "improvements", 1],
+        ["unchanged", "unchanged errors", 1],
+        ["correct", "correct before and after", 1],
+    ]
     alone = build_view(_source(refs, None, after), {})  # one model: no change to speak of
     assert [r["cat"] for r in alone["rows"]] == ["correct", "errors", "correct", "errors"]
     assert not alone["has_before"] and all(r["delta"] is None for r in alone["rows"])
@@ -142,11 +168,17 @@ def test_a_runs_page_shows_every_set_it_scored_with_the_numbers_it_recorded(run_
     for shown, row in zip(test["rows"], rows, strict=True):
         before, after = _errors(row["reference"], row["base"]), _errors(row["reference"], row["hypothesis"])
         assert (shown["before"]["errors"], shown["after"]["errors"]) == (before, after)
-        expected = "regression" if after > before else "improvement" if after < before else (
-            "unchanged" if after else "correct")
+        expected = (
+            "regression"
+            if after > before
+            else "improvement"
+            if after < before
+            else ("unchanged" if after else "correct")
+        )
         assert shown["cat"] == expected
     assert sum(r["after"]["errors"] for r in test["rows"]) == (
-        recorded["substitutions"] + recorded["deletions"] + recorded["insertions"])
+        recorded["substitutions"] + recorded["deletions"] + recorded["insertions"]
+    )
     cats = {r["cat"] for r in test["rows"]}
     assert {"regression", "improvement", "unchanged"} <= cats, "the run no longer makes every kind of row"
 
@@ -171,17 +203,26 @@ def test_a_runs_page_shows_every_set_it_scored_with_the_numbers_it_recorded(run_
 
 def test_one_set_of_a_run_and_only_some_sets(run_dir):
     assert [v["name"] for v in build_page([run_dir / "evaluation" / "test.jsonl"]).views] == ["test"]
-    assert [v["name"] for v in build_page([run_dir], sets=("eval", "nonspeech")).views] == ["eval", "nonspeech"]
+    assert [v["name"] for v in build_page([run_dir], sets=("eval", "nonspeech")).views] == [
+        "eval",
+        "nonspeech",
+    ]
 
 
 def test_a_sweep_folder_and_picking_its_runs(run_dir, tmp_path):
     for cell in ("medical/full/seed-0", "medical/lora/seed-0", "medical/full/seed-1.stale-abc"):
-        shutil.copytree(run_dir, tmp_path / "sweep" / "runs" / cell, ignore=shutil.ignore_patterns("checkpoints"))
+        shutil.copytree(
+            run_dir, tmp_path / "sweep" / "runs" / cell, ignore=shutil.ignore_patterns("checkpoints")
+        )
     (tmp_path / "sweep" / "sweep.json").write_text("{}")
     page = build_page([tmp_path / "sweep"], sets=("test",))
-    assert [v["source"] for v in page.views] == ["medical/full/seed-0", "medical/lora/seed-0"]  # not the stale one
-    assert [v["source"] for v in build_page([tmp_path / "sweep"], picks=("*/lora/*",), sets=("test",)).views] == [
-        "medical/lora/seed-0"]
+    assert [v["source"] for v in page.views] == [
+        "medical/full/seed-0",
+        "medical/lora/seed-0",
+    ]  # not the stale one
+    assert [
+        v["source"] for v in build_page([tmp_path / "sweep"], picks=("*/lora/*",), sets=("test",)).views
+    ] == ["medical/lora/seed-0"]
     with pytest.raises(AsrtuneError, match="matches none of .*medical/full/seed-0"):
         build_page([tmp_path / "sweep"], picks=("*/adapter/*",))
 
@@ -190,14 +231,32 @@ def test_a_sweep_folder_and_picking_its_runs(run_dir, tmp_path):
 def test_saved_evaluations_before_and_after(tiny_model_dir, tiny_data, tmp_path, capsys):
     manifest = tiny_data[1]
     for name in ("before", "after"):
-        assert main(["evaluate", str(tiny_model_dir), "--data", str(manifest), "--batch-size", "3",
-                     "--max-new-tokens", "2", "--save", str(tmp_path / f"{name}.json")]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    str(tiny_model_dir),
+                    "--data",
+                    str(manifest),
+                    "--batch-size",
+                    "3",
+                    "--max-new-tokens",
+                    "2",
+                    "--save",
+                    str(tmp_path / f"{name}.json"),
+                ]
+            )
+            == 0
+        )
     saved = json.loads((tmp_path / "after.json").read_text())
     assert saved["format"] == "asrtune-evaluation" and saved["data"] == str(manifest.resolve())
     assert [u["id"] for u in saved["utterances"]] == ["u0", "u1", "u2"]
-    assert saved["wer"] == pytest.approx(jiwer.wer(  # the record's scores, and the hypotheses that make them
-        [" ".join(_words(u["reference"])) for u in saved["utterances"]],
-        [" ".join(_words(u["hypothesis"])) for u in saved["utterances"]]))
+    assert saved["wer"] == pytest.approx(
+        jiwer.wer(  # the record's scores, and the hypotheses that make them
+            [" ".join(_words(u["reference"])) for u in saved["utterances"]],
+            [" ".join(_words(u["hypothesis"])) for u in saved["utterances"]],
+        )
+    )
     page = build_page([tmp_path / "before.json", tmp_path / "after.json"])
     [view] = page.views
     assert view["has_before"] and view["before_label"] == view["after_label"] == str(tiny_model_dir)
@@ -230,7 +289,10 @@ def test_bad_inputs_are_one_clear_error(run_dir, tmp_path):
         ([tmp_path / "missing"], "not found"),
         ([tmp_path / "empty"], "neither a run folder"),
         ([tmp_path / "other.json"], "not a saved evaluation"),
-        ([unfinished], "no evaluation/ folder; a run writes evaluation/<set>.jsonl when its final evaluation"),
+        (
+            [unfinished],
+            "no evaluation/ folder; a run writes evaluation/<set>.jsonl when its final evaluation",
+        ),
         ([empty_run], "no set to show"),
         ([before, after, third], "3 saved evaluations of .*give one .* or two"),
         ([before, tmp_path / "changed.json"], "hold different utterances"),
@@ -248,12 +310,19 @@ def test_data_overrides_give_audio_and_fields(run_dir, tmp_path):
     manifest = tmp_path / "voices.jsonl"
     test_manifest = run_dir.parent / "data" / "test.jsonl"
     rows = [json.loads(line) for line in test_manifest.read_text().splitlines()]
-    manifest.write_text("".join(json.dumps({**r, "audio": str(test_manifest.parent / r["audio"]),
-                                            "speaker": f"s{i % 3}"}) + "\n" for i, r in enumerate(rows)))
+    manifest.write_text(
+        "".join(
+            json.dumps({**r, "audio": str(test_manifest.parent / r["audio"]), "speaker": f"s{i % 3}"}) + "\n"
+            for i, r in enumerate(rows)
+        )
+    )
     named = build_page([run_dir], data=[parse_data(f"test={manifest}")], sets=("test",)).views[0]
     assert [r["fields"]["speaker"] for r in named["rows"]] == ["s0", "s1", "s2", "s0", "s1", "s2"]
     matched = build_page([run_dir], data=[parse_data(str(manifest))], sets=("test", "eval"))
-    assert "speaker" in matched.views[1]["rows"][0]["fields"] and "speaker" not in matched.views[0]["rows"][0]["fields"]
+    assert (
+        "speaker" in matched.views[1]["rows"][0]["fields"]
+        and "speaker" not in matched.views[0]["rows"][0]["fields"]
+    )
     with pytest.raises(AsrtuneError, match="no set's utterances"):
         build_page([run_dir], data=[parse_data(str(manifest))], sets=("eval",))
     with pytest.raises(AsrtuneError, match="no set is named other"):
@@ -271,7 +340,9 @@ def test_the_page_is_one_offline_file_and_transcripts_cannot_break_it(tmp_path):
     html = render(type("P", (), {"views": [view]})(), {}, title="t")
     assert html.count("</script>") == 2  # the index and the script's own ends; the texts are escaped
     assert "&lt;/script&gt;&lt;script&gt;alert(1)" in html
-    index = re.search(r'<script type="application/json" id="explore-index">(.*?)</script>', html, re.S).group(1)
+    index = re.search(r'<script type="application/json" id="explore-index">(.*?)</script>', html, re.S).group(
+        1
+    )
     assert json.loads(index)["views"][0]["rows"][0]["q"].startswith("u0\n</script>")
     attributes = re.findall(r'(?:src|href|action)\s*=\s*"([^"]*)"', html)
     assert not [a for a in attributes if re.match(r"[a-z]+:", a)], attributes  # nothing external
@@ -282,7 +353,9 @@ def test_audio_is_linked_relative_to_the_page_or_embedded_under_a_limit(tmp_path
     clip = tmp_path / "data" / "my clip #1.wav"
     clip.parent.mkdir()
     sf.write(str(clip), [0.0] * 1600, 16000)
-    assert audio_links([str(clip)], tmp_path / "out" / "page.html") == {str(clip): "../data/my%20clip%20%231.wav"}
+    assert audio_links([str(clip)], tmp_path / "out" / "page.html") == {
+        str(clip): "../data/my%20clip%20%231.wav"
+    }
     [embedded] = audio_links([str(clip)], tmp_path / "page.html", embed=True).values()
     assert embedded.startswith("data:audio/wav;base64,UklGR")
     with pytest.raises(AsrtuneError, match="over the embedding limit of 0.001 MB"):
@@ -294,11 +367,16 @@ def test_the_command_writes_the_page_and_says_where(run_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert (run_dir / "explore.html").is_file() and f"page: {run_dir / 'explore.html'}" in out
     assert "| " + f"{run_dir} · test" in out
-    assert main(["explore", str(run_dir), "--out", str(tmp_path / "p.html"), "--set", "test", "--embed-audio"]) == 0
+    assert (
+        main(["explore", str(run_dir), "--out", str(tmp_path / "p.html"), "--set", "test", "--embed-audio"])
+        == 0
+    )
     html = (tmp_path / "p.html").read_text()
     assert html.count('data-src="data:audio/wav;base64,') == len(TEST_TEXTS)
     assert main(["explore", str(tmp_path / "nothing")]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == [f"asrtune: error: not found: {tmp_path / 'nothing'}"]
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"asrtune: error: not found: {tmp_path / 'nothing'}"
+    ]
 
 
 def test_serve_gives_the_page_and_its_clips_and_nothing_else(run_dir, tmp_path):
@@ -310,8 +388,9 @@ def test_serve_gives_the_page_and_its_clips_and_nothing_else(run_dir, tmp_path):
         link = re.search(r'data-src="([^"]+)"', out.read_text()).group(1)
         clip = urllib.request.urlopen(urllib.request.Request(server.url.rsplit("/", 1)[0] + "/" + link))
         assert clip.read() == Path(page.audio_files[0]).read_bytes()
-        ranged = urllib.request.urlopen(urllib.request.Request(
-            server.url.rsplit("/", 1)[0] + "/" + link, headers={"Range": "bytes=4-11"}))
+        ranged = urllib.request.urlopen(
+            urllib.request.Request(server.url.rsplit("/", 1)[0] + "/" + link, headers={"Range": "bytes=4-11"})
+        )
         assert ranged.status == 206 and ranged.read() == Path(page.audio_files[0]).read_bytes()[4:12]
         other = server.url.rsplit("/", 1)[0] + "/../run/config.yaml"
         with pytest.raises(urllib.error.HTTPError, match="404"):
@@ -328,9 +407,16 @@ def test_the_demo_writes_its_page_and_prints_where(run_dir, tmp_path, monkeypatc
         return json.loads((out / "results.json").read_text())
 
     data = run_dir.parent / "data"
-    monkeypatch.setattr(demo, "speak_demo_data", lambda *a, **k: {
-        "train": data / "train.jsonl", "validation": data / "train.jsonl", "test": data / "test.jsonl",
-        "general": data / "general.jsonl"})
+    monkeypatch.setattr(
+        demo,
+        "speak_demo_data",
+        lambda *a, **k: {
+            "train": data / "train.jsonl",
+            "validation": data / "train.jsonl",
+            "test": data / "test.jsonl",
+            "general": data / "general.jsonl",
+        },
+    )
     monkeypatch.setattr(demo, "train", fake_train)
     demo.run_demo(tmp_path / "demo", real_en=None, settings=demo.DemoSettings(steps=1))
     page = tmp_path / "demo" / "explore.html"

@@ -109,9 +109,8 @@ def _nonspeech(folder: Path) -> dict[str, Clip]:
 
 
 def _covers(clips: dict[str, Clip], source: SetSource) -> bool:
-    return all(
-        utt_id in clips and clips[utt_id].text == text for utt_id, text in zip(source.ids, source.references)
-    )
+    pairs = zip(source.ids, source.references, strict=True)
+    return all(utt_id in clips and clips[utt_id].text == text for utt_id, text in pairs)
 
 
 def clips_for(

@@ -296,7 +296,7 @@ def _saved_sets(
         language = last.get("scoring_language")
         truncated = {
             m: frozenset(str(r["id"]) for r in rs if r.get("truncated"))
-            for m, rs in zip(("before", "after")[-len(rows) :], rows)
+            for m, rs in zip(("before", "after")[-len(rows) :], rows, strict=True)
         }
         sets.append(
             SetSource(

@@ -94,6 +94,11 @@
       return audio;
     }
 
+    // A clip that cannot play (a missing file, a format the browser lacks) says so on its player.
+    function play(audio) {
+      audio.play().catch((error) => { audio.title = "cannot play: " + error.message; });
+    }
+
     function select(article, scroll) {
       section.querySelectorAll("article.current").forEach((a) => a.classList.remove("current"));
       article.classList.add("current");
@@ -106,7 +111,7 @@
       const article = event.target.closest("article.utt");
       if (!article) return;
       select(article, false);
-      if (event.target.closest("button.play")) player(article).play();
+      if (event.target.closest("button.play")) play(player(article));
     });
 
     return {
@@ -118,7 +123,7 @@
       toggle() {
         const article = visible[current];
         const audio = article && player(article);
-        if (audio) audio.paused ? audio.play() : audio.pause();
+        if (audio) audio.paused ? play(audio) : audio.pause();
       },
       search: () => control("search").focus(),
     };
