@@ -159,6 +159,22 @@ def _run_label(results: dict, run: Path) -> str:
     return f"{run.name} ({text})"
 
 
+def _role(name: str, general: list) -> str:
+    """A set's role when ``results.json`` does not say (as :mod:`asrtune.evaluation.sets` names them)."""
+    if name == "nonspeech":
+        return "nonspeech"
+    return "general" if name in {g.get("name") for g in general if isinstance(g, dict)} else "target"
+
+
+def _truncation(name: str, final: dict) -> tuple[dict[str, frozenset[str]], tuple[str, ...]]:
+    """Which hypotheses hit ``max_new_tokens``, as far as a run records it: its kept model's on the eval set
+    (``results.json`` ``final``, the first 20 ids); complete when no more than those were cut."""
+    if name != "eval" or "hit_max_new_tokens_ids" not in final:
+        return {}, ()
+    ids = final["hit_max_new_tokens_ids"]
+    return {"after": frozenset(ids)}, ("after",) if final.get("hit_max_new_tokens", 0) <= len(ids) else ()
+
+
 def _run_sets(run: Path, label: str, only: set[str] | None, warnings: list[str]) -> list[SetSource]:
     folder = run / "evaluation"
     if not folder.is_dir():
@@ -166,9 +182,11 @@ def _run_sets(run: Path, label: str, only: set[str] | None, warnings: list[str])
             f"{run}: no evaluation/ folder; a run writes evaluation/<set>.jsonl when its final "
             "evaluation ends (an unfinished run has none)"
         )
-    config = parse_yaml((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+    config = (
+        parse_yaml((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else None
+    ) or {}
     results = _read_json(run / "results.json") if (run / "results.json").is_file() else {}
-    data = (config or {}).get("data") or {}
+    data = config.get("data") or {}
     recorded = (results.get("evaluation") or {}).get("sets") or {}
     manifests = {"eval": data.get("eval"), "test": data.get("test")}
     general = data.get("general") or []
@@ -177,7 +195,6 @@ def _run_sets(run: Path, label: str, only: set[str] | None, warnings: list[str])
     names = [n for n in recorded if n in files] + sorted(set(files) - set(recorded), key=_set_rank)
     if only:
         names = [n for n in names if n in only]
-    final = results.get("final") or {}
     sets = []
     for name in names:
         rows = _jsonl(files[name])
@@ -186,23 +203,10 @@ def _run_sets(run: Path, label: str, only: set[str] | None, warnings: list[str])
         manifest = resolve_manifest(manifests[name], run) if manifests.get(name) else None
         if manifests.get(name) and manifest is None:
             warnings.append(f"{label} · {name}: manifest {manifests[name]} not found: no audio (give --data)")
-        role = (recorded.get(name) or {}).get("role") or (
-            "nonspeech"
-            if name == "nonspeech"
-            else "general"
-            if name in {g.get("name") for g in general}
-            else "target"
-        )
+        role = (recorded.get(name) or {}).get("role") or _role(name, general)
         before = [r.get("base") for r in rows]
         language = _language_of(manifest, config.get("language"))
-        truncated, known = {}, ()
-        if name == "eval" and "hit_max_new_tokens_ids" in final:
-            truncated = {"after": frozenset(final["hit_max_new_tokens_ids"])}
-            known = (
-                ("after",)
-                if final.get("hit_max_new_tokens", 0) <= len(final["hit_max_new_tokens_ids"])
-                else ()
-            )
+        truncated, known = _truncation(name, results.get("final") or {})
         sets.append(
             SetSource(
                 source=label,
@@ -239,8 +243,9 @@ def sweep_runs(sweep: Path) -> dict[str, Path]:
     found = {}
     for evaluation in sorted(runs.rglob("evaluation")):
         run = evaluation.parent
-        if evaluation.is_dir() and (run / "config.yaml").is_file() and ".stale-" not in str(run):
-            found[run.relative_to(runs).as_posix()] = run
+        cell = run.relative_to(runs).as_posix()
+        if evaluation.is_dir() and (run / "config.yaml").is_file() and ".stale-" not in cell:
+            found[cell] = run
     return found
 
 
