@@ -153,11 +153,16 @@ def _json_for_script(data: object) -> Markup:
 
 
 def _number(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+    """A rate with ``digits`` decimals, a count as it is, None as a dash."""
+    if value is None:
+        return "–"
+    return str(value) if isinstance(value, int) else f"{value:.{digits}f}"
 
 
 def _signed(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:+.{digits}f}"
+    if value is None:
+        return "–"
+    return f"{value:+d}" if isinstance(value, int) else f"{value:+.{digits}f}"
 
 
 def _interval(pair) -> str:
