@@ -188,7 +188,8 @@ def test_the_command_line_starts_without_importing_torch():
     from asrtune.commands import export
     from asrtune.export import ct2
 
-    assert export.QUANTIZATIONS == ct2.QUANTIZATIONS and export.DEFAULT_QUANTIZATION == ct2.DEFAULT_QUANTIZATION
+    assert export.QUANTIZATIONS == ct2.QUANTIZATIONS
+    assert export.DEFAULT_QUANTIZATION == ct2.DEFAULT_QUANTIZATION
     src = str(Path(__file__).resolve().parents[2] / "src")
     code = ("import sys; from asrtune.cli import build_parser, quiet_libraries; build_parser(); "
             "quiet_libraries(); print('torch' in sys.modules)")
