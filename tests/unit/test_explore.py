@@ -285,6 +285,8 @@ def test_bad_inputs_are_one_clear_error(run_dir, tmp_path):
     changed = json.loads(after.read_text())
     changed["utterances"][0]["reference"] = "something else"
     (tmp_path / "changed.json").write_text(json.dumps(changed))
+    del changed["utterances"][1]["hypothesis"]
+    (tmp_path / "broken.json").write_text(json.dumps(changed))
     cases = [
         ([tmp_path / "missing"], "not found"),
         ([tmp_path / "empty"], "neither a run folder"),
@@ -296,6 +298,7 @@ def test_bad_inputs_are_one_clear_error(run_dir, tmp_path):
         ([empty_run], "no set to show"),
         ([before, after, third], "3 saved evaluations of .*give one .* or two"),
         ([before, tmp_path / "changed.json"], "hold different utterances"),
+        ([tmp_path / "broken.json"], "broken.json: utterance 2 has no hypothesis"),
         ([run_dir, "--set", "nope"], "no set to show"),
     ]
     for args, message in cases:
@@ -373,10 +376,16 @@ def test_the_command_writes_the_page_and_says_where(run_dir, tmp_path, capsys):
     )
     html = (tmp_path / "p.html").read_text()
     assert html.count('data-src="data:audio/wav;base64,') == len(TEST_TEXTS)
-    assert main(["explore", str(tmp_path / "nothing")]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == [
-        f"asrtune: error: not found: {tmp_path / 'nothing'}"
-    ]
+    errors = {
+        (str(tmp_path / "nothing"),): f"not found: {tmp_path / 'nothing'}",
+        (str(run_dir), "--out", str(tmp_path)): f"{tmp_path} is a folder: name the page's file",
+        (str(run_dir), "--serve", "--port", "70000"): "--port 70000: a port is 0 (any free one) to 65535",
+    }
+    for args, message in errors.items():
+        capsys.readouterr()
+        assert main(["explore", *args]) == 2
+        [line] = capsys.readouterr().err.strip().splitlines()  # one line, no traceback
+        assert line.startswith(f"asrtune: error: {message}")
 
 
 def test_serve_gives_the_page_and_its_clips_and_nothing_else(run_dir, tmp_path):

@@ -215,6 +215,8 @@ def write_page(
         AsrtuneError: the file cannot be written, or embedded audio is over the limit.
     """
     out = Path(out)
+    if out.is_dir():
+        raise AsrtuneError(f"{out} is a folder: name the page's file (--out {out / 'explore.html'})")
     links = audio_links(page.audio_files, out, embed=embed, limit_mb=limit_mb)
     html = render(page, links, title=title)
     try:

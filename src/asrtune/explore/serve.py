@@ -79,8 +79,10 @@ def start_server(page: Path, audio: list[str], *, port: int = 8000) -> PageServe
     """Serve ``page`` and its ``audio`` files on 127.0.0.1 (``port`` 0: any free one), in a thread.
 
     Raises:
-        AsrtuneError: the port cannot be bound.
+        AsrtuneError: the port is not one, or cannot be bound.
     """
+    if not 0 <= port <= 65535:
+        raise AsrtuneError(f"--port {port}: a port is 0 (any free one) to 65535")
     paths = [Path(page).resolve(), *(Path(a).resolve() for a in audio)]
     root = Path(os.path.commonpath([p.parent for p in paths]))
     files = {"/" + p.relative_to(root).as_posix(): p for p in paths}

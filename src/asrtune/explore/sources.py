@@ -268,7 +268,16 @@ def _saved(path: Path) -> dict | None:
     if path.suffix != ".json":
         return None
     data = _read_json(path)
-    return data if data.get("format") == SAVED_FORMAT else None
+    if data.get("format") != SAVED_FORMAT:
+        return None
+    rows = data.get("utterances")
+    if not isinstance(rows, list) or not rows:
+        raise AsrtuneError(f"{path}: a saved evaluation with no utterances")
+    for number, row in enumerate(rows, start=1):
+        missing = [k for k in ("id", "reference", "hypothesis") if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise AsrtuneError(f"{path}: utterance {number} has no {', '.join(missing)}")
+    return data
 
 
 def _saved_sets(
