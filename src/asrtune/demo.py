@@ -210,7 +210,20 @@ def run_demo(output_dir: Path, *, steps: int | None = None, seed: int = 0, real_
     results = _results(trained, settings, real_note, started, run_dir)
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))
     _print_summary(results, run_dir)
+    _write_explore_page(run_dir, output_dir / "explore.html")
     return results
+
+
+def _write_explore_page(run_dir: Path, out: Path) -> None:
+    """The run's page of every utterance, before and after (``asrtune explore``), and where it is."""
+    from asrtune.explore import write_run_page
+
+    try:
+        write_run_page(run_dir, out)
+    except AsrtuneError as error:
+        print(f"\nexplore page not written: {error}")
+        return
+    print(f"\nevery utterance before and after, to listen to and filter (asrtune explore): {out}")
 
 
 SET_LABELS = {"test": "medical, held-out voices", "everyday_heldout_voice": "everyday, held-out voice",

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -177,3 +181,13 @@ def test_inspect_rejects_a_contradictory_spec_in_one_line(tiny_model_dir, capsys
     assert main(["inspect", str(tiny_model_dir), "--strategy", "full+lora"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "full cannot be combined with lora" in err[0]
+
+
+def test_the_command_line_starts_without_importing_torch():
+    """Every command builds every parser: none may import torch to do it (seconds on every run)."""
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    code = ("import sys; from asrtune.cli import build_parser, quiet_libraries; build_parser(); "
+            "quiet_libraries(); print('torch' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

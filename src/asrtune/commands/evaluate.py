@@ -1,5 +1,5 @@
 """``asrtune evaluate MODEL --data MANIFEST [--terms FILE] [--bias FILE [--bias-weight W]] [--num-beams N]
-[--json]``."""
+[--json] [--save FILE.json]``."""
 
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     add_bias_arguments(parser)
     add_beams_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument("--save", type=Path, default=None, metavar="FILE.json",
+                        help="write the scores and every utterance's reference and hypothesis (asrtune explore "
+                             "reads it: two saves of one manifest show before and after)")
     parser.set_defaults(func=run)
 
 
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
                       max_new_tokens=args.max_new_tokens, short_input=args.short_input, terms=args.terms,
                       bias=args.bias, bias_weight=args.bias_weight, bias_start_weight=args.bias_start_weight,
                       num_beams=args.num_beams, predictions=args.predictions)
-    del record["predictions"]  # in the file --predictions names, not in the printed record
+    predictions = record.pop("predictions")  # in the files --predictions and --save name, not in the record
     rows = [
         ["WER (normalised)", f"{record['wer']:.4f}"], ["CER (normalised)", f"{record['cer']:.4f}"],
         ["WER (raw)", f"{record['raw_wer']:.4f}"],
@@ -83,9 +86,30 @@ def run(args: argparse.Namespace) -> int:
     if "terms" in record:
         rows += term_rows(record["terms"])
     print_table(["metric", "value"], rows, file=sys.stderr if args.json else sys.stdout)
+    if args.save:
+        save_evaluation(args.save, record, predictions, data=args.data, terms=args.terms)
     if args.json:
         print(json.dumps(record, ensure_ascii=False))
     return 0
+
+
+def save_evaluation(path: Path, record: dict, predictions: list[dict], *, data: Path, terms: str | None) -> None:
+    """``--save``: the record, the manifest (absolute), and each utterance's id, reference, hypothesis and
+    whether it stopped at ``max_new_tokens`` (format :data:`asrtune.explore.sources.SAVED_FORMAT`).
+
+    Raises:
+        AsrtuneError: the file cannot be written.
+    """
+    from asrtune.errors import AsrtuneError
+    from asrtune.explore.sources import SAVED_FORMAT
+
+    saved = {"format": SAVED_FORMAT, "version": 1, **record, "data": str(Path(data).resolve()),
+             "term_list": terms, "utterances": predictions}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(saved, ensure_ascii=False, indent=1), encoding="utf-8")
+    except OSError as error:
+        raise AsrtuneError(f"cannot write {path}: {error.strerror or error}") from error
 
 
 def term_rows(found: dict) -> list[list[str]]:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from asrtune.commands import COMMANDS
 
-
 @COMMANDS.register("export")
 def add(subparsers: argparse._SubParsersAction) -> None:
     from asrtune.export.quantization import DEFAULT_QUANTIZATION, QUANTIZATIONS
@@ -33,7 +32,7 @@ def _size_mb(folder: Path) -> float:
 
 def run(args: argparse.Namespace) -> int:
     from asrtune.errors import AsrtuneError
-    from asrtune.export.ct2 import DEFAULT_QUANTIZATION, export_ct2
+    from asrtune.export.ct2 import export_ct2
     from asrtune.export.merge import export_hf, load_merged
     from asrtune.report import print_table
 
