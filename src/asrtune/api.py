@@ -101,7 +101,7 @@ def evaluate(model: str | LoadedModel, data: str | Path, *, language: str | None
              max_new_tokens: int = 128, short_input: bool = False, terms: str | Path | None = None,
              bias: str | Path | None = None, bias_weight: float | None = None,
              bias_start_weight: float | None = None, num_beams: int = 1, progress: bool = True,
-             predictions: str | Path | None = None) -> dict:
+             predictions: str | Path | None = None, ctc: bool = False) -> dict:
     """WER and CER of a model (any source, a run folder too) on a manifest, greedy or with beams.
 
     Args:
@@ -111,6 +111,7 @@ def evaluate(model: str | LoadedModel, data: str | Path, *, language: str | None
         terms: a term list to score (term recall and insertions).
         bias: a term list to bias decoding towards; ``bias_weight`` / ``bias_start_weight`` its bonuses.
         predictions: also write the per-utterance hypotheses here (JSONL).
+        ctc: decode greedily with the CTC head instead of ``generate`` (LLM families aligned with CTC).
 
     Returns:
         ``asrtune evaluate --json``'s record (``model``, ``data``, ``num_beams``, ``wer``, ``cer``, ``raw_wer``,
@@ -126,7 +127,7 @@ def evaluate(model: str | LoadedModel, data: str | Path, *, language: str | None
                              language=language)
     evaluation = evaluate_dataset(loaded, dataset, language=language, batch_size=batch_size,
                                   max_new_tokens=max_new_tokens, short_input=short_input, logits_processor=processor,
-                                  num_beams=num_beams, progress=progress)
+                                  num_beams=num_beams, progress=progress, ctc=ctc)
     if predictions:
         write_predictions(evaluation, predictions)
     language_scored = scoring_language(dataset, language)

@@ -171,6 +171,12 @@ class LoopConfig:
         "after training, also score start + a x (end - start) of the trained weights for each a here "
         "(WiSE-FT weight interpolation), each offered to checkpoint selection like a checkpoint: "
         "e.g. [0.5, 0.75] trades some domain gain for less forgetting ([]: off)", ())
+    ctc_weight: float = _help("LLM families: add this times the CTC loss of the projected audio against the "
+                              "LLM's embeddings to the cross-entropy (0: none; alignment, README)", 0.0)
+    ctc_only: bool = _help("LLM families: train with the CTC loss alone, the LLM not run, and choose the "
+                           "checkpoint by greedy CTC decoding (an alignment stage)", False)
+    ctc_negatives: int = _help("rows of the embedding matrix the CTC loss scores besides the training "
+                               "transcripts' tokens, drawn once from the seed", 1024)
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_every", "eval_batch_size",
@@ -199,6 +205,8 @@ class LoopConfig:
             raise AsrtuneError("loop.forgetting_budget must be >= 0")
         if self.forgetting_measure not in ("absolute", "relative"):
             raise AsrtuneError("loop.forgetting_measure must be absolute or relative")
+        if not self.ctc_weight >= 0 or self.ctc_negatives < 0:
+            raise AsrtuneError("loop.ctc_weight and loop.ctc_negatives must be >= 0")
         if not all(0 < a < 1 for a in self.interpolation):
             raise AsrtuneError("loop.interpolation: each weight must be in (0, 1) (0 is the start, 1 the end of "
                                "training, both scored already)")

@@ -1,4 +1,4 @@
-"""bundled:llm-asr-tiny from its real parts: tiny.en's encoder, SmolLM2-135M-Instruct, a new projector.
+"""bundled:llm-asr-tiny-raw from its real parts: tiny.en's encoder, SmolLM2-135M-Instruct, a new projector.
 
 The assembly is built once per test session (about a minute on this CPU, most of it dequantising
 SmolLM2's GGUF file) into the session's throwaway cache, then loaded with plain transformers.

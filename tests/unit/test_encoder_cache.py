@@ -147,3 +147,23 @@ def test_without_a_spill_folder_items_beyond_memory_are_encoded_each_time(tmp_pa
     cache.get([0, 1], compute)
     cache.get([0, 1], compute)
     assert calls == [[0, 1], [0, 1]] and cache.stats()["not_cached"] == 4
+
+
+def test_items_of_different_lengths_are_kept_as_long_as_they_are_and_padded_per_batch(tmp_path):
+    lengths = {0: 3, 1: 6, 2: 1, 3: 5}
+    outputs = {i: torch.arange(n * 2, dtype=torch.float32).reshape(n, 2) + 10 * i for i, n in lengths.items()}
+    one_row_mb = 2 * 4 / 2**20
+    cache = PrefixCache(("k",), (6, 2), memory_mb=9 * one_row_mb, spill_dir=tmp_path / "spill", n_items=4)
+    computed: list[int] = []
+
+    def compute(items):
+        computed.extend(items)
+        return [outputs[i] for i in items]
+
+    batch = cache.get([1, 0, 2, 3], compute)
+    assert batch.shape == (4, 6, 2) and computed == [1, 0, 2, 3]
+    again = cache.get([2, 3], compute)  # 0 and 1 fill the memory (9 rows); 2 and 3 went to the file
+    assert computed == [1, 0, 2, 3] and again.shape == (2, 5, 2)
+    assert torch.equal(again[0, :1], outputs[2]) and torch.equal(again[0, 1:], torch.zeros(4, 2))
+    assert torch.equal(again[1], outputs[3]) and torch.equal(batch[1, :3], outputs[0])
+    assert cache.stats()["in_memory"] == 2 and cache.stats()["on_disk"] == 2

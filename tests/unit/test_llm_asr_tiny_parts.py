@@ -72,3 +72,29 @@ def test_the_cache_key_follows_every_part():
     tiny, base = assembly._target("tiny.en"), assembly._target("base")
     assert tiny != base and tiny.parent.name == "llm-asr-tiny"
     assert assembly.llm_asr_tiny_parts("base")["encoder_model_bin"] == bundled.CONCATENATED_SHA256["base"]
+
+
+def test_shipped_aligned_weights_rebuild_the_trained_model(tiny_qwen2_audio_dir):
+    """A run's trainables (projector, the tower's top layer, LoRA) as shipped, put on a fresh assembly, give the
+    trained model's outputs with LoRA merged."""
+    import torch
+
+    from asrtune.models.llm_asr_tiny import aligned_state, apply_aligned
+    from asrtune.runs.load import load_model
+    from asrtune.runs.weights import trainable_state
+    from asrtune.strategies import apply_strategy, merge_strategy
+
+    spec = "projector:tower_layers=1+lora:r=2,alpha=8"
+    trained = apply_strategy(load_model(str(tiny_qwen2_audio_dir)).model, spec)
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+    state = aligned_state(trainable_state(trained))
+    assert any(name.endswith("@lora_A") for name in state) and all(t.dtype == torch.float16 for t in state.values())
+    fresh = load_model(str(tiny_qwen2_audio_dir))
+    apply_aligned(fresh.model, state, lora_scaling=8 / 2)
+    merged = merge_strategy(trained, spec)
+    probe = fresh.family.probe_logits
+    assert torch.allclose(probe(fresh.model), probe(merged), atol=2e-2)  # fp16 weights
+    assert not torch.allclose(probe(fresh.model), probe(load_model(str(tiny_qwen2_audio_dir)).model), atol=2e-2)

@@ -15,6 +15,7 @@ from asrtune.data.features import FeatureDataset, collate
 from asrtune.data.manifest import read_manifest
 from asrtune.errors import AsrtuneError
 from asrtune.inspection import count_parameters, module_counts
+from asrtune.models.family import CachePlan
 from asrtune.runs.load import load_model
 from asrtune.models.qwen2_audio import audio_token_count, prompt_text
 from asrtune.strategies import apply_strategy, default_learning_rate
@@ -93,18 +94,38 @@ def test_the_loss_is_cross_entropy_over_the_transcript_tokens_only(loaded, llm_d
     assert total.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_the_cached_audio_path_gives_the_same_loss(loaded, llm_data):
-    """A frozen audio tower's output, computed once and fed back, changes nothing in the loss."""
+def _hf_loss(model, batch) -> float:
+    """The reference: transformers' own forward on the whole padded window, its padded keys masked."""
+    logits = model(input_ids=batch["input_ids"], input_features=batch["input_features"],
+                   attention_mask=batch["attention_mask"],
+                   feature_attention_mask=batch["feature_attention_mask"]).logits
+    targets = batch["labels"][:, 1:]
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100,
+                                             reduction="sum").item()
+
+
+@pytest.mark.parametrize("layers", [0, 1, 2])
+def test_the_valid_positions_and_cached_audio_paths_give_transformers_loss(loaded, llm_data, layers):
+    """The tower run on each utterance's valid positions only (from log-mels, or from a cached frozen prefix of
+    ``layers`` layers, or cached whole) gives the loss of transformers' forward on the padded window."""
     dataset = _dataset(loaded, llm_data[0])
     batch = collate([dataset[i] for i in (0, 4)], pad_to_multiple_of=8)
     family = loaded.family
     forward = TrainingForward(loaded.model)
     inputs = {k: batch[k] for k in ("labels", "input_features", "input_ids", "attention_mask", "feature_attention_mask")}
+    tower_layers = len(loaded.model.model.audio_tower.layers)
+    plan = CachePlan(layers=layers, whole=layers == tower_layers)
     with torch.no_grad():
+        reference = _hf_loss(loaded.model, batch)
         plain, _ = forward(**inputs)
-        audio = family.encode_audio(loaded.model, batch["input_features"], batch["frames"])
-        cached, _ = forward(**{**inputs, "input_features": None}, prefix=audio)
-    assert cached.item() == pytest.approx(plain.item(), rel=1e-5)
+        prefix = torch.nn.utils.rnn.pad_sequence(
+            family.encode_prefix(loaded.model, batch["input_features"], plan, batch["frames"]), batch_first=True)
+        cached, _ = TrainingForward(loaded.model, plan)(**{**inputs, "input_features": None}, prefix=prefix)
+    assert plain.item() == pytest.approx(reference, rel=1e-5)
+    assert cached.item() == pytest.approx(reference, rel=1e-5)
+    lengths = [(int(f) - 1) // 2 + 1 if not plan.whole else (((int(f) - 1) // 2 + 1) - 2) // 2 + 1
+               for f in batch["frames"]]
+    assert prefix.shape[1] == max(lengths) < loaded.model.config.audio_config.max_source_positions
 
 
 def _trainable_names(model) -> set[str]:
@@ -174,13 +195,14 @@ def test_projector_needs_a_model_with_one(tiny_loaded):
 
 def test_a_frozen_audio_encoder_is_cached(loaded):
     family = loaded.family
-    assert family.cache_plan(apply_strategy(loaded.model, "projector+lora:r=4")).whole
-    assert family.prefix_shape(loaded.model) == (25, 32)
+    assert family.cache_plan(apply_strategy(loaded.model, "projector+lora:r=4")) == CachePlan(layers=2, whole=True)
+    assert family.prefix_shape(loaded.model) == (50, 32)  # the longest item: a full window's positions
 
 
-def test_full_strategy_audio_encoder_is_not_cached(tiny_qwen2_audio_dir):
+@pytest.mark.parametrize("spec, plan", [("freeze:n=1", CachePlan(layers=1, whole=False)), ("full", None)])
+def test_the_frozen_bottom_of_the_audio_encoder_is_cached(tiny_qwen2_audio_dir, spec, plan):
     loaded = load_model(str(tiny_qwen2_audio_dir))
-    assert loaded.family.cache_plan(apply_strategy(loaded.model, "freeze:n=1")) is None
+    assert loaded.family.cache_plan(apply_strategy(loaded.model, spec)) == plan
 
 
 def test_every_strategy_for_llm_families_is_tested_here():
@@ -357,15 +379,18 @@ def test_decoding_bounds_new_tokens_by_the_audio_duration(loaded, llm_data, monk
     assert budgets[-1] == 3  # a smaller cap still wins
 
 
-def test_bundled_llm_asr_tiny_resolves_to_the_assembled_folder(tiny_qwen2_audio_dir, monkeypatch):
-    """The source builds lazily through asrtune.models.llm_asr_tiny (stubbed here: no bundled weights needed)."""
+@pytest.mark.parametrize("alias, builder", [("llm-asr-tiny-raw", "build_llm_asr_tiny"),
+                                            ("llm-asr-tiny", "build_aligned")])
+def test_bundled_llm_asr_tiny_resolves_to_the_assembled_folder(tiny_qwen2_audio_dir, monkeypatch, alias, builder):
+    """The sources build lazily through asrtune.models.llm_asr_tiny (stubbed here: no bundled weights needed):
+    the raw assembly, and the aligned one."""
     import asrtune.models.load as load
     from asrtune.models.load import resolve_source
 
     calls = []
-    monkeypatch.setattr(load, "build_llm_asr_tiny", lambda: calls.append(1) or tiny_qwen2_audio_dir)
-    assert resolve_source("bundled:llm-asr-tiny") == ("hf_dir", tiny_qwen2_audio_dir)
-    assert load_model("bundled:llm-asr-tiny").family.name == "qwen2_audio" and len(calls) == 2
+    monkeypatch.setattr(load, builder, lambda: calls.append(1) or tiny_qwen2_audio_dir)
+    assert resolve_source(f"bundled:{alias}") == ("hf_dir", tiny_qwen2_audio_dir)
+    assert load_model(f"bundled:{alias}").family.name == "qwen2_audio" and len(calls) == 2
 
 
 def test_lr_search_centres_its_grid_on_the_family_default(tiny_qwen2_audio_dir, tiny_model_dir):

@@ -5,7 +5,7 @@ WER per strategy per language. matplotlib with the Agg backend: no display neede
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-__all__ = ["plot_cka", "plot_wer_bars", "plot_param_curve"]
+__all__ = ["plot_cka", "plot_wer_bars", "plot_param_curve", "plot_training_curves"]
 
 _DPI = 120
 
@@ -117,4 +117,36 @@ def plot_param_curve(
     axes.set_title(title)
     if points:
         axes.legend(fontsize="small")
+    return _save(figure, path)
+
+
+def plot_training_curves(runs: Mapping[str, Sequence[dict]], path: Path, *, title: str = "") -> Path:
+    """Eval WER (and the CTC WER beside it, where recorded) against the step, one colour per run, the runs
+    laid end to end (a stage that starts from another continues its steps); training loss on a second axis.
+
+    Args:
+        runs: label -> the run's ``metrics.jsonl`` records, in order.
+    """
+    figure, axes = plt.subplots(figsize=(7.2, 4.0))
+    losses = axes.twinx()
+    offset = 0
+    for label, records in runs.items():
+        evals = [r for r in records if "eval_wer" in r and "interpolation" not in r]
+        trained = [r for r in records if "loss" in r and r.get("loss") == r.get("loss")]
+        line = axes.plot([offset + r["step"] for r in evals], [r["eval_wer"] for r in evals], marker="o",
+                         label=f"{label}: eval WER ({evals[0].get('eval_decoding', 'generate') if evals else ''})")
+        with_ctc = [r for r in evals if "ctc_wer" in r]
+        if with_ctc:
+            axes.plot([offset + r["step"] for r in with_ctc], [r["ctc_wer"] for r in with_ctc], marker="x",
+                      linestyle="--", color=line[0].get_color(), label=f"{label}: CTC WER")
+        if trained:
+            losses.plot([offset + r["step"] for r in trained], [r["loss"] for r in trained], alpha=0.25,
+                        color=line[0].get_color(), linewidth=0.8)
+        offset += max((r.get("step", 0) for r in records), default=0)
+    axes.set_xlabel("step")
+    axes.set_ylabel("WER (dev set)")
+    losses.set_ylabel("training loss per token (faint)")
+    axes.grid(alpha=0.3)
+    axes.set_title(title or "training curves")
+    axes.legend(fontsize="small")
     return _save(figure, path)

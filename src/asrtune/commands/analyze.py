@@ -42,6 +42,20 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     )
     cka.add_argument("--plot", type=Path, default=None, help="write the CKA curve(s) to this PNG")
     cka.set_defaults(func=run_cka)
+    use = analyses.add_parser(
+        "audio-use",
+        help="does the model use the audio: its loss with each clip's own audio, another clip's, silence",
+        description="The teacher-forced loss per reference token with each clip's own audio, with another clip's "
+        "(cut or padded with silence to the same length) and with silence, and the paired gaps with 95% "
+        "intervals: a model that ignores its audio shows none.",
+    )
+    use.add_argument("model", help="a run folder or any model source")
+    use.add_argument("--data", required=True, type=Path, help="manifest of the utterances")
+    use.add_argument("--utterances", type=int, default=60, help="random sample of this many (0: all)")
+    use.add_argument("--seed", type=int, default=0, help="seed of the sample and of the shuffle")
+    use.add_argument("--language", default=None, help="language for rows without one")
+    use.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
+    use.set_defaults(func=run_audio_use)
 
 
 def _base_of(tuned: str) -> str:
@@ -102,4 +116,32 @@ def run_cka(args: argparse.Namespace) -> int:
         print(f"plot: {args.plot}", file=out)
     if args.json:
         print(json.dumps(result.as_json()))
+    return 0
+
+
+def run_audio_use(args: argparse.Namespace) -> int:
+    from asrtune.analysis.audio_use import audio_use
+    from asrtune.analysis.cka import sample_indices
+    from asrtune.data.features import FeatureDataset
+    from asrtune.data.manifest import read_manifest
+    from asrtune.report import print_table
+    from asrtune.runs.load import load_model
+
+    loaded = load_model(args.model)
+    utterances = read_manifest(args.data)
+    chosen = sample_indices(len(utterances), args.utterances or None, args.seed)
+    dataset = FeatureDataset([utterances[i] for i in chosen], loaded.processor, multilingual=loaded.multilingual,
+                             language=args.language)
+    result = audio_use(loaded, dataset, seed=args.seed)
+    rows = [["own audio", f"{result.loss['own']:.4f}", "", ""]]
+    for name, label in (("shuffled", "another clip's audio"), ("silence", "silence")):
+        mean, interval = result.gap[name]
+        rows.append([label, f"{result.loss[name]:.4f}", f"{mean:+.4f}",
+                     f"[{interval[0]:+.4f}, {interval[1]:+.4f}]" if interval else "-"])
+    out = sys.stderr if args.json else sys.stdout
+    print_table(["audio", "loss per token", "gap to own", "95% CI"], rows, file=out)
+    print(f"{result.utterances} utterances, {result.tokens} reference tokens: the model "
+          f"{'uses' if result.uses_audio else 'shows no sign of using'} its audio", file=out)
+    if args.json:
+        print(json.dumps(result.as_dict()))
     return 0

@@ -25,6 +25,8 @@ def add(subparsers: argparse._SubParsersAction) -> None:
                         help="feed the encoder each batch's longest utterance instead of 30 s (faster; "
                              "costs accuracy on models trained on 30 s windows: see README)")
     parser.add_argument("--predictions", type=Path, help="write per-utterance hypotheses here (JSONL)")
+    parser.add_argument("--ctc", action="store_true",
+                        help="decode greedily with the CTC head (LLM-based models aligned with CTC: no LLM run)")
     parser.add_argument("--terms", default=None,
                         help="term list (one term or phrase a line; packaged:medical_terms_en): also score "
                              "term recall and term insertions")
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     record = evaluate(args.model, args.data, language=args.language, batch_size=args.batch_size,
                       max_new_tokens=args.max_new_tokens, short_input=args.short_input, terms=args.terms,
                       bias=args.bias, bias_weight=args.bias_weight, bias_start_weight=args.bias_start_weight,
-                      num_beams=args.num_beams, predictions=args.predictions)
+                      num_beams=args.num_beams, predictions=args.predictions, ctc=args.ctc)
     predictions = record.pop("predictions")  # in the files --predictions and --save name, not in the record
     rows = [
         ["WER (normalised)", f"{record['wer']:.4f}"], ["CER (normalised)", f"{record['cer']:.4f}"],

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -33,6 +32,7 @@ import soundfile as sf
 
 from asrtune.data.audio import SAMPLE_RATE
 from asrtune.data.manifest import Utterance, write_manifest
+from asrtune.data.debian import fetch_debs, unpack_debs
 from asrtune.errors import AsrtuneError
 
 __all__ = [
@@ -130,43 +130,13 @@ def find_sources(root: Path) -> tuple[Path, Path] | None:
     return sounds, transcripts
 
 
-def _unpack_debs(folder: Path, into: Path) -> bool:
-    debs = sorted(folder.glob("*.deb"))
-    if not debs:
-        return False
-    if shutil.which("dpkg-deb") is None:
-        raise AsrtuneError(f"{folder} holds .deb files but dpkg-deb is missing to unpack them")
-    into.mkdir(parents=True, exist_ok=True)  # dpkg-deb -x creates the last folder only
-    for deb in debs:
-        result = subprocess.run(["dpkg-deb", "-x", str(deb), str(into)], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise AsrtuneError(f"dpkg-deb -x {deb} failed: {result.stderr.strip()}")
-    return True
-
-
 def fetch_packages(into: Path, *, update: bool | None = None) -> str:
     """``apt-get download`` the two packages into ``into``; returns what was done.
-
-    Args:
-        update: run ``apt-get update`` first when the package lists lack them (None: only as root).
 
     Raises:
         AsrtuneError: no apt-get, or the download failed (with what to install instead).
     """
-    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        raise AsrtuneError(f"{AUDIO_PACKAGE} and {TEXT_PACKAGE} are not installed and this system has no "
-                           f"apt-get/dpkg-deb to fetch them: {install_hint()}")
-    into.mkdir(parents=True, exist_ok=True)
-    command = ["apt-get", "download", "-q", AUDIO_PACKAGE, TEXT_PACKAGE]
-    result = subprocess.run(command, cwd=into, capture_output=True, text=True)
-    if result.returncode != 0 and (update if update is not None else os.geteuid() == 0):
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True, text=True)
-        result = subprocess.run(command, cwd=into, capture_output=True, text=True)
-    if result.returncode != 0:
-        reason = (result.stderr or result.stdout).strip().splitlines()
-        raise AsrtuneError(f"apt-get download {AUDIO_PACKAGE} {TEXT_PACKAGE} failed "
-                           f"({reason[-1] if reason else 'no output'}): {install_hint()}")
-    return f"fetched {AUDIO_PACKAGE} and {TEXT_PACKAGE} with apt-get download into {into}"
+    return fetch_debs([AUDIO_PACKAGE, TEXT_PACKAGE], into, hint=install_hint(), update=update)
 
 
 def decode_g722(path: Path) -> np.ndarray:
@@ -214,7 +184,7 @@ def _locate(out: Path, source: Path | None, fetch: bool) -> tuple[tuple[Path, Pa
         if not source.is_dir():
             raise AsrtuneError(f"--source {source}: not a folder")
         if not find_sources(source):
-            _unpack_debs(source, out / "packages" / "root")
+            unpack_debs(source, out / "packages" / "root")
             found = find_sources(out / "packages" / "root")
             if found:
                 return found, f"unpacked the .deb files of {source}"
@@ -233,7 +203,7 @@ def _locate(out: Path, source: Path | None, fetch: bool) -> tuple[tuple[Path, Pa
     if not fetch:
         raise AsrtuneError(f"{AUDIO_PACKAGE} and {TEXT_PACKAGE} are not installed: {install_hint()}")
     done = fetch_packages(out / "packages")
-    _unpack_debs(out / "packages", unpacked)
+    unpack_debs(out / "packages", unpacked)
     found = find_sources(unpacked)
     if not found:
         raise AsrtuneError(f"the fetched packages hold no {SPEAKER} prompts with transcripts: {install_hint()}")

@@ -97,12 +97,12 @@ def transcribe_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language
                        task: str = "transcribe", batch_size: int = 16, max_new_tokens: int = 128,
                        progress: bool = True, device: torch.device | None = None,
                        desc: str = "decode", short_input: bool = False, logits_processor=None,
-                       num_beams: int = 1) -> list[str]:
+                       num_beams: int = 1, ctc: bool = False) -> list[str]:
     """Transcripts of every utterance, in order (see :func:`decode_dataset`)."""
     return decode_dataset(loaded, dataset, language=language, task=task, batch_size=batch_size,
                           max_new_tokens=max_new_tokens, progress=progress, device=device, desc=desc,
                           short_input=short_input, logits_processor=logits_processor,
-                          num_beams=num_beams).hypotheses
+                          num_beams=num_beams, ctc=ctc).hypotheses
 
 
 @torch.no_grad()
@@ -110,7 +110,7 @@ def decode_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: st
                    task: str = "transcribe", batch_size: int = 16, max_new_tokens: int = 128,
                    progress: bool = True, device: torch.device | None = None,
                    desc: str = "decode", short_input: bool = False, logits_processor=None,
-                   num_beams: int = 1) -> Decoded:
+                   num_beams: int = 1, ctc: bool = False) -> Decoded:
     """Transcripts of every utterance, in order, and which of them hit ``max_new_tokens``.
 
     Batches group utterances of one language, since ``generate`` takes one language per call.
@@ -119,7 +119,8 @@ def decode_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: st
     no end-of-text token stopped at the cap; a :class:`TruncationWarning` counts them.
     ``logits_processor``: a transformers ``LogitsProcessorList`` passed to ``generate`` (e.g. term
     biasing, :func:`asrtune.evaluation.biasing.bias_processor`). ``num_beams``: 1 decodes greedily,
-    more runs ``generate``'s beam search with that many beams per utterance.
+    more runs ``generate``'s beam search with that many beams per utterance. ``ctc``: greedy CTC decoding of
+    the projected audio, no LLM involved (families with a CTC head, see ``loop.ctc_only``).
     """
     model = loaded.model
     extra = {} if logits_processor is None else {"logits_processor": logits_processor}
@@ -149,8 +150,12 @@ def decode_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: st
         budget = max_new_tokens
         if family.decode_guards:  # no more new tokens than the batch's longest audio could hold
             budget = min(max_new_tokens, duration_token_cap(max(float(dataset.durations[i]) for i in batch)))
-        texts, cut = family.decode(loaded, features, [dataset.valid_frames[i] for i in batch], language=lang,
-                                   task=task, max_new_tokens=budget, short_input=short_input, **extra)
+        frames = [dataset.valid_frames[i] for i in batch]
+        if ctc:
+            texts, cut = family.ctc_decode(loaded, features, frames), [False] * len(batch)
+        else:
+            texts, cut = family.decode(loaded, features, frames, language=lang, task=task, max_new_tokens=budget,
+                                       short_input=short_input, **extra)
         if budget < max_new_tokens:  # stopping at the duration's budget is the guard working, not a cut-off
             cut = [False] * len(cut)
         for index, text, stopped in zip(batch, texts, cut, strict=True):
@@ -185,14 +190,15 @@ def scoring_language(dataset: FeatureDataset, language: str | None) -> str | Non
 def evaluate_dataset(loaded: LoadedModel, dataset: FeatureDataset, *, language: str | None = None,
                      task: str = "transcribe", batch_size: int = 16, max_new_tokens: int = 128,
                      progress: bool = True, desc: str = "decode", short_input: bool = False,
-                     logits_processor=None, num_beams: int = 1) -> Evaluation:
+                     logits_processor=None, num_beams: int = 1, ctc: bool = False) -> Evaluation:
     """Decode and score; the normaliser follows the utterances' language (English when unset).
 
     The record counts the hypotheses that hit ``max_new_tokens`` (``summary()["hit_max_new_tokens"]``).
     """
     decoded = decode_dataset(loaded, dataset, language=language, task=task, batch_size=batch_size,
                              max_new_tokens=max_new_tokens, progress=progress, desc=desc,
-                             short_input=short_input, logits_processor=logits_processor, num_beams=num_beams)
+                             short_input=short_input, logits_processor=logits_processor, num_beams=num_beams,
+                             ctc=ctc)
     hypotheses = decoded.hypotheses
     references = [u.text for u in dataset.utterances]
     ids = [u.id for u in dataset.utterances]

@@ -29,7 +29,7 @@ import torch
 from asrtune.errors import AsrtuneError
 from asrtune.registry import Registry
 
-__all__ = ["ModuleMap", "CachePlan", "ModelFamily", "FAMILIES", "family_of", "family_named", "family_for_folder",
+__all__ = ["ModuleMap", "CachePlan", "CtcSettings", "ModelFamily", "FAMILIES", "family_of", "family_named", "family_for_folder",
            "family_for_processor", "model_core", "core_prefix", "trains"]
 
 _FAMILY_MODULES = ("whisper", "qwen2_audio", "qwen3_asr")
@@ -69,6 +69,23 @@ class CachePlan:
     whole: bool
 
 
+@dataclass(frozen=True, eq=False)
+class CtcSettings:
+    """CTC of the projected audio against the LLM's input embeddings, added to the loss (LLM families).
+
+    Attributes:
+        weight: the CTC loss's weight beside the cross-entropy through the LLM.
+        only: the CTC loss alone: the LLM is not run (an alignment stage).
+        vocab: (V,) the embedding rows scored, ``vocab[0]`` the blank.
+        index: (vocabulary size,) each token id's position in ``vocab``, -1 where it is not scored.
+    """
+
+    weight: float
+    only: bool
+    vocab: torch.Tensor
+    index: torch.Tensor
+
+
 def trains(module: torch.nn.Module) -> bool:
     """True when any parameter of ``module`` trains."""
     return any(p.requires_grad for p in module.parameters())
@@ -94,6 +111,7 @@ class ModelFamily:
     short_input: ClassVar[bool] = False  # the encoder runs on a cut window (loop.short_input, evaluate)
     long_form: ClassVar[bool] = False  # asrtune transcribe (long-form, timestamps) and CTranslate2 export
     new_language_tokens: ClassVar[bool] = False  # language: new:xx,init=yy grows the vocabulary
+    ctc: ClassVar[bool] = False  # CTC onto the text side's embeddings (loop.ctc_weight, loop.ctc_only)
 
     # --- loading ----------------------------------------------------------------------------------------
 
@@ -115,8 +133,10 @@ class ModelFamily:
     def collate(self, items: list[dict], pad_to_multiple_of: int, processor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def loss(self, model: torch.nn.Module, batch: dict, *, plan=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed token cross-entropy over the targets and the number of target tokens."""
+    def loss(self, model: torch.nn.Module, batch: dict, *, plan=None,
+             ctc: CtcSettings | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed token cross-entropy over the targets and the number of target tokens (with ``ctc``, families
+        that have it add the CTC loss)."""
         raise NotImplementedError
 
     # --- decoding ---------------------------------------------------------------------------------------
@@ -130,6 +150,10 @@ class ModelFamily:
     def end_token_ids(self, processor) -> list[int]:
         """Tokens that end a hypothesis."""
         return [processor.tokenizer.eos_token_id]
+
+    def ctc_decode(self, loaded, features: torch.Tensor, frames: Sequence[int]) -> list[str]:
+        """Greedy CTC transcripts of one batch (families with ``ctc``)."""
+        raise AsrtuneError(f"{self.display_name} has no CTC head: decode it with generate")
 
     # --- the frozen prefix (training caches its output) ------------------------------------------------
 

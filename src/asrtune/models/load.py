@@ -28,7 +28,7 @@ from asrtune.errors import AsrtuneError
 from asrtune.models.bundled import bundled_ct2_dir
 from asrtune.models.ct2 import convert_ct2_dir
 from asrtune.models.family import ModelFamily, family_for_folder, family_named, family_of
-from asrtune.models.llm_asr_tiny import build_llm_asr_tiny
+from asrtune.models.llm_asr_tiny import build_aligned, build_llm_asr_tiny
 from asrtune.models.new_language import generate_language
 
 __all__ = ["LoadedModel", "load_base_model", "load_resolved", "resolve_source", "is_run_dir", "run_model_source",
@@ -110,12 +110,14 @@ def resolve_source(source: str) -> tuple[str, Path | str]:
     return "hub", source
 
 
-ASSEMBLED = ("llm-asr-tiny",)  # bundled: sources that are assembled from bundled parts into an HF folder
+# bundled: sources assembled from bundled parts into an HF folder: llm-asr-tiny-raw (a random projector) and
+# llm-asr-tiny (with the aligned weights the package ships)
+ASSEMBLED = ("llm-asr-tiny", "llm-asr-tiny-raw")
 
 
 def _assembled_dir(name: str) -> Path:
     """The cached HF folder of an assembled bundled model (built on first use)."""
-    return Path(build_llm_asr_tiny())
+    return Path(build_llm_asr_tiny() if name == "llm-asr-tiny-raw" else build_aligned())
 
 
 def _load_hf(location: Path | str, dtype: torch.dtype):

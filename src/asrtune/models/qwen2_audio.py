@@ -25,6 +25,7 @@ from transformers import StoppingCriteriaList
 
 from asrtune.errors import AsrtuneError
 from asrtune.models.family import (
+    CtcSettings,
     FAMILIES,
     CachePlan,
     ModelFamily,
@@ -35,7 +36,7 @@ from asrtune.models.family import (
 )
 from asrtune.models.guards import RepetitionStop
 
-__all__ = ["Qwen2AudioFamily", "INSTRUCTION", "audio_token_count", "prompt_text", "LLM_LINEARS"]
+__all__ = ["Qwen2AudioFamily", "INSTRUCTION", "audio_token_count", "prompt_text", "LLM_LINEARS", "ctc_collapse"]
 
 INSTRUCTION = "Transcribe the audio."
 END_TOKEN = "<|im_end|>"
@@ -58,6 +59,11 @@ def prompt_text(processor, language: str | None = None) -> str:
     return f"{processor.audio_bos_token}{processor.audio_token}{processor.audio_eos_token}{instruction}"
 
 
+def ctc_collapse(best: Sequence[int], blank: int) -> list[int]:
+    """A greedy CTC path as tokens: repeats collapsed, then blanks dropped (``a a - a b`` -> ``a a b``)."""
+    return [token for i, token in enumerate(best) if token != blank and (i == 0 or token != best[i - 1])]
+
+
 def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
@@ -75,6 +81,7 @@ class Qwen2AudioFamily(ModelFamily):
                         fixed=("audio_tower.embed_positions.weight",), llm_linears=LLM_LINEARS, head="lm_head")
     max_label_tokens = MAX_SEQUENCE
     decode_guards = True
+    ctc = True  # CTC of the projected audio onto the LLM's embeddings (loop.ctc_weight, loop.ctc_only)
     feature_mask_arg = "feature_attention_mask"  # the model's keyword for the log-mel frame mask
 
     # --- what differs between LLM families (Qwen3-ASR overrides these) -----------------------------------
@@ -163,44 +170,126 @@ class Qwen2AudioFamily(ModelFamily):
 
     # --- training forward -------------------------------------------------------------------------------
 
-    def encode_audio(self, model: torch.nn.Module, features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        """The audio tower's output (B, positions, d_audio) for log-mels (B, n_mels, frames), each row's
-        padding masked as ``Qwen2AudioModel`` masks it."""
+    # The audio tower on each utterance's valid positions only. Qwen2AudioModel runs it on the whole padded
+    # window and masks the padded keys; here the stem runs on the valid frames and the few padded frames its
+    # convolutions see at the edge, then the layers on the valid positions: the same outputs for a fraction of
+    # the work on short clips.
+
+    def _positions(self, frames: torch.Tensor) -> torch.Tensor:
+        """Encoder positions (after the stride-2 convolution) of ``frames`` valid log-mel frames, (B,)."""
+        return (frames - 1) // 2 + 1
+
+    def _stem(self, tower: torch.nn.Module, features: torch.Tensor, positions: int) -> torch.Tensor:
+        """(B, n_mels, frames) log-mels -> (B, positions, d_audio): convolutions, GELU, positions, dropout.
+
+        The convolutions see the first ``2 * positions + 4`` frames only: each of the first ``positions``
+        outputs depends on frames up to ``2 * positions`` (two kernels of 3, the second of stride 2), so they
+        equal the whole window's while the work follows the speech, not the 30 s of padding."""
+        features = features[..., : 2 * positions + 4].to(dtype=tower.conv1.weight.dtype)
+        hidden = torch.nn.functional.gelu(tower.conv2(torch.nn.functional.gelu(tower.conv1(features))))
+        hidden = hidden.permute(0, 2, 1)[:, :positions] + tower.embed_positions.weight[:positions]
+        return torch.nn.functional.dropout(hidden, p=tower.config.dropout, training=tower.training)
+
+    def _layers(self, tower: torch.nn.Module, hidden: torch.Tensor, lengths: torch.Tensor,
+                layers) -> torch.Tensor:
+        """``layers`` of the tower on (B, positions, d_audio), each row's keys past ``lengths`` masked."""
         from transformers.masking_utils import create_bidirectional_mask
 
-        tower = model_core(model).audio_tower
-        lengths, _ = tower._get_feat_extract_output_lengths(frames.to(features.device))
-        positions = (features.shape[-1] - 2) // 2 + 1
-        mask_2d = (torch.arange(positions, device=features.device)[None, :] < lengths[:, None]).long()
-        dummy = torch.zeros((features.shape[0], positions, 1), dtype=next(tower.parameters()).dtype,
-                            device=features.device)
-        mask = create_bidirectional_mask(config=tower.config, inputs_embeds=dummy, attention_mask=mask_2d)
-        return tower(features, attention_mask=mask).last_hidden_state
+        valid = (torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]).long()
+        mask = create_bidirectional_mask(config=tower.config, inputs_embeds=hidden, attention_mask=valid)
+        for layer in layers:
+            if tower.training and tower.config.encoder_layerdrop > 0 and torch.rand([]) < tower.config.encoder_layerdrop:
+                continue
+            hidden = layer(hidden, mask)
+        return hidden
 
-    def embed_with_audio(self, model: torch.nn.Module, input_ids: torch.Tensor, audio: torch.Tensor,
+    def _pooled(self, tower: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """Average-pool by 2, then the tower's final LayerNorm: (B, positions, d) -> (B, positions // 2, d)."""
+        return tower.layer_norm(tower.avg_pooler(hidden.permute(0, 2, 1)).permute(0, 2, 1))
+
+    def audio_states(self, model: torch.nn.Module, batch: dict, plan: CachePlan | None = None) -> torch.Tensor:
+        """The audio tower's output (B, audio tokens, d_audio), padded past each row's count: from the cached
+        frozen prefix (``batch["prefix"]``, the layers above it run here) or from the log-mels."""
+        tower = model_core(model).get_submodule(self.modules.encoder)
+        frames = batch["feature_attention_mask"].sum(-1)
+        lengths = self._positions(frames)
+        if batch.get("prefix") is not None:
+            if plan.whole:
+                return batch["prefix"]
+            hidden = batch["prefix"].to(dtype=tower.conv1.weight.dtype)
+            return self._pooled(tower, self._layers(tower, hidden, lengths, tower.layers[plan.layers:]))
+        hidden = self._stem(tower, batch["input_features"], int(lengths.max()))
+        return self._pooled(tower, self._layers(tower, hidden, lengths, tower.layers))
+
+    def embed_with_audio(self, model: torch.nn.Module, input_ids: torch.Tensor, projected: torch.Tensor,
                          frames: torch.Tensor) -> torch.Tensor:
         """Token embeddings with each row's audio tokens replaced by its projected audio positions."""
         core = model_core(model)
-        projected = core.multi_modal_projector(audio)
         counts = [self.audio_tokens(int(f)) for f in frames.tolist()]
         valid = torch.cat([projected[row, :count] for row, count in enumerate(counts)])
         embeds = core.get_input_embeddings()(input_ids)
         where = (input_ids == core.config.audio_token_id).unsqueeze(-1)
         return embeds.masked_scatter(where, valid.to(embeds.dtype))
 
-    def loss(self, model: torch.nn.Module, batch: dict, *, plan=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, model: torch.nn.Module, batch: dict, *, plan=None,
+             ctc: CtcSettings | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed token cross-entropy through the LLM, plus ``ctc.weight`` times the CTC loss of the projected
+        audio against the LLM's embeddings (``ctc.only``: the CTC loss alone, the LLM not run)."""
         labels, input_ids, attention = batch["labels"], batch["input_ids"], batch["attention_mask"]
         frames = batch["feature_attention_mask"].sum(-1)
-        if batch.get("prefix") is not None:  # the frozen audio tower's cached output
-            embeds = self.embed_with_audio(model, input_ids, batch["prefix"], frames)
-            logits = model(inputs_embeds=embeds, attention_mask=attention).logits
-        else:
-            logits = model(input_ids=input_ids, input_features=batch["input_features"], attention_mask=attention,
-                           **{self.feature_mask_arg: batch["feature_attention_mask"]}).logits
+        projected = model_core(model).multi_modal_projector(self.audio_states(model, batch, plan))
         targets = labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(),
-                                                 ignore_index=-100, reduction="sum")
-        return loss, (targets != -100).sum()
+        tokens = (targets != -100).sum()
+        loss = projected.new_zeros((), dtype=torch.float32)
+        if ctc is None or not ctc.only:
+            embeds = self.embed_with_audio(model, input_ids, projected, frames)
+            logits = model(inputs_embeds=embeds, attention_mask=attention).logits
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(),
+                                                     ignore_index=-100, reduction="sum")
+        if ctc is not None:
+            loss = loss + ctc.weight * self.ctc_loss(model, projected, frames, labels, ctc)
+        return loss, tokens
+
+    # --- CTC of the projected audio onto the LLM's embeddings (alignment; WeST, Soundwave) ----------------
+
+    def ctc_logits(self, model: torch.nn.Module, projected: torch.Tensor,
+                   vocab: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, V) scores of projected audio frames against the LLM's input embeddings (rows ``vocab``, or
+        every row): dot products, as the LLM's own embedding space measures them."""
+        embeddings = model_core(model).get_input_embeddings().weight
+        if vocab is not None:
+            embeddings = embeddings[vocab]
+        return projected @ embeddings.to(projected.dtype).T
+
+    def ctc_loss(self, model: torch.nn.Module, projected: torch.Tensor, frames: torch.Tensor, labels: torch.Tensor,
+                 ctc: CtcSettings) -> torch.Tensor:
+        """Summed CTC loss of each row's transcript tokens (its labels but the end token), blank = ``vocab[0]``."""
+        counts = torch.tensor([self.audio_tokens(int(f)) for f in frames.tolist()], device=projected.device)
+        log_probs = self.ctc_logits(model, projected, ctc.vocab).float().log_softmax(-1).transpose(0, 1)
+        rows = [row[row != -100][:-1] for row in labels]  # the target, without its end token
+        targets = ctc.index.to(labels.device)[torch.cat(rows)]
+        if (targets < 0).any():
+            raise AsrtuneError("CTC: a transcript token is outside the CTC vocabulary (built from the training "
+                               "transcripts)")
+        lengths = torch.tensor([len(row) for row in rows], device=projected.device)
+        return torch.nn.functional.ctc_loss(log_probs, targets, counts, lengths, blank=0, reduction="sum",
+                                            zero_infinity=True)
+
+    @torch.no_grad()
+    def ctc_decode(self, loaded, features: torch.Tensor, frames: Sequence[int]) -> list[str]:
+        """Greedy CTC transcripts of a batch, no LLM involved: the best embedding row per projected frame,
+        repeats collapsed, blanks (the audio placeholder's row) dropped."""
+        model, processor = loaded.model, loaded.processor
+        frames = torch.tensor(list(frames), device=features.device)
+        batch = {"input_features": features,
+                 "feature_attention_mask": (torch.arange(features.shape[-1], device=features.device)[None, :]
+                                            < frames[:, None]).long()}
+        projected = model_core(model).multi_modal_projector(self.audio_states(model, batch))
+        best = self.ctc_logits(model, projected).argmax(-1).tolist()
+        blank = model_core(model).config.audio_token_id
+        counts = [self.audio_tokens(int(f)) for f in frames.tolist()]
+        return [processor.tokenizer.decode(ctc_collapse(row[:count], blank), skip_special_tokens=True).strip()
+                for row, count in zip(best, counts, strict=True)]
 
     # --- decoding ---------------------------------------------------------------------------------------
 
@@ -265,32 +354,44 @@ class Qwen2AudioFamily(ModelFamily):
         """The prompt to feed the exported model (one audio placeholder)."""
         return {"prompt": self.prompt(processor, None)}
 
-    # --- the frozen prefix: the whole audio tower or nothing --------------------------------------------
+    # --- the frozen prefix: the tower's stem and bottom layers, each utterance's valid positions only -----
 
     def cache_plan(self, model: torch.nn.Module) -> CachePlan | None:
-        """The whole audio encoder when nothing in it trains and it applies no dropout (a partly trained audio
-        encoder is not cached: a step runs the projector and the LLM from the tower's output)."""
-        encoder = model_core(model).get_submodule(self.modules.encoder)
-        config = encoder.config
+        """The largest frozen prefix of the audio tower (stem and bottom layers; ``whole`` adds the pooling
+        and final LayerNorm), or None when the stem trains or dropout is on."""
+        tower = model_core(model).get_submodule(self.modules.encoder)
+        config = tower.config
         if any(getattr(config, name, 0) for name in ("dropout", "attention_dropout", "activation_dropout",
                                                       "encoder_layerdrop")):
             return None
-        if trains(encoder):
+        if trains(tower.conv1) or trains(tower.conv2) or trains(tower.embed_positions):
             return None
-        return CachePlan(layers=len(encoder.layers), whole=True)
+        layers = 0
+        for layer in tower.layers:
+            if trains(layer):
+                break
+            layers += 1
+        return CachePlan(layers=layers, whole=layers == len(tower.layers) and not trains(tower.layer_norm))
 
     def prefix_shape(self, model: torch.nn.Module, processor=None) -> tuple[int, int]:
-        """One cached audio-tower output's shape (positions, width)."""
+        """The longest cached item (positions, width): the tower's positions for a full window."""
         config = model_core(model).audio_tower.config
-        return (config.max_source_positions - 2) // 2 + 1, config.d_model
+        return config.max_source_positions, config.d_model
 
     @torch.no_grad()
     def encode_prefix(self, model: torch.nn.Module, features: torch.Tensor, plan: CachePlan,
-                      frames: torch.Tensor) -> torch.Tensor:
-        """The audio tower's output before the projector, each row's padding masked by its valid ``frames``."""
+                      frames: torch.Tensor) -> list[torch.Tensor]:
+        """Each utterance's cached prefix, its valid positions only: the stem and ``plan.layers`` layers'
+        output (positions, d_audio), or with ``plan.whole`` the tower's output (audio tokens, d_audio)."""
         tower = model_core(model).get_submodule(self.modules.encoder)
         was_training = tower.training
         tower.eval()
-        output = self.encode_audio(model, features.to(dtype=next(tower.parameters()).dtype), frames)
+        frames = frames.to(features.device)
+        lengths = self._positions(frames)
+        hidden = self._layers(tower, self._stem(tower, features, int(lengths.max())), lengths,
+                              tower.layers[: plan.layers])
+        if plan.whole:
+            hidden, lengths = self._pooled(tower, hidden), frames.new_tensor([self.audio_tokens(int(f))
+                                                                               for f in frames.tolist()])
         tower.train(was_training)
-        return output
+        return [row[:length] for row, length in zip(hidden, lengths.tolist(), strict=True)]

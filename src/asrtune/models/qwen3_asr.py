@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from asrtune.errors import AsrtuneError
-from asrtune.models.family import FAMILIES, ModuleMap, load_pretrained, model_core
+from asrtune.models.family import FAMILIES, CachePlan, ModuleMap, load_pretrained, model_core, trains
 from asrtune.models.qwen2_audio import LLM_LINEARS, Qwen2AudioFamily
 
 __all__ = ["Qwen3ASRFamily", "qwen3_audio_tokens", "ASR_TEXT"]
@@ -62,6 +62,7 @@ class Qwen3ASRFamily(Qwen2AudioFamily):
                               "audio_tower.conv_out"),
                         fixed=(), llm_linears=LLM_LINEARS, head="lm_head")
     feature_mask_arg = "input_features_mask"
+    ctc = False  # its target starts with the language and <asr_text>: no CTC alignment here
 
     def load(self, location: Path | str, dtype: torch.dtype):
         from transformers import Qwen3ASRForConditionalGeneration
@@ -102,6 +103,32 @@ class Qwen3ASRFamily(Qwen2AudioFamily):
         for row, piece in enumerate(torch.split(packed, counts)):
             rows[row, : len(piece)] = piece
         return rows
+
+    def audio_states(self, model: torch.nn.Module, batch: dict, plan: CachePlan | None = None) -> torch.Tensor:
+        """The audio encoder's output (B, audio tokens, d_model): cached whole, or encoded from the log-mels."""
+        if batch.get("prefix") is not None:
+            return batch["prefix"]
+        return self.encode_audio(model, batch["input_features"], batch["feature_attention_mask"].sum(-1))
+
+    def cache_plan(self, model: torch.nn.Module) -> CachePlan | None:
+        """The whole audio encoder when nothing in it trains and it applies no dropout (its windows are chunked
+        and packed: a partly trained encoder is not cached)."""
+        encoder = model_core(model).get_submodule(self.modules.encoder)
+        if any(getattr(encoder.config, name, 0) for name in ("dropout", "attention_dropout", "activation_dropout",
+                                                              "encoder_layerdrop")) or trains(encoder):
+            return None
+        return CachePlan(layers=len(encoder.layers), whole=True)
+
+    @torch.no_grad()
+    def encode_prefix(self, model: torch.nn.Module, features: torch.Tensor, plan: CachePlan,
+                      frames: torch.Tensor) -> list[torch.Tensor]:
+        """Each utterance's encoder output, its audio tokens only."""
+        tower = model_core(model).get_submodule(self.modules.encoder)
+        was_training = tower.training
+        tower.eval()
+        output = self.encode_audio(model, features.to(dtype=next(tower.parameters()).dtype), frames)
+        tower.train(was_training)
+        return [row[: self.audio_tokens(int(f))] for row, f in zip(output, frames.tolist(), strict=True)]
 
     def probe_frames(self, audio_config) -> int:
         return 2 * audio_config.n_window

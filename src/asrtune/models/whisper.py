@@ -180,7 +180,8 @@ class WhisperFamily(ModelFamily):
             "frames": torch.tensor([item["frames"] for item in items], dtype=torch.long),
         }
 
-    def loss(self, model: torch.nn.Module, batch: dict, *, plan=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, model: torch.nn.Module, batch: dict, *, plan=None, ctc=None) -> tuple[torch.Tensor, torch.Tensor]:
+        del ctc  # Whisper has no CTC head (ctc is False): the recipe refuses loop.ctc_* for it
         return whisper_loss(model, batch, plan)
 
     def decode(self, loaded, features: torch.Tensor, frames: Sequence[int], *, language: str | None, task: str,

@@ -32,6 +32,7 @@ class Lora(Strategy):
     alpha: int = 64
     dropout: float = 0.05
     targets: tuple[str, ...] = ("q_proj", "v_proj")
+    all_llm_linears: bool = True  # LLM families with the default targets: every linear of the LLM's blocks
 
     def __post_init__(self) -> None:
         if self.r < 1 or self.alpha <= 0:
@@ -46,13 +47,14 @@ class Lora(Strategy):
 
         LLM families (Qwen2-Audio, Qwen3-ASR): the LLM's layers only (the audio encoder and projector
         stay frozen, as ms-swift and LLaMA-Factory do), and with the default ``targets`` every linear
-        layer of the LLM's blocks (q, k, v, o, gate, up, down); Whisper: ``targets`` everywhere.
+        layer of the LLM's blocks (q, k, v, o, gate, up, down) unless ``all_llm_linears=false``; Whisper:
+        ``targets`` everywhere.
         """
         modules = module_map(model)
         targets, scope = self.targets, ""
         if modules.llm_linears:
             scope = modules.decoder + "."
-            if targets == type(self)().targets:
+            if targets == type(self)().targets and self.all_llm_linears:
                 targets = modules.llm_linears
         return [name for name, module in qualified_modules(model, frozen).items()
                 if name.startswith(scope) and name.rsplit(".", 1)[-1] in targets

@@ -4,6 +4,10 @@ LLM families only (Whisper has no projector). An ``add``-kind strategy: it freez
 pretrained weight and marks the projector's parameters as added, so a later addition keeps them
 training (``projector+lora:r=8,alpha=32`` trains the projector and LoRA on the LLM). The projector
 stays a plain module, so exports hold it as it trained.
+
+``tower_layers=N`` also trains the audio encoder's top N layers and its final LayerNorm (still the
+Qwen2-Audio layout, so an export loads as ever): a Linear map alone scores the LLM's embedding directions with
+too little capacity to align a frozen Whisper encoder (DESIGN.md); the frozen bottom stays cached.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from asrtune.errors import AsrtuneError
-from asrtune.strategies.base import STRATEGIES, Strategy, model_core, module_map
+from asrtune.strategies.base import STRATEGIES, Strategy, encoder_of, model_core, module_map
 
 
 @STRATEGIES.register("projector")
@@ -23,6 +27,11 @@ class Projector(Strategy):
     kind = "add"
     default_lr = 1e-4  # SLAM-ASR trains its linear projector at 1e-4
     families = ("qwen2_audio", "qwen3_asr")
+    tower_layers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.tower_layers < 0:
+            raise ValueError("tower_layers must be >= 0")
 
     def apply(self, model: torch.nn.Module, frozen: frozenset[str] = frozenset()) -> torch.nn.Module:
         path = module_map(model).projector
@@ -34,7 +43,15 @@ class Projector(Strategy):
         for parameter in model.parameters():
             if not getattr(parameter, "asrtune_added", False):
                 parameter.requires_grad_(False)
-        for parameter in model_core(model).get_submodule(path).parameters():
-            parameter.requires_grad_(True)
-            parameter.asrtune_added = True
+        modules = [model_core(model).get_submodule(path)]
+        if self.tower_layers:
+            encoder = encoder_of(model)
+            if self.tower_layers > len(encoder.layers):
+                raise AsrtuneError(f"projector:tower_layers={self.tower_layers}: the audio encoder has "
+                                   f"{len(encoder.layers)} layers")
+            modules += [*encoder.layers[len(encoder.layers) - self.tower_layers:], encoder.layer_norm]
+        for module in modules:
+            for parameter in module.parameters():
+                parameter.requires_grad_(True)
+                parameter.asrtune_added = True
         return model

@@ -8,6 +8,7 @@ gets the same result.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -87,12 +88,25 @@ class RunEvaluator:
                                               given=self.given_transcripts, device=device, progress=show,
                                               base=pristine, processes=processes)
 
-    def score(self, loaded: LoadedModel, dataset: FeatureDataset) -> Evaluation:
+    def step(self, loaded: LoadedModel,
+             subset: FeatureDataset) -> tuple[Evaluation, dict[str, Transcripts], dict[str, object]]:
+        """One evaluation during training: the eval subset, the general sets a budget watches, and what else
+        the metrics record says (with a CTC loss beside the LLM's, the greedy CTC decoding's WER too)."""
+        evaluation, general, extra = self.score(loaded, subset), self.general(loaded), {}
+        loop = self.config.loop
+        if loop.ctc_only:
+            extra["eval_decoding"] = "ctc"
+        elif loop.ctc_weight:
+            by_ctc = dataclasses.replace(self.config, loop=dataclasses.replace(loop, ctc_only=True))
+            extra["ctc_wer"] = self.score(loaded, subset, by_ctc).scores.wer
+        return evaluation, general, extra
+
+    def score(self, loaded: LoadedModel, dataset: FeatureDataset, config: RunConfig | None = None) -> Evaluation:
         """Decode and score a set, split across processes; every process gets the same result."""
-        processes = self.processes
+        processes, config = self.processes, config or self.config
         if processes.world == 1:
-            return self._score_part(loaded, dataset, self.config)
-        part = self._score_part(loaded, dataset.shard(processes.rank, processes.world), self.config)
+            return self._score_part(loaded, dataset, config)
+        part = self._score_part(loaded, dataset.shard(processes.rank, processes.world), config)
         mine = range(processes.rank, len(dataset), processes.world)
         by_index = dict(processes.gather(list(zip(mine, part.hypotheses, strict=True))))
         capped = set(processes.gather(part.capped_ids))

@@ -163,6 +163,7 @@ def decode_sets(
             progress=progress,
             device=device,
             desc=f"decode {name}",
+            ctc=config.loop.ctc_only,
         )
         utterances = item.dataset.utterances
         out[name] = Transcripts(
@@ -222,6 +223,7 @@ def decoding_key(config: RunConfig) -> str:
             "dtype": "float32",
             "short_input": False,
             **({"init_from": config.init_from} if config.init_from else {}),  # the keys of plain runs stay
+            **({"ctc": True} if config.loop.ctc_only else {}),  # an alignment stage decodes with CTC
         },
         sort_keys=True,
     )

@@ -26,10 +26,11 @@ __all__ = ["RecipeParts", "greedy_scores", "encode_prefix"]
 
 
 def greedy_scores(loaded: LoadedModel, dataset: FeatureDataset, config: RunConfig) -> Evaluation:
-    """Decoding and scores of one set (one process's share of it, with several), as the run config says."""
+    """Decoding and scores of one set (one process's share of it, with several), as the run config says
+    (``loop.ctc_only``: greedy CTC decoding)."""
     return evaluate_dataset(loaded, dataset, language=config.language, task=config.task,
                             batch_size=config.loop.eval_batch_size, max_new_tokens=config.loop.max_new_tokens,
-                            progress=False)
+                            progress=False, ctc=config.loop.ctc_only)
 
 
 def encode_prefix(model: torch.nn.Module, features: torch.Tensor, plan: CachePlan,

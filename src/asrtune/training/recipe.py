@@ -34,7 +34,7 @@ from asrtune.errors import AsrtuneError
 from asrtune.evaluation.decode import Evaluation
 from asrtune.evaluation.forgetting import Transcripts
 from asrtune.inspection import count_parameters
-from asrtune.models.family import CachePlan
+from asrtune.models.family import CachePlan, CtcSettings
 from asrtune.models.load import LoadedModel
 from asrtune.models.new_language import apply_config_language
 from asrtune.paths import write_dir_atomically
@@ -43,6 +43,7 @@ from asrtune.runs.load import init_from_record
 from asrtune.runs.weights import load_trainable, save_trainable, trainable_state
 from asrtune.strategies import default_learning_rate
 from asrtune.training.checkpoint import load_training_state, rng_state, save_training_state, set_rng_state
+from asrtune.training.ctc import ctc_settings
 from asrtune.training.data import TrainingData, training_data
 from asrtune.training.distributed import Processes, check_launch
 from asrtune.training.encoder_cache import PrefixCache
@@ -100,6 +101,7 @@ class Recipe:
         self.data: TrainingData | None = None
         self.plan: CachePlan | None = None  # the frozen encoder prefix whose outputs are cached
         self.short_input = False  # steps run the encoder on each batch's cut window
+        self.ctc: CtcSettings | None = None  # the CTC part of the loss (LLM families' alignment)
         self.evaluator: RunEvaluator | None = None
         self.selection: Selection | None = None
         self.guard: NonFiniteGuard | None = None
@@ -110,7 +112,7 @@ class Recipe:
         self.inputs: StepInputs | None = None
         self.counters = Counters()
         self.writer: SummaryWriter | None = None
-        self.stopped_early = False  # set by train(), as the next one
+        self.stopped_early = False  # set by train(), as is the next one
         self.first_step_seconds: float | None = None
 
     # --- setup ------------------------------------------------------------------------------------------
@@ -138,6 +140,7 @@ class Recipe:
                                   pin_memory=self.accelerator.device.type == "cuda",
                                   batch_sampler=self.parts.batch_sampler, augment=self.parts.augment)
         self.plan, self.short_input = encoder_plan(config, self.loaded, self.say)
+        self.ctc = ctc_settings(config.loop, self.loaded, self.data.train_set, config.seed)
         self.evaluator = RunEvaluator(config, self.run, self.processes, score=self.parts.score,
                                       progress=self.progress, given_transcripts=self.given_transcripts)
         self.evaluator.setup(self.loaded, self.data.eval_set, pristine=pristine,
@@ -189,7 +192,7 @@ class Recipe:
         warmup = int(config.loop.warmup_ratio * config.loop.max_steps)
         self.scheduler = warmup_schedule(optimizer, warmup, config.loop.max_steps, self.selection.plateau,
                                          decay=config.loop.schedule == "linear")
-        forward = self.parts.forward(self.loaded.model, self.plan)
+        forward = self.parts.forward(self.loaded.model, self.plan, self.ctc)
         self.forward, self.optimizer = accelerator.prepare(forward, optimizer)
         # Evaluation calls generate on the bare model: without accelerate's autocast wrapper it decodes in
         # fp32, like the base model it is compared with.
@@ -213,8 +216,6 @@ class Recipe:
         if counters.step == 0 and counters.baseline is None and config.loop.eval_at_start:
             self.evaluate(0)
             self.save_checkpoint()
-        self.stopped_early = False
-        self.first_step_seconds = None
         self.forward.train()
         bar = tqdm(total=config.loop.max_steps, initial=counters.step, desc="train", unit="step",
                    disable=not (self.progress and self.processes.is_main))
@@ -323,10 +324,9 @@ class Recipe:
 
         ``interpolation``: the weights are a mix of step 0 and ``step`` (see :meth:`score_interpolations`).
         """
-        evaluation = self.evaluator.score(self.loaded, self.data.eval_subset)
-        general = self.evaluator.general(self.loaded)
+        evaluation, general, extra = self.evaluator.step(self.loaded, self.data.eval_subset)
         decision, state = self.processes.on_main(
-            lambda: self._decide(step, evaluation, general, interpolation))
+            lambda: self._decide(step, evaluation, general, interpolation, extra))
         if not self.processes.is_main:
             self.selection.take_shared_state(state, self.counters)
         if decision.improved:
@@ -337,10 +337,10 @@ class Recipe:
         return decision.stop
 
     def _decide(self, step: int, evaluation: Evaluation, general: dict[str, Transcripts],
-                interpolation: float | None) -> tuple[Decision, dict]:
+                interpolation: float | None, extra: dict) -> tuple[Decision, dict]:
         """The main process's decision on one evaluation, reported; and the state the others take on."""
         decision = self.selection.decide(step, evaluation, general, self.evaluator.base_runs, self.counters,
-                                         interpolation)
+                                         interpolation, extra)
         for record in decision.records:
             self.run.append_metric(record)
         if self.writer and interpolation is None:

@@ -115,8 +115,9 @@ class Selection:
 
     def decide(self, step: int, evaluation: Evaluation, general: dict[str, Transcripts],
                base_runs: dict[str, Transcripts] | None, counters: Counters,
-               interpolation: float | None = None) -> Decision:
-        """Offer one evaluation (of step ``step``'s weights, or of a mix with step 0's) to the selector."""
+               interpolation: float | None = None, extra: dict | None = None) -> Decision:
+        """Offer one evaluation (of step ``step``'s weights, or of a mix with step 0's) to the selector;
+        ``extra``: more of the evaluation for its metrics record."""
         loop = self.loop
         wer = evaluation.scores.wer
         records, messages = [], []
@@ -131,6 +132,7 @@ class Selection:
             self._watch_training(step, wer, counters, records, messages)
         record = {"step": step, "eval_wer": wer, "eval_cer": evaluation.scores.cer,
                   "best_wer": self.selector.best_wer, "kept": improved}
+        record.update(extra or {})
         if interpolation is not None:
             record["interpolation"] = interpolation
         if evaluation.references and len(evaluation.references) == len(evaluation.hypotheses):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from asrtune.models.family import CachePlan, family_of
+from asrtune.models.family import CachePlan, CtcSettings, family_of
 
 __all__ = ["TrainingForward"]
 
@@ -24,12 +24,13 @@ class TrainingForward(torch.nn.Module):
     Args:
         model: the model with its strategy applied.
         plan: the frozen prefix whose output is passed in as ``prefix`` (None: start from log-mels).
+        ctc: the CTC part of the loss (LLM families; None: none).
     """
 
-    def __init__(self, model: torch.nn.Module, plan: CachePlan | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, plan: CachePlan | None = None, ctc: CtcSettings | None = None) -> None:
         super().__init__()
         self.model = model
-        self.plan = plan
+        self.plan, self.ctc = plan, ctc
         self.family = family_of(model)
 
     def forward(self, labels: torch.Tensor, input_features: torch.Tensor | None = None,
@@ -43,4 +44,4 @@ class TrainingForward(torch.nn.Module):
         """
         batch = {"labels": labels, "input_features": input_features, "prefix": prefix,
                  "short_frames": short_frames, **inputs}
-        return self.family.loss(self.model, batch, plan=self.plan)
+        return self.family.loss(self.model, batch, plan=self.plan, ctc=self.ctc)
