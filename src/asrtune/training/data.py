@@ -45,7 +45,7 @@ class _TrainItems(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, draw = key
         item = self.augment(self.dataset, index, self.augmenter, draw) if self.augmenter else self.dataset[index]
-        return {**item, "draw": draw}
+        return {**item, "labels": self.dataset.labels_for(index, draw), "draw": draw}
 
 
 def _collate_training(items: list[dict]) -> dict:
@@ -83,7 +83,8 @@ def training_data(config: RunConfig, loaded: LoadedModel, *, world: int, rank: i
     cache = FeatureCache.for_extractor(loaded.processor.feature_extractor) if config.data.feature_cache else None
     common = dict(processor=loaded.processor, multilingual=loaded.multilingual, language=config.language,
                   task=config.task, cache=cache)
-    train_set = FeatureDataset(read_manifest(config.data.train), **common)
+    train_set = FeatureDataset(read_manifest(config.data.train), **common, timestamps=config.data.timestamp_share,
+                               seed=config.seed)
     eval_set = FeatureDataset(read_manifest(config.data.eval), **common)
     limit = config.data.eval_limit
     augmenter = Augmenter.from_spec(config.data.augment, config.seed)

@@ -137,6 +137,10 @@ class Recipe:
         self.data = training_data(config, self.loaded, world=self.processes.world, rank=self.processes.rank,
                                   pin_memory=self.accelerator.device.type == "cuda",
                                   batch_sampler=self.parts.batch_sampler, augment=self.parts.augment)
+        if config.data.timestamp_share > 0:
+            timed = sum(labels is not None for labels in self.data.train_set.timestamp_labels)
+            self.say(f"data.timestamps={config.data.timestamps}: {timed} of {len(self.data.train_set)} training rows "
+                     "have segments and take timestamp tokens in timestamp batches; the rest <|notimestamps|>")
         self.plan, self.short_input = encoder_plan(config, self.loaded, self.say)
         self.evaluator = RunEvaluator(config, self.run, self.processes, score=self.parts.score,
                                       progress=self.progress, given_transcripts=self.given_transcripts)
@@ -275,7 +279,7 @@ class Recipe:
         # every process knows every global batch, so no communication is needed for the normaliser.
         numbers = [batch["draw"] for batch in micro_batches]
         batches, train_set = self.data.batches, self.data.train_set
-        tokens = sum(train_set.target_tokens(i) for n in numbers for i in batches[n].tolist())
+        tokens = sum(train_set.target_tokens(i, n) for n in numbers for i in batches[n].tolist())
         local_sum = 0.0
         for position, batch in enumerate(micro_batches):
             last = position == len(micro_batches) - 1
