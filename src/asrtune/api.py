@@ -28,6 +28,8 @@ from asrtune.errors import AsrtuneError
 from asrtune.evaluation.biasing import DEFAULT_BIAS_WEIGHT, bias_processor
 from asrtune.evaluation.decode import evaluate_dataset, scoring_language, write_predictions
 from asrtune.evaluation.terms import TermList, read_terms, term_report
+from asrtune.data.audio import load_audio
+from asrtune.inference.align import AlignOptions, Alignment, align_transcript
 from asrtune.inference.longform import (FALLBACK_TEMPERATURES, TranscribeOptions, Transcript, TranscribeStats,
                                         prepare_for_inference, transcribe_files)
 from asrtune.models.load import LoadedModel
@@ -35,7 +37,7 @@ from asrtune.runs.load import load_model
 from asrtune.training.recipe import train as train_run
 
 __all__ = ["train", "load_config", "RunConfig", "load_model", "evaluate", "transcribe", "transcribe_audio",
-           "bias_terms"]
+           "bias_terms", "align"]
 
 
 def _merged(values: dict, overrides: Mapping[str, object]) -> dict:
@@ -148,14 +150,14 @@ def transcribe_audio(model: str | LoadedModel, audio: str | Path | Sequence[str 
                      max_new_tokens: int | None = None, num_beams: int = 1, bias: str | Path | None = None,
                      bias_weight: float | None = None, bias_start_weight: float | None = None,
                      device: str | torch.device | None = None, progress: bool = True,
-                     on_file: Callable[[int, Transcript], None] | None = None,
+                     on_file: Callable[[int, Transcript], None] | None = None, word_timestamps: bool = False,
                      ) -> tuple[list[Transcript], TranscribeStats]:
     """:func:`transcribe`, with the totals (audio seconds, decode seconds, real-time factor)."""
     paths = [audio] if isinstance(audio, (str, Path)) else list(audio)
     options = TranscribeOptions(language=language, task=task, batch_size=batch_size, prompt=prompt,
                                 condition_on_previous_text=condition_on_previous_text,
                                 temperatures=FALLBACK_TEMPERATURES if fallback else (0.0,),
-                                max_new_tokens=max_new_tokens, num_beams=num_beams)
+                                max_new_tokens=max_new_tokens, num_beams=num_beams, word_timestamps=word_timestamps)
     biased = bias_terms(bias, bias_weight, bias_start_weight)  # a bad list fails before the model loads
     loaded = _loaded(model)
     if not loaded.family.long_form:
@@ -176,10 +178,31 @@ def transcribe(model: str | LoadedModel, audio: str | Path | Sequence[str | Path
             place: a LoRA run is merged).
         audio: one audio file or several (anything libsndfile reads).
         options: see :func:`transcribe_audio` (language, task, batch_size, prompt, condition_on_previous_text,
-            fallback, max_new_tokens, num_beams, bias, bias_weight, bias_start_weight, device, progress, on_file).
+            fallback, max_new_tokens, num_beams, bias, bias_weight, bias_start_weight, device, progress, on_file,
+            word_timestamps: every word's time, by forced alignment of the transcript).
 
     Returns:
         One :class:`~asrtune.inference.longform.Transcript` per file, in order (``.text``, ``.segments``,
         ``.as_dict()``).
     """
     return transcribe_audio(model, audio, **options)[0]
+
+
+def align(model: str | LoadedModel, audio: str | Path, transcript: str, *, language: str | None = None,
+          device: str | torch.device | None = None, progress: bool = True) -> Alignment:
+    """Forced alignment: every word of ``transcript`` (the text, any length) with its time in ``audio``.
+
+    Args:
+        model: a Whisper model source (a run folder too) or an already loaded model.
+        audio: one recording of any length (anything libsndfile reads).
+        transcript: what it says, as written (words are split at whitespace).
+        language: the transcript's language (multilingual models; default English).
+
+    Returns:
+        An :class:`~asrtune.inference.align.Alignment`: ``.words`` in order (``text``, ``start``, ``end`` in
+        seconds, ``score``, ``heard``: False for text the audio does not contain), ``.as_dict()``.
+    """
+    samples = load_audio(audio)  # a missing or unreadable file fails before the model loads
+    loaded = prepare_for_inference(_loaded(model))
+    loaded.model.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    return align_transcript(loaded, samples, transcript, AlignOptions(language=language), progress=progress)
