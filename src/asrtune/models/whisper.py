@@ -61,11 +61,15 @@ def prefix_ids(processor: WhisperProcessor, *, multilingual: bool, language: str
 
 def timestamp_ids(processor: WhisperProcessor, segments, window_seconds: float) -> list[int] | None:
     """``<|start|>`` text ``<|end|>`` for each segment (``.start``, ``.end``, ``.text``), or None when a segment
-    lies outside ``[0, window_seconds]`` or the tokenizer has no timestamp tokens."""
+    lies outside ``[0, window_seconds]``.
+
+    Raises:
+        AsrtuneError: the tokenizer has no timestamp tokens.
+    """
     tokenizer = processor.tokenizer
     first = tokenizer.convert_tokens_to_ids("<|0.00|>")
     if not isinstance(first, int) or first == tokenizer.unk_token_id:
-        return None
+        raise AsrtuneError("data.timestamps: this Whisper tokenizer has no timestamp tokens (<|0.00|> ...)")
     last_step = int(round(window_seconds / TIME_PRECISION))
     ids: list[int] = []
     for segment in segments:
