@@ -125,3 +125,19 @@ def test_word_timestamps_in_json_srt_and_vtt():
     plain = Transcript(audio="a.wav", duration=2.0, language="en",
                        segments=[Segment(start=0.5, end=1.6, text="Hello world.")])
     assert render(plain, "srt") == "1\n00:00:00,500 --> 00:00:01,600\nHello world.\n\n"
+
+
+def test_evaluate_reports_boundary_errors_of_rows_with_segments(tiny_model_dir, tmp_path):
+    from asrtune.api import evaluate
+    from asrtune.data.manifest import write_manifest
+
+    rows = _rows(tmp_path)
+    write_manifest(rows, tmp_path / "m.jsonl")
+    record = evaluate(str(tiny_model_dir), tmp_path / "m.jsonl", timestamps=True, progress=False,
+                      max_new_tokens=8)
+    quality = record["timestamps"]
+    assert quality["rows"] == 1 and quality["segments"] == 2 and quality["boundary_error"]["n"] == 4
+    assert "base" not in quality  # an HF folder has no base model to compare with
+    write_manifest(rows[1:], tmp_path / "plain.jsonl")
+    with pytest.raises(AsrtuneError, match="no row of .* has segments"):
+        evaluate(str(tiny_model_dir), tmp_path / "plain.jsonl", timestamps=True, progress=False)
