@@ -28,7 +28,7 @@ from asrtune.data.manifest import read_manifest
 from asrtune.data.prepare import PrepareSettings, prepare
 from asrtune.data.synth import SynthSettings, synthesise_lines
 from asrtune.demo import corpus_lines
-from asrtune.inference.align import align_transcript, row_aligner
+from asrtune.inference.align import align_transcript
 from asrtune.inference.longform import prepare_for_inference
 from asrtune.report import print_table
 from asrtune.runs.load import load_model

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                       f"{'' if args.no_fallback else ', temperature fallback'}, "
                       f"{args.batch_size} file(s) per batch, {stats.device}")],
         ["prompt", f"{len(args.prompt.split())} words" if args.prompt else "none"],
-        ["word timestamps", "forced alignment (alignment heads, DTW)" if args.word_timestamps else "off"],
+        ["words", "timed: forced alignment (alignment heads, DTW)" if args.word_timestamps else "not timed"],
         ["biasing", _bias_text(args)],
         ["decode time", f"{stats.decode_seconds:.1f} s"],
         ["RTF", f"{stats.rtf:.3f}"],
