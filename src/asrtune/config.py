@@ -84,12 +84,18 @@ class DataConfig:
                                 "and extractor settings", True)
     terms: str = _help("term list (one term or phrase a line, or packaged:medical_terms_en): term recall and "
                        "term insertions of every set, before and after, in results.json ('': none)", "")
+    timestamps: bool | float = _help("train with Whisper's timestamp tokens where a training row has segments "
+                                     "(manifest 'segments': aligned pieces, subtitle cues, Kaldi segments, NeMo "
+                                     "offsets): true, or the share of batches (0.5) that do; <|notimestamps|> "
+                                     "elsewhere. Evaluation still decodes without timestamps", False)
 
     def __post_init__(self) -> None:
         if self.eval_limit is not None and self.eval_limit < 1:
             raise AsrtuneError("data.eval_limit must be >= 1 or null")
         if self.duration_buckets < 1:
             raise AsrtuneError("data.duration_buckets must be >= 1")
+        if not isinstance(self.timestamps, bool) and not 0 <= self.timestamps <= 1:
+            raise AsrtuneError("data.timestamps must be true, false or a share of batches between 0 and 1")
         names = [g.name for g in self.general]
         if len(set(names)) != len(names):
             raise AsrtuneError(f"data.general: set names must be unique, got {names}")
@@ -100,6 +106,11 @@ class DataConfig:
         _checked("data.terms", self.terms, read_terms,
                  "a UTF-8 file with one term or phrase a line, or packaged:NAME "
                  f"({', '.join(packaged_term_lists())}), or '' for none")
+
+    @property
+    def timestamp_share(self) -> float:
+        """The share of training batches whose rows with segments get timestamp tokens."""
+        return float(self.timestamps)
 
     def manifests(self) -> dict[str, str]:
         """Every manifest the run reads, by role: train, eval, test and each general set's name."""

@@ -30,6 +30,9 @@ def add(subparsers: argparse._SubParsersAction) -> None:
                              "term recall and term insertions")
     add_bias_arguments(parser)
     add_beams_argument(parser)
+    parser.add_argument("--timestamps", action="store_true",
+                        help="also transcribe the rows with segments long-form, as transcribe does, and report the "
+                             "segment boundary error against their times (a run folder: beside its base model's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--save", type=Path, default=None, metavar="FILE.json",
                         help="write the scores and every utterance's reference and hypothesis (asrtune explore "
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     record = evaluate(args.model, args.data, language=args.language, batch_size=args.batch_size,
                       max_new_tokens=args.max_new_tokens, short_input=args.short_input, terms=args.terms,
                       bias=args.bias, bias_weight=args.bias_weight, bias_start_weight=args.bias_start_weight,
-                      num_beams=args.num_beams, predictions=args.predictions)
+                      num_beams=args.num_beams, predictions=args.predictions, timestamps=args.timestamps)
     predictions = record.pop("predictions")  # in the files --predictions and --save name, not in the record
     rows = [
         ["WER (normalised)", f"{record['wer']:.4f}"], ["CER (normalised)", f"{record['cer']:.4f}"],
@@ -85,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
                                 f"{record.pop('bias_sequences')} token sequences"])
     if "terms" in record:
         rows += term_rows(record["terms"])
+    if "timestamps" in record:
+        rows += timestamp_rows(record["timestamps"])
     print_table(["metric", "value"], rows, file=sys.stderr if args.json else sys.stdout)
     if args.save:
         save_evaluation(args.save, record, predictions, data=args.data, terms=args.terms)
@@ -122,3 +127,21 @@ def term_rows(found: dict) -> list[list[str]]:
     missed = ", ".join(f"{m['term']} ({m['missed']})" for m in found["top_missed"][:5]) or "none"
     return [["term recall", shown], ["term insertions", str(found["term_insertions"])],
             ["most missed terms", missed]]
+
+
+def _seconds(summary: dict) -> str:
+    low, high = summary["median_ci95"]
+    return f"median {summary['median']:.3f} s [{low:.3f}, {high:.3f}], mean {summary['mean']:.3f} s"
+
+
+def timestamp_rows(quality: dict) -> list[list[str]]:
+    """Table rows of the timestamp report: boundary errors (this model, its base, the paired change)."""
+    rows = [["segment boundaries", f"{quality['segments']} in {quality['rows']} rows"],
+            ["boundary error", _seconds(quality["boundary_error"])],
+            ["long-form WER", f"{quality['long_form_wer']:.4f}"]]
+    if "base" in quality:
+        change = quality["median_change"]
+        low, high = change["median_delta_ci95"]
+        rows += [["boundary error, base", _seconds(quality["base"]["boundary_error"])],
+                 ["median change vs base", f"{change['median_delta']:+.3f} s [{low:+.3f}, {high:+.3f}]"]]
+    return rows

@@ -94,6 +94,7 @@ class ModelFamily:
     short_input: ClassVar[bool] = False  # the encoder runs on a cut window (loop.short_input, evaluate)
     long_form: ClassVar[bool] = False  # asrtune transcribe (long-form, timestamps) and CTranslate2 export
     new_language_tokens: ClassVar[bool] = False  # language: new:xx,init=yy grows the vocabulary
+    timestamp_tokens: ClassVar[bool] = False  # data.timestamps: labels with the model's timestamp tokens
 
     # --- loading ----------------------------------------------------------------------------------------
 
@@ -111,6 +112,18 @@ class ModelFamily:
             AsrtuneError: a sequence longer than the model holds.
         """
         raise NotImplementedError
+
+    def timestamp_sequences(self, processor, segments: Sequence[Sequence], ids: Sequence[str],
+                            languages: Sequence[str | None], durations: Sequence[float], *, multilingual: bool,
+                            task: str) -> list[np.ndarray | None]:
+        """Token ids per utterance with the model's timestamp tokens around each timed segment (``.start``,
+        ``.end`` in seconds from the utterance's start, ``.text``); None where an utterance has no segments or
+        they do not fit its window. Every token is a target (no prompt part).
+
+        Raises:
+            AsrtuneError: the family has no timestamp tokens, or a sequence is longer than the model holds.
+        """
+        raise AsrtuneError(f"data.timestamps: timestamp tokens are Whisper's; {self.display_name} has none")
 
     def collate(self, items: list[dict], pad_to_multiple_of: int, processor) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -5,6 +5,10 @@ multilingual models, ``<|notimestamps|>``), the text with Whisper's leading spac
 ``<|endoftext|>``; the decoder input is the targets shifted right behind ``<|startoftranscript|>``.
 Every target position counts in the loss, the prompt tokens included (as Whisper's own recipe).
 
+With timestamp training (``data.timestamps``) an utterance with timed segments is instead, as in Whisper's
+pre-training data, language and task, then for each segment ``<|start|>`` its text ``<|end|>`` (times quantised
+to 0.02 s, relative to the 30 s window), then ``<|endoftext|>``: the timestamp tokens are targets like the text.
+
 The frozen prefix: the encoder's stem (convolutions, positions) and its bottom layers, when nothing in
 them trains and no dropout applies; a step then runs the layers above from the cached output.
 """
@@ -25,11 +29,13 @@ from asrtune.errors import AsrtuneError
 from asrtune.models.family import FAMILIES, CachePlan, ModelFamily, ModuleMap, trains
 from asrtune.models.new_language import add_language_token
 from asrtune.models.short_input import encode_short, encoder_stem, short_input_frames
+from asrtune.models.whisper_timing import ensure_alignment_heads
 
 __all__ = ["WhisperFamily", "prefix_ids", "DECODER_POSITIONS", "whisper_core", "whisper_loss",
-           "whisper_decode_batch", "deployable_generation_config"]
+           "whisper_decode_batch", "deployable_generation_config", "timestamp_ids", "TIME_PRECISION"]
 
 DECODER_POSITIONS = 448  # Whisper's decoder positions
+TIME_PRECISION = 0.02  # seconds between two of Whisper's timestamp tokens (<|0.00|> ... <|30.00|>)
 
 
 def whisper_core(model: torch.nn.Module) -> torch.nn.Module:
@@ -50,6 +56,27 @@ def prefix_ids(processor: WhisperProcessor, *, multilingual: bool, language: str
             raise AsrtuneError(f"language {language!r} is not one this Whisper model knows")
         ids += [lang_id, tokenizer.convert_tokens_to_ids(f"<|{task}|>")]
     ids.append(tokenizer.convert_tokens_to_ids("<|notimestamps|>"))
+    return ids
+
+
+def timestamp_ids(processor: WhisperProcessor, segments, window_seconds: float) -> list[int] | None:
+    """``<|start|>`` text ``<|end|>`` for each segment (``.start``, ``.end``, ``.text``), or None when a segment
+    lies outside ``[0, window_seconds]``.
+
+    Raises:
+        AsrtuneError: the tokenizer has no timestamp tokens.
+    """
+    tokenizer = processor.tokenizer
+    first = tokenizer.convert_tokens_to_ids("<|0.00|>")
+    if not isinstance(first, int) or first == tokenizer.unk_token_id:
+        raise AsrtuneError("data.timestamps: this Whisper tokenizer has no timestamp tokens (<|0.00|> ...)")
+    last_step = int(round(window_seconds / TIME_PRECISION))
+    ids: list[int] = []
+    for segment in segments:
+        start, end = round(segment.start / TIME_PRECISION), round(segment.end / TIME_PRECISION)
+        if start < 0 or end > last_step or end < start or not segment.text.strip():
+            return None
+        ids += [first + start, *tokenizer.encode(" " + segment.text.strip(), add_special_tokens=False), first + end]
     return ids
 
 
@@ -141,6 +168,7 @@ class WhisperFamily(ModelFamily):
     short_input = True
     long_form = True
     new_language_tokens = True
+    timestamp_tokens = True
 
     def load(self, location: Path | str, dtype: torch.dtype):
         try:
@@ -148,7 +176,26 @@ class WhisperFamily(ModelFamily):
             processor = WhisperProcessor.from_pretrained(location)
         except OSError as error:
             raise AsrtuneError(f"cannot load Whisper from {location}: {str(error).splitlines()[0]}") from error
+        ensure_alignment_heads(model)  # word timing: openai/whisper's heads where the folder has none
         return model, processor
+
+    def timestamp_sequences(self, processor, segments, ids, languages, durations, *, multilingual: bool,
+                            task: str) -> list[np.ndarray | None]:
+        window = float(processor.feature_extractor.chunk_length)
+        eos = processor.tokenizer.eos_token_id
+        labels: list[np.ndarray | None] = []
+        for utt_id, spans, lang, seconds in zip(ids, segments, languages, durations, strict=True):
+            timed = timestamp_ids(processor, spans, window) if spans and seconds <= window + 1e-6 else None
+            if timed is None:
+                labels.append(None)
+                continue
+            prompt = prefix_ids(processor, multilingual=multilingual, language=lang, task=task)[:-1]
+            sequence = prompt + timed + [eos]  # no <|notimestamps|>: the model predicts times
+            if len(sequence) + 1 > self.max_label_tokens:
+                raise AsrtuneError(f"{utt_id}: transcript with timestamps is {len(sequence)} tokens, more than "
+                                   f"Whisper's decoder holds ({self.max_label_tokens})")
+            labels.append(np.asarray(sequence, dtype=np.int32))
+        return labels
 
     def sequences(self, processor, texts, ids, languages, valid_frames, *, multilingual: bool,
                   task: str) -> tuple[list[np.ndarray], list[int]]:

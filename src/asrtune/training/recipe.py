@@ -5,8 +5,7 @@
 non-finite steps skipped), :meth:`evaluate` every ``loop.eval_every`` steps and at step 0, checkpoints
 (exact resume) and :meth:`finalize`. The recipe trains; its components do the rest: ``RunEvaluator`` scores,
 ``Selection`` decides what is kept (lowest eval WER under the forgetting budget) and when to stop,
-``training.results`` assembles ``results.json``. What it loads, applies, feeds and scores are the
-``RecipeParts`` given to the constructor.
+``training.results`` assembles ``results.json``; what it loads, applies, feeds and scores: ``RecipeParts``.
 
 Several processes (torchrun): ``loop.batch_size`` is per process and the loss is normalised over the global
 batch's target tokens, so N processes with batch B train as one with batch N x B; evaluation is split and
@@ -136,7 +135,8 @@ class Recipe:
         pristine = self._setup_model()
         self.data = training_data(config, self.loaded, world=self.processes.world, rank=self.processes.rank,
                                   pin_memory=self.accelerator.device.type == "cuda",
-                                  batch_sampler=self.parts.batch_sampler, augment=self.parts.augment)
+                                  batch_sampler=self.parts.batch_sampler, augment=self.parts.augment,
+                                  say=self.say)
         self.plan, self.short_input = encoder_plan(config, self.loaded, self.say)
         self.evaluator = RunEvaluator(config, self.run, self.processes, score=self.parts.score,
                                       progress=self.progress, given_transcripts=self.given_transcripts)
@@ -275,7 +275,7 @@ class Recipe:
         # every process knows every global batch, so no communication is needed for the normaliser.
         numbers = [batch["draw"] for batch in micro_batches]
         batches, train_set = self.data.batches, self.data.train_set
-        tokens = sum(train_set.target_tokens(i) for n in numbers for i in batches[n].tolist())
+        tokens = sum(train_set.target_tokens(i, n) for n in numbers for i in batches[n].tolist())
         local_sum = 0.0
         for position, batch in enumerate(micro_batches):
             last = position == len(micro_batches) - 1
