@@ -177,6 +177,34 @@ class ModelFamily:
     def owns(self, model: torch.nn.Module) -> bool:
         return any(type(m).__name__ == self.core_class for m in model.modules())
 
+    def layer_classes(self, model: torch.nn.Module) -> tuple[type[torch.nn.Module], ...]:
+        """The transformer block classes of the audio encoder and the decoder / LLM (``WhisperEncoderLayer``,
+        ``WhisperDecoderLayer``; ``Qwen2AudioEncoderLayer``, ``Qwen2DecoderLayer`` or the assembled LLM's):
+        the units FSDP shards and gradient checkpointing recomputes."""
+        core = model_core(model)
+        classes: list[type[torch.nn.Module]] = []
+        for part in (self.modules.encoder, self.modules.decoder):
+            for layer in core.get_submodule(part).layers:
+                if type(layer) not in classes:
+                    classes.append(type(layer))
+        return tuple(classes)
+
+    def empty_model(self, config: dict) -> torch.nn.Module:
+        """The model a ``config.json``'s contents describe, on the meta device (shapes only, no memory).
+
+        Raises:
+            AsrtuneError: transformers cannot build it from this config.
+        """
+        import transformers
+
+        model_class = getattr(transformers, self.model_class)
+        try:
+            model_config = model_class.config_class(**{k: v for k, v in config.items() if k != "model_type"})
+            with torch.device("meta"):
+                return model_class(model_config)
+        except (TypeError, ValueError) as error:
+            raise AsrtuneError(f"cannot build a {self.display_name} from this config: {error}") from error
+
 
 FAMILIES: Registry[type[ModelFamily]] = Registry("model family")
 _loaded = False

@@ -189,14 +189,15 @@ class Qwen2AudioFamily(ModelFamily):
         return embeds.masked_scatter(where, valid.to(embeds.dtype))
 
     def loss(self, model: torch.nn.Module, batch: dict, *, plan=None) -> tuple[torch.Tensor, torch.Tensor]:
+        # use_cache=False: training keeps no KV cache (see whisper_loss)
         labels, input_ids, attention = batch["labels"], batch["input_ids"], batch["attention_mask"]
         frames = batch["feature_attention_mask"].sum(-1)
         if batch.get("prefix") is not None:  # the frozen audio tower's cached output
             embeds = self.embed_with_audio(model, input_ids, batch["prefix"], frames)
-            logits = model(inputs_embeds=embeds, attention_mask=attention).logits
+            logits = model(inputs_embeds=embeds, attention_mask=attention, use_cache=False).logits
         else:
             logits = model(input_ids=input_ids, input_features=batch["input_features"], attention_mask=attention,
-                           **{self.feature_mask_arg: batch["feature_attention_mask"]}).logits
+                           use_cache=False, **{self.feature_mask_arg: batch["feature_attention_mask"]}).logits
         targets = labels[:, 1:]
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(),
                                                  ignore_index=-100, reduction="sum")

@@ -80,7 +80,9 @@ def whisper_loss(model: torch.nn.Module, batch: dict, plan: CachePlan | None) ->
         inputs = {"input_features": batch["input_features"]}
     config = whisper_core(model).config
     decoder_input_ids = shift_tokens_right(labels, config.pad_token_id, config.decoder_start_token_id)
-    logits = model(**inputs, decoder_input_ids=decoder_input_ids).logits
+    # use_cache=False: training keeps no KV cache (it would hold every layer's keys and values beyond what
+    # backward needs, and undo gradient checkpointing); generate turns it on for itself
+    logits = model(**inputs, decoder_input_ids=decoder_input_ids, use_cache=False).logits
     loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
                                              reduction="sum")
     return loss, (labels != -100).sum()

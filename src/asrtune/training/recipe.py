@@ -1,7 +1,7 @@
 """The training recipe: one class on accelerate, read top to bottom.
 
 :meth:`Recipe.setup` builds the model (strategy applied), the data, the evaluator and the optimizer;
-:meth:`Recipe.train` runs the loop: :meth:`train_step` (AdamW, warm-up then decay, accumulation, clipping,
+:meth:`Recipe.train` runs the loop: :meth:`train_step` (``optim.name``, warm-up then decay, accumulation, clipping,
 non-finite steps skipped), :meth:`evaluate` every ``loop.eval_every`` steps and at step 0, checkpoints
 (exact resume) and :meth:`finalize`. The recipe trains; its components do the rest: ``RunEvaluator`` scores,
 ``Selection`` decides what is kept (lowest eval WER under the forgetting budget) and when to stop,
@@ -52,8 +52,10 @@ from asrtune.training.faults import NonFiniteGuard
 from asrtune.training.feed import SharedPrefix, StepInputs, encoder_plan, prefix_cache
 from asrtune.training.interpolation import START, load_start, mix_trainable
 from asrtune.training.lr_control import parameter_groups, warmup_schedule
+from asrtune.training.optimizers import build_optimizer, check_optimizer
 from asrtune.training.parts import RecipeParts
 from asrtune.training.precision import accelerator_mixed_precision, resolve_mixed_precision, step_autocast
+from asrtune.training.recompute import enable_gradient_checkpointing
 from asrtune.training.results import final_results, training_results
 from asrtune.training.resume import apply_new_optim, check_run_dir
 from asrtune.training.selection import Counters, Decision, Selection
@@ -125,6 +127,7 @@ class Recipe:
         self.accelerator = Accelerator(mixed_precision=accelerator_mixed_precision(self.precision),
                                        cpu=torch.accelerator.current_accelerator() is None)
         self.processes = Processes(self.accelerator)
+        check_optimizer(config.optim.name, self.accelerator.device.type)  # before any model loads
         if not self.processes.is_main:
             warnings.simplefilter("ignore")  # the main process reports; N copies of each warning help nobody
         self.processes.on_main(lambda: check_run_dir(self.run, config, self.resume))
@@ -166,6 +169,8 @@ class Recipe:
         pristine = pristine_copy(base, self.run.base_transcripts, self.given_transcripts)
         model = self.parts.apply_strategy(base.model, config.strategy)
         self.trainable, _ = count_parameters(model)
+        if config.loop.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         self.loaded = LoadedModel(model=model, processor=base.processor, source=config.model,
                                   strategy=config.strategy)
         self.learning_rate = (config.optim.learning_rate
@@ -179,11 +184,7 @@ class Recipe:
         config, accelerator = self.config, self.accelerator
         groups = parameter_groups(self.loaded.model, self.learning_rate, config.optim.encoder_learning_rate,
                                   config.optim.projector_learning_rate)
-        # fused: one kernel per step instead of a dozen passes over every parameter (CPU and CUDA; the
-        # Trainer's default optimizer, adamw_torch_fused, is the same)
-        optimizer = torch.optim.AdamW(groups, lr=self.learning_rate, betas=config.optim.betas,
-                                      eps=config.optim.eps, weight_decay=config.optim.weight_decay,
-                                      fused=accelerator.device.type in ("cpu", "cuda"))
+        optimizer = build_optimizer(config.optim, groups, self.learning_rate, accelerator.device.type)
         self.selection = Selection(config.loop, self.learning_rate, config.language)
         self.guard = NonFiniteGuard(config.loop.max_nonfinite_steps)
         warmup = int(config.loop.warmup_ratio * config.loop.max_steps)
