@@ -217,6 +217,8 @@ class LoopConfig:
             raise AsrtuneError("loop.forgetting_budget must be >= 0")
         if self.forgetting_measure not in ("absolute", "relative"):
             raise AsrtuneError("loop.forgetting_measure must be absolute or relative")
+        if self.interpolation and self.parallel == "fsdp":
+            raise AsrtuneError("loop.interpolation needs whole weights in one process: use loop.parallel: ddp")
         if not all(0 < a < 1 for a in self.interpolation):
             raise AsrtuneError("loop.interpolation: each weight must be in (0, 1) (0 is the start, 1 the end of "
                                "training, both scored already)")

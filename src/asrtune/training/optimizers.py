@@ -51,7 +51,8 @@ def build_optimizer(optim: OptimConfig, groups: list[dict], learning_rate: float
     """The optimizer ``optim.name`` names over the parameter groups (each with its own ``lr``)."""
     check_optimizer(optim.name, device_type)
     if optim.name == "adamw":
-        # fused: one kernel per step instead of a dozen passes over every parameter (CPU and CUDA)
+        # fused: one kernel per step instead of a dozen passes over every parameter (CPU and CUDA; FSDP2's
+        # DTensor parameters too)
         return torch.optim.AdamW(groups, lr=learning_rate, betas=optim.betas, eps=optim.eps,
                                  weight_decay=optim.weight_decay, fused=device_type in ("cpu", "cuda"))
     if optim.name == "adafactor":

@@ -40,7 +40,7 @@ from asrtune.models.new_language import apply_config_language
 from asrtune.paths import write_dir_atomically
 from asrtune.runs.layout import BEST, LAST, RunDir
 from asrtune.runs.load import init_from_record
-from asrtune.runs.weights import load_trainable, save_trainable, trainable_state
+from asrtune.runs.weights import save_trainable, trainable_state
 from asrtune.strategies import default_learning_rate
 from asrtune.training.checkpoint import load_training_state, rng_state, save_training_state, set_rng_state
 from asrtune.training.data import TrainingData, training_data
@@ -59,6 +59,7 @@ from asrtune.training.recompute import enable_gradient_checkpointing
 from asrtune.training.results import final_results, training_results
 from asrtune.training.resume import apply_new_optim, check_run_dir
 from asrtune.training.selection import Counters, Decision, Selection
+from asrtune.training.sharding import Sharding
 
 __all__ = ["Recipe", "RecipeParts", "SharedPrefix", "train"]
 
@@ -106,6 +107,7 @@ class Recipe:
         self.selection: Selection | None = None
         self.guard: NonFiniteGuard | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self.sharding: Sharding | None = None  # FSDP, or nothing
         self.scheduler = None
         self.forward: torch.nn.Module | None = None
         self.prefix_cache: PrefixCache | None = None
@@ -128,6 +130,7 @@ class Recipe:
                                        cpu=torch.accelerator.current_accelerator() is None)
         self.processes = Processes(self.accelerator)
         check_optimizer(config.optim.name, self.accelerator.device.type)  # before any model loads
+        self.sharding = Sharding(config.loop.parallel == "fsdp", self.accelerator.device.type, self.processes.world)
         if not self.processes.is_main:
             warnings.simplefilter("ignore")  # the main process reports; N copies of each warning help nobody
         self.processes.on_main(lambda: check_run_dir(self.run, config, self.resume))
@@ -175,13 +178,15 @@ class Recipe:
                                   strategy=config.strategy)
         self.learning_rate = (config.optim.learning_rate
                               or default_learning_rate(config.strategy, base.family.name))
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        if not self.params:
+        if not any(p.requires_grad for p in model.parameters()):
             raise AsrtuneError(f"strategy {config.strategy!r} leaves nothing to train")
         return pristine
 
     def _setup_optimizer(self) -> None:
         config, accelerator = self.config, self.accelerator
+        # FSDP shards the model in place before the optimizer sees its (sharded) parameters; DDP wraps it
+        forward = self.sharding.shard(self.parts.forward(self.loaded.model, self.plan), self.plan)
+        self.params = [p for p in self.loaded.model.parameters() if p.requires_grad]
         groups = parameter_groups(self.loaded.model, self.learning_rate, config.optim.encoder_learning_rate,
                                   config.optim.projector_learning_rate)
         optimizer = build_optimizer(config.optim, groups, self.learning_rate, accelerator.device.type)
@@ -190,8 +195,10 @@ class Recipe:
         warmup = int(config.loop.warmup_ratio * config.loop.max_steps)
         self.scheduler = warmup_schedule(optimizer, warmup, config.loop.max_steps, self.selection.plateau,
                                          decay=config.loop.schedule == "linear")
-        forward = self.parts.forward(self.loaded.model, self.plan)
-        self.forward, self.optimizer = accelerator.prepare(forward, optimizer)
+        if self.sharding.enabled:
+            self.forward, self.optimizer = forward, accelerator.prepare(optimizer)
+        else:
+            self.forward, self.optimizer = accelerator.prepare(forward, optimizer)
         # Evaluation calls generate on the bare model: without accelerate's autocast wrapper it decodes in
         # fp32, like the base model it is compared with.
         self.loaded.model = accelerator.unwrap_model(self.forward, keep_fp32_wrapper=False).model
@@ -289,7 +296,7 @@ class Recipe:
         grad_norm = None
         if self.precision != "fp16":  # fp16: the gradient scaler skips overflowing steps itself
             max_norm = config.optim.max_grad_norm if config.optim.max_grad_norm is not None else math.inf
-            grad_norm = float(accelerator.clip_grad_norm_(self.params, max_norm))
+            grad_norm = self.sharding.grad_norm(accelerator.clip_grad_norm_(self.params, max_norm))
         elif config.optim.max_grad_norm is not None:
             accelerator.clip_grad_norm_(self.params, config.optim.max_grad_norm)
         applied = self.guard.check(counters.step + 1, loss, grad_norm)
@@ -324,8 +331,9 @@ class Recipe:
 
         ``interpolation``: the weights are a mix of step 0 and ``step`` (see :meth:`score_interpolations`).
         """
-        evaluation = self.evaluator.score(self.loaded, self.data.eval_subset)
-        general = self.evaluator.general(self.loaded)
+        with self.sharding.full():  # FSDP: whole parameters while decoding (no collective per token)
+            evaluation = self.evaluator.score(self.loaded, self.data.eval_subset)
+            general = self.evaluator.general(self.loaded)
         decision, state = self.processes.on_main(
             lambda: self._decide(step, evaluation, general, interpolation))
         if not self.processes.is_main:
@@ -333,8 +341,9 @@ class Recipe:
         if decision.improved:
             meta = {"step": step, "wer": evaluation.scores.wer, "strategy": self.config.strategy,
                     "general_wer_rise": decision.rises or None, "interpolation": interpolation}
-            self.processes.on_main(lambda: write_dir_atomically(
-                self.run.checkpoints / BEST, lambda folder: save_trainable(self.loaded.model, folder, meta)))
+            with self.sharding.full():
+                self.processes.on_main(lambda: write_dir_atomically(
+                    self.run.checkpoints / BEST, lambda folder: save_trainable(self.loaded.model, folder, meta)))
         return decision.stop
 
     def _decide(self, step: int, evaluation: Evaluation, general: dict[str, Transcripts],
@@ -356,9 +365,10 @@ class Recipe:
     def save_checkpoint(self) -> None:
         """``checkpoints/last``: trainable weights and everything a resume needs, written atomically."""
         per_process = self.processes.gather([{"rng": rng_state(), "loader": self.data.loader.state_dict()}])
+        optimizer_state = self.sharding.optimizer_state(self.optimizer.optimizer)  # FSDP: consolidated
 
         def write() -> None:
-            state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            state = {"optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
                      "processes": per_process, "world_size": self.processes.world,
                      "counters": dataclasses.asdict(self.counters), **self.selection.state_dict(),
                      "guard": self.guard.state_dict(), "optim": config_to_dict(self.config.optim)}
@@ -371,17 +381,18 @@ class Recipe:
 
             write_dir_atomically(self.run.checkpoints / LAST, fill)
 
-        self.processes.on_main(write)
+        with self.sharding.full():
+            self.processes.on_main(write)
 
     def load_checkpoint(self) -> None:
         """Restore ``checkpoints/last`` and make the run folder say only what that state has done."""
         folder = self.run.checkpoints / LAST
-        load_trainable(self.loaded.model, folder)
+        self.sharding.load_trainable(self.loaded.model, folder)
         state = load_training_state(folder)
         if state["world_size"] != self.processes.world:
             raise AsrtuneError(f"--resume: the run was checkpointed with {state['world_size']} process(es), "
                                f"this launch has {self.processes.world}; resume with the same number")
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.sharding.load_optimizer_state(self.optimizer.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         mine = state["processes"][self.processes.rank]
         self.data.loader.load_state_dict(mine["loader"])
@@ -418,8 +429,9 @@ class Recipe:
             return results
         # Final: the kept (lowest-WER) checkpoint on the whole eval set and every evidence set.
         processes.barrier()
-        load_trainable(self.loaded.model, self.run.checkpoints / BEST)
-        final, tuned = self.evaluator.final(self.loaded, self.data.eval_set, self.accelerator.device)
+        self.sharding.load_trainable(self.loaded.model, self.run.checkpoints / BEST)
+        with self.sharding.full():
+            final, tuned = self.evaluator.final(self.loaded, self.data.eval_set, self.accelerator.device)
         results = final_results(results, config=config, final=final, trainable=self.trainable,
                                 total=self.base_total, evidence=self.evaluator.evidence(tuned),
                                 selection=self.selection, train_seconds=time.perf_counter() - self.started,

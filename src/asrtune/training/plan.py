@@ -1,0 +1,319 @@
+"""``asrtune plan``: what a run trains and the peak memory it needs, predicted without loading any weights.
+
+The model is built on the meta device from its ``config.json`` alone (a bundled alias, an HF folder or hub
+id in the local cache, a run folder, or a published shape shipped with asrtune: ``whisper-large-v3``,
+``whisper-large-v3-turbo``, ``qwen2-audio-7b``, ``qwen3-asr-0.6b``, ``qwen3-asr-1.7b``), the strategy is
+applied to it exactly as training applies it, and the trainable parameters are counted. Peak training
+memory is the sum of
+
+- weights: every parameter in its dtype (fp32 master weights; a quantized base's frozen ``nn.Linear``
+  weights at 4.13 bits (NF4 with double quantization) or 8 bits, the rest in bf16), plus the bf16 copies
+  bf16 autocast keeps of trainable weights during a step;
+- gradients (fp32) and optimizer state of the trainable parameters (AdamW 8 bytes a parameter, 8-bit
+  AdamW 2, Adafactor a row and a column per matrix);
+- activations kept for the backward pass, per transformer block, from the lowest block that trains (or that
+  gradients must cross) upwards: per token ``8h + 2f`` values for an encoder block (Korthikanti et al.
+  2022's ``34 sbh`` bytes in half precision, with a fused attention kernel that keeps no ``a s^2`` scores),
+  ``12h + 2f`` for a Whisper decoder block plus its cross-attention keys and values over the encoder's
+  positions, ``6h + 3 kv + 4f`` for a gated LLM block; with gradient checkpointing each block keeps its
+  input only and one block is recomputed at a time; plus the logits, their log-softmax and gradient;
+- what the training process itself holds (the CPU process's interpreter, libraries, tokenizer and loader;
+  a GPU's context and allocator slack), a constant calibrated by ``benchmarks/memory.py``.
+
+Sequence lengths: the Whisper encoder sees 1500 positions (30 s); the decoder the labels' tokens
+(``label_tokens``); an LLM the prompt, the audio tokens of ``audio_seconds`` and the labels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from asrtune.errors import AsrtuneError
+from asrtune.inspection import count_parameters
+from asrtune.models.family import ModelFamily, family_for_folder, family_named, model_core
+from asrtune.models.load import resolve_source, run_model_source
+from asrtune.strategies import apply_strategy, parse_spec
+from asrtune.training.optimizers import STATE_BYTES
+
+__all__ = ["PUBLISHED", "MemoryPlan", "meta_model", "plan_memory", "largest_batch", "advice", "bytes_text",
+           "parse_size", "GIB"]
+
+GIB = 1024**3
+PUBLISHED = ("whisper-large-v3", "whisper-large-v3-turbo", "qwen2-audio-7b", "qwen3-asr-0.6b", "qwen3-asr-1.7b")
+# Calibrated on this project's CPU runs (benchmarks/memory.py): the training process's own memory beyond
+# model state and activations (Python, torch, transformers, tokenizer, loader, allocator), and on a GPU
+# the CUDA context and allocator slack that max_memory_allocated does not see.
+PROCESS_BYTES = {"cpu": int(0.75 * GIB), "cuda": int(1.0 * GIB)}
+ACTIVATION_SCALE = 1.0  # measured / formula for the activation term, from the same calibration
+LOGIT_COPIES = 3  # logits, their log-softmax (kept by cross-entropy) and its gradient
+PROMPT_TOKENS = 24  # an LLM family's chat-template prompt around the audio
+QUANTIZED_BYTES = {"4bit": 4.13 / 8, "8bit": 1.0}
+
+
+def _published_config(name: str) -> dict:
+    text = resources.files("asrtune.models").joinpath("shapes", f"{name}.json").read_text()
+    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+
+
+def _config_of(source: str) -> tuple[ModelFamily, dict]:
+    """The family and ``config.json`` contents of a model source, reading no weights."""
+    if source in PUBLISHED:
+        config = _published_config(source)
+        return _family_for_type(config["model_type"]), config
+    kind, location = resolve_source(source)
+    if kind == "run":
+        return _config_of(run_model_source(Path(location)))
+    if kind == "ct2":
+        from asrtune.models.ct2 import convert_ct2_dir
+
+        location = convert_ct2_dir(Path(location))  # converted once into the cache; only config.json is read
+    if kind == "hub":
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(location).to_dict()
+        except (OSError, ValueError) as error:
+            raise AsrtuneError(f"{source}: no config.json here and no hub to fetch one from ({error}); name a "
+                               f"folder or one of the published shapes: {', '.join(PUBLISHED)}") from error
+        return _family_for_type(config.get("model_type", "whisper")), config
+    folder = Path(location)
+    return family_for_folder(folder), json.loads((folder / "config.json").read_text())
+
+
+def _family_for_type(model_type: str) -> ModelFamily:
+    for name in ("whisper", "qwen2_audio", "qwen3_asr"):
+        family = family_named(name)
+        if model_type in family.model_types:
+            return family
+    raise AsrtuneError(f"model_type {model_type!r} is not one asrtune fine-tunes")
+
+
+def meta_model(source: str, strategy: str) -> tuple[ModelFamily, torch.nn.Module, int]:
+    """The model on the meta device with the strategy applied, its family and its base parameter count."""
+    parse_spec(strategy)
+    family, config = _config_of(source)
+    model = family.empty_model(config)
+    _, base_total = count_parameters(model)
+    with torch.device("meta"), contextlib.suppress(Warning):
+        model = apply_strategy(model, strategy)
+    return family, model, base_total
+
+
+@dataclass
+class Block:
+    """One transformer block's activation shape (per utterance)."""
+
+    part: str  # "encoder" or "decoder"
+    tokens: int
+    hidden: int
+    ffn: int
+    gated: bool = False
+    kv_width: int = 0  # gated blocks: key/value width (grouped-query attention)
+    cross_positions: int = 0  # Whisper decoder blocks: the encoder positions cross-attention reads
+    trains: bool = False
+
+    def values(self) -> int:
+        """Activation values one utterance keeps for backward in this block."""
+        if self.gated:
+            return self.tokens * (6 * self.hidden + 3 * self.kv_width + 4 * self.ffn)
+        per_token = (12 if self.cross_positions else 8) * self.hidden + 2 * self.ffn
+        return self.tokens * per_token + 2 * self.cross_positions * self.hidden
+
+
+def _config_value(config, *names: str, default=None):
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+def _blocks(family: ModelFamily, model: torch.nn.Module, label_tokens: int, audio_seconds: float) -> list[Block]:
+    core = model_core(model)
+    encoder, decoder = core.get_submodule(family.modules.encoder), core.get_submodule(family.modules.decoder)
+    enc_config, dec_config = encoder.config, decoder.config
+    positions = _config_value(enc_config, "max_source_positions", default=1500)
+    blocks = [Block("encoder", positions, _config_value(enc_config, "d_model", "hidden_size"),
+                    _config_value(enc_config, "encoder_ffn_dim", "intermediate_size"),
+                    trains=any(p.requires_grad for p in layer.parameters())) for layer in encoder.layers]
+    if family.modules.projector is None:  # Whisper: the decoder reads the encoder through cross-attention
+        tokens, cross = label_tokens, positions
+    else:  # an LLM: prompt, audio tokens (25 a second after pooling), transcript
+        tokens, cross = PROMPT_TOKENS + family_audio_tokens(family, audio_seconds) + label_tokens, 0
+    hidden = _config_value(dec_config, "d_model", "hidden_size")
+    gated = family.modules.projector is not None
+    heads = _config_value(dec_config, "num_attention_heads", "decoder_attention_heads", default=1)
+    head_dim = _config_value(dec_config, "head_dim", default=hidden // heads)
+    kv_width = _config_value(dec_config, "num_key_value_heads", default=heads) * head_dim
+    ffn = _config_value(dec_config, "decoder_ffn_dim", "intermediate_size")
+    blocks += [Block("decoder", tokens, hidden, ffn, gated=gated, kv_width=kv_width, cross_positions=cross,
+                     trains=any(p.requires_grad for p in layer.parameters())) for layer in decoder.layers]
+    return blocks
+
+
+def family_audio_tokens(family: ModelFamily, seconds: float) -> int:
+    return family.audio_tokens(int(seconds * 100)) if hasattr(family, "audio_tokens") else 0
+
+
+def _lowest_training_block(family: ModelFamily, model: torch.nn.Module, blocks: list[Block]) -> int | None:
+    """Index of the first block (forward order) that trains or that gradients must cross; None: none."""
+    core = model_core(model)
+    stem_trains = any(p.requires_grad for name in family.modules.stem
+                      for p in core.get_submodule(name).parameters())
+    if stem_trains:
+        return 0
+    encoder_count = sum(block.part == "encoder" for block in blocks)
+    projector = family.modules.projector
+    for index, block in enumerate(blocks):
+        if index == encoder_count and projector and any(p.requires_grad for p in
+                                                        core.get_submodule(projector).parameters()):
+            return index  # a training projector: every LLM block passes gradients down to it
+        if block.trains:
+            return index
+    return None
+
+
+@dataclass
+class MemoryPlan:
+    """What ``asrtune plan`` reports (bytes unless named otherwise)."""
+
+    model: str
+    strategy: str
+    family: str
+    total_params: int
+    trainable_params: int
+    batch_size: int
+    label_tokens: int
+    precision: str
+    optim: str
+    gradient_checkpointing: bool
+    quantization: str | None
+    device: str
+    weights_bytes: int = 0
+    gradients_bytes: int = 0
+    optimizer_bytes: int = 0
+    activations_bytes: int = 0
+    activations_per_utterance_bytes: int = 0
+    logits_bytes: int = 0
+    process_bytes: int = 0
+    peak_memory_bytes: int = 0
+    layers_with_activations: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _weights_bytes(model: torch.nn.Module, family: ModelFamily, quantization: str | None, precision: str) -> int:
+    total = 0
+    seen: set[int] = set()
+    skip = {family.modules.projector} if family.modules.projector else set()
+    core = model_core(model)
+    skipped_ids = {id(p) for name in skip for p in core.get_submodule(name).parameters()}
+    for module in model.modules():
+        for parameter in module.parameters(recurse=False):
+            if id(parameter) in seen:
+                continue
+            seen.add(id(parameter))
+            if quantization and not parameter.requires_grad:
+                linear = isinstance(module, torch.nn.Linear) and parameter.dim() == 2 and id(parameter) not in \
+                    skipped_ids and module.out_features < 32000  # the output head stays unquantized
+                total += parameter.numel() * (QUANTIZED_BYTES[quantization] if linear else 2)
+            else:
+                total += parameter.numel() * 4
+                if precision == "bf16" and parameter.requires_grad and parameter.dim() == 2:
+                    total += parameter.numel() * 2  # autocast's cached bf16 copy during the step
+    return int(total)
+
+
+def _optimizer_bytes(model: torch.nn.Module, optim: str) -> int:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if optim != "adafactor":
+        return int(sum(p.numel() for p in trainable) * STATE_BYTES[optim])
+    return int(sum((p.shape[-2] + p.shape[-1]) * 4 if p.dim() >= 2 else p.numel() * 4 for p in trainable))
+
+
+def plan_memory(source: str, strategy: str, *, batch_size: int, label_tokens: int = 64, audio_seconds: float = 30.0,
+                precision: str = "no", optim: str = "adamw", gradient_checkpointing: bool = False,
+                quantization: str | None = None, device: str = "cpu") -> MemoryPlan:
+    """Predict the peak memory of one training process (see the module docstring)."""
+    if optim not in STATE_BYTES:
+        raise AsrtuneError(f"--optim {optim!r}: allowed: {', '.join(STATE_BYTES)}")
+    if quantization is not None:
+        from asrtune.config import RunConfig
+
+        RunConfig(strategy=strategy, quantization=quantization)  # the config's own check
+    family, model, base_total = meta_model(source, strategy)
+    trainable, _ = count_parameters(model)
+    plan = MemoryPlan(model=source, strategy=strategy, family=family.name, total_params=base_total,
+                      trainable_params=trainable, batch_size=batch_size, label_tokens=label_tokens,
+                      precision="bf16" if precision == "bf16" else "fp32", optim=optim,
+                      gradient_checkpointing=gradient_checkpointing, quantization=quantization, device=device)
+    plan.weights_bytes = _weights_bytes(model, family, quantization, precision)
+    plan.gradients_bytes = trainable * 4
+    plan.optimizer_bytes = _optimizer_bytes(model, optim)
+    blocks = _blocks(family, model, label_tokens, audio_seconds)
+    lowest = _lowest_training_block(family, model, blocks)
+    kept = blocks[lowest:] if lowest is not None else []
+    plan.layers_with_activations = len(kept)
+    element = 2 if precision == "bf16" else 4
+    if gradient_checkpointing:
+        per_utterance = sum(b.tokens * b.hidden for b in kept) + max((b.values() for b in kept), default=0)
+    else:
+        per_utterance = sum(b.values() for b in kept)
+    plan.activations_per_utterance_bytes = int(per_utterance * element * ACTIVATION_SCALE)
+    plan.activations_bytes = plan.activations_per_utterance_bytes * batch_size
+    vocab = _config_value(model_core(model).get_submodule(family.modules.decoder).config, "vocab_size", default=0)
+    plan.logits_bytes = int(batch_size * blocks[-1].tokens * vocab * 4 * LOGIT_COPIES) if kept else 0
+    plan.process_bytes = PROCESS_BYTES[device]
+    plan.peak_memory_bytes = (plan.weights_bytes + plan.gradients_bytes + plan.optimizer_bytes
+                              + plan.activations_bytes + plan.logits_bytes + plan.process_bytes)
+    return plan
+
+
+def largest_batch(plan: MemoryPlan, budget: int) -> int:
+    """The largest batch whose predicted peak fits ``budget`` bytes (0: not even one utterance)."""
+    fixed = plan.peak_memory_bytes - plan.activations_bytes - plan.logits_bytes
+    per_utterance = (plan.activations_bytes + plan.logits_bytes) / plan.batch_size
+    if budget <= fixed:
+        return 0
+    return int((budget - fixed) // per_utterance) if per_utterance else 1 << 20
+
+
+def advice(plan: MemoryPlan) -> list[str]:
+    """Settings that lower the peak, largest saving first, for a plan that does not fit."""
+    options = []
+    if not plan.gradient_checkpointing and plan.activations_bytes:
+        options.append("--gradient-checkpointing (loop.gradient_checkpointing: true)")
+    if plan.optim == "adamw" and plan.optimizer_bytes > GIB:
+        options.append("--optim adamw_8bit (optim.name; 1/4 of AdamW's state) or adafactor")
+    if plan.quantization is None and plan.trainable_params < 0.1 * plan.total_params:
+        options.append("--quantization 4bit (QLoRA: the frozen base's linear layers in NF4)")
+    if plan.trainable_params > 0.5 * plan.total_params:
+        options.append("a strategy that trains less (lora:r=8,alpha=32, freeze:n=N, decoder)")
+    options.append("a smaller batch with loop.grad_accum_steps for the same global batch")
+    options.append("loop.parallel: fsdp over N GPUs (weights, gradients and optimizer state / N)")
+    return options
+
+
+def bytes_text(count: int) -> str:
+    return f"{count / GIB:.2f} GiB" if count >= GIB / 10 else f"{count / 1024**2:.0f} MiB"
+
+
+def parse_size(text: str) -> int:
+    """``24GiB``, ``40GB``, ``80G`` -> bytes (GB and G are read as GiB, as GPU makers' "80 GB" cards hold)."""
+    units = {"gib": GIB, "gb": GIB, "g": GIB, "mib": 1024**2, "mb": 1024**2, "m": 1024**2}
+    lowered = text.strip().lower()
+    for unit, scale in units.items():
+        if lowered.endswith(unit):
+            try:
+                return int(float(lowered[: -len(unit)]) * scale)
+            except ValueError:
+                break
+    raise AsrtuneError(f"--gpu-memory {text!r}: write a size like 24GiB or 80GB")
