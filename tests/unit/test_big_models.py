@@ -4,10 +4,11 @@ bit-identically, refused before loading where the machine cannot run them), quan
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
-from conftest import read_jsonl
+from conftest import read_jsonl, save_tiny
 
 from asrtune.config import DataConfig, LoopConfig, OptimConfig, RunConfig
 from asrtune.data.features import FeatureDataset
@@ -149,3 +150,29 @@ def test_resume_refuses_another_optimizer(tiny_model_dir, tiny_data, tmp_path):
     other = dataclasses.replace(config, optim=OptimConfig(name="adafactor", learning_rate=1e-3))
     with pytest.raises(AsrtuneError, match="optim.name adamw"):
         train(other, tmp_path / "run", resume=True, progress=False, final_evaluation=False)
+
+
+# --- quantized base ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_lora_on_a_quantized_base_trains_and_exports_a_plain_dequantized_model(quantization, tiny_data, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from transformers import WhisperForConditionalGeneration
+
+    from asrtune.export.merge import export_hf
+
+    # bitsandbytes' CPU 4-bit inference kernel packs weights in blocks of 64 inputs: a model 64 wide
+    model_dir = save_tiny(tmp_path / "model", seed=0, perturb=0.02, d_model=64, encoder_ffn_dim=128,
+                          decoder_ffn_dim=128)
+    config = dataclasses.replace(_config(model_dir, tiny_data, "lora:r=8", max_steps=3), quantization=quantization)
+    train(config, tmp_path / "run", progress=False, final_evaluation=False)
+    losses = _losses(tmp_path / "run")
+    assert len(set(losses)) == 3 and all(math.isfinite(x) for x in losses)
+    loaded = load_model(str(tmp_path / "run"))  # the run reloads on its quantized base
+    layer = loaded.model.base_model.model.model.encoder.layers[0].fc1
+    assert "bit" in type(layer).__name__.lower()  # Linear4bit / Linear8bitLt
+    export_hf(str(tmp_path / "run"), tmp_path / "export")
+    plain = WhisperForConditionalGeneration.from_pretrained(tmp_path / "export")
+    assert type(plain.model.encoder.layers[0].fc1) is torch.nn.Linear
+    assert getattr(plain.config, "quantization_config", None) is None

@@ -30,6 +30,7 @@ from asrtune.errors import AsrtuneError
 from asrtune.registry import Registry
 
 __all__ = ["ModuleMap", "CachePlan", "ModelFamily", "FAMILIES", "family_of", "family_named", "family_for_folder",
+           "family_for_model_type",
            "family_for_processor", "model_core", "core_prefix", "trains"]
 
 _FAMILY_MODULES = ("whisper", "qwen2_audio", "qwen3_asr")
@@ -97,8 +98,9 @@ class ModelFamily:
 
     # --- loading ----------------------------------------------------------------------------------------
 
-    def load(self, location: Path | str, dtype: torch.dtype):
-        """(model, processor) from an HF folder or hub id. Raises AsrtuneError when they cannot load."""
+    def load(self, location: Path | str, dtype: torch.dtype, **options):
+        """(model, processor) from an HF folder or hub id; ``options`` go to ``from_pretrained`` (a
+        ``quantization_config``). Raises AsrtuneError when they cannot load."""
         raise NotImplementedError
 
     # --- training data ----------------------------------------------------------------------------------
@@ -260,12 +262,17 @@ def family_for_folder(folder: Path) -> ModelFamily:
         model_type = json.loads((folder / "config.json").read_text()).get("model_type")
     except (OSError, ValueError):
         model_type = None
+    return family_for_model_type(model_type, where=str(folder))
+
+
+def family_for_model_type(model_type: str | None, where: str = "the config") -> ModelFamily:
+    """The family that loads a ``config.json`` ``model_type`` (None: Whisper, whose old configs may lack it)."""
     for family in _families():
         if model_type in family.model_types:
             return family
     if model_type is None:
         return family_named("whisper")
-    raise AsrtuneError(f"{folder}: model_type {model_type!r} is not one asrtune fine-tunes "
+    raise AsrtuneError(f"{where}: model_type {model_type!r} is not one asrtune fine-tunes "
                        f"(families: {', '.join(FAMILIES.names())})")
 
 
@@ -288,7 +295,7 @@ def core_prefix(model: torch.nn.Module) -> str:
 
 
 def load_pretrained(model_class, location: Path | str, dtype: torch.dtype, *, label: str,
-                    processor_classes: Sequence[str]):
+                    processor_classes: Sequence[str], **options):
     """``model_class.from_pretrained`` and ``AutoProcessor.from_pretrained`` of one folder or hub id.
 
     Raises:
@@ -297,7 +304,7 @@ def load_pretrained(model_class, location: Path | str, dtype: torch.dtype, *, la
     from transformers import AutoProcessor
 
     try:
-        model = model_class.from_pretrained(location, dtype=dtype)
+        model = model_class.from_pretrained(location, dtype=dtype, **options)
         processor = AutoProcessor.from_pretrained(location)
     except (OSError, ValueError) as error:
         raise AsrtuneError(f"cannot load {label} from {location}: {str(error).splitlines()[0]}") from error

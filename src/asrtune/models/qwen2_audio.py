@@ -95,11 +95,11 @@ class Qwen2AudioFamily(ModelFamily):
         """The transcript part of generated tokens (all of them here)."""
         return tokens
 
-    def load(self, location: Path | str, dtype: torch.dtype):
+    def load(self, location: Path | str, dtype: torch.dtype, **options):
         from transformers import Qwen2AudioForConditionalGeneration
 
         model, processor = load_pretrained(Qwen2AudioForConditionalGeneration, location, dtype, label="Qwen2-Audio",
-                                           processor_classes=self.processor_classes)
+                                           processor_classes=self.processor_classes, **options)
         model.generation_config.eos_token_id = self.end_token_ids(processor)
         model.generation_config.pad_token_id = _pad_id(processor.tokenizer)
         return model, processor

@@ -144,9 +144,9 @@ class WhisperFamily(ModelFamily):
     long_form = True
     new_language_tokens = True
 
-    def load(self, location: Path | str, dtype: torch.dtype):
+    def load(self, location: Path | str, dtype: torch.dtype, **options):
         try:
-            model = WhisperForConditionalGeneration.from_pretrained(location, dtype=dtype)
+            model = WhisperForConditionalGeneration.from_pretrained(location, dtype=dtype, **options)
             processor = WhisperProcessor.from_pretrained(location)
         except OSError as error:
             raise AsrtuneError(f"cannot load Whisper from {location}: {str(error).splitlines()[0]}") from error

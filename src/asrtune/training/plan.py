@@ -27,17 +27,14 @@ Sequence lengths: the Whisper encoder sees 1500 positions (30 s); the decoder th
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import asdict, dataclass, field
-from importlib import resources
-from pathlib import Path
 
 import torch
 
 from asrtune.errors import AsrtuneError
 from asrtune.inspection import count_parameters
-from asrtune.models.family import ModelFamily, family_for_folder, family_named, model_core
-from asrtune.models.load import resolve_source, run_model_source
+from asrtune.models.family import ModelFamily, model_core
+from asrtune.models.load import PUBLISHED_SHAPES, source_config
 from asrtune.strategies import apply_strategy, parse_spec
 from asrtune.training.optimizers import STATE_BYTES
 
@@ -45,7 +42,7 @@ __all__ = ["PUBLISHED", "MemoryPlan", "meta_model", "plan_memory", "largest_batc
            "parse_size", "GIB"]
 
 GIB = 1024**3
-PUBLISHED = ("whisper-large-v3", "whisper-large-v3-turbo", "qwen2-audio-7b", "qwen3-asr-0.6b", "qwen3-asr-1.7b")
+PUBLISHED = PUBLISHED_SHAPES
 # Calibrated on this project's CPU runs (benchmarks/memory.py): the training process's own memory beyond
 # model state and activations (Python, torch, transformers, tokenizer, loader, allocator), and on a GPU
 # the CUDA context and allocator slack that max_memory_allocated does not see.
@@ -56,48 +53,10 @@ PROMPT_TOKENS = 24  # an LLM family's chat-template prompt around the audio
 QUANTIZED_BYTES = {"4bit": 4.13 / 8, "8bit": 1.0}
 
 
-def _published_config(name: str) -> dict:
-    text = resources.files("asrtune.models").joinpath("shapes", f"{name}.json").read_text()
-    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
-
-
-def _config_of(source: str) -> tuple[ModelFamily, dict]:
-    """The family and ``config.json`` contents of a model source, reading no weights."""
-    if source in PUBLISHED:
-        config = _published_config(source)
-        return _family_for_type(config["model_type"]), config
-    kind, location = resolve_source(source)
-    if kind == "run":
-        return _config_of(run_model_source(Path(location)))
-    if kind == "ct2":
-        from asrtune.models.ct2 import convert_ct2_dir
-
-        location = convert_ct2_dir(Path(location))  # converted once into the cache; only config.json is read
-    if kind == "hub":
-        from transformers import AutoConfig
-
-        try:
-            config = AutoConfig.from_pretrained(location).to_dict()
-        except (OSError, ValueError) as error:
-            raise AsrtuneError(f"{source}: no config.json here and no hub to fetch one from ({error}); name a "
-                               f"folder or one of the published shapes: {', '.join(PUBLISHED)}") from error
-        return _family_for_type(config.get("model_type", "whisper")), config
-    folder = Path(location)
-    return family_for_folder(folder), json.loads((folder / "config.json").read_text())
-
-
-def _family_for_type(model_type: str) -> ModelFamily:
-    for name in ("whisper", "qwen2_audio", "qwen3_asr"):
-        family = family_named(name)
-        if model_type in family.model_types:
-            return family
-    raise AsrtuneError(f"model_type {model_type!r} is not one asrtune fine-tunes")
-
-
 def meta_model(source: str, strategy: str) -> tuple[ModelFamily, torch.nn.Module, int]:
     """The model on the meta device with the strategy applied, its family and its base parameter count."""
     parse_spec(strategy)
-    family, config = _config_of(source)
+    family, config = source_config(source)
     model = family.empty_model(config)
     _, base_total = count_parameters(model)
     with torch.device("meta"), contextlib.suppress(Warning):

@@ -36,6 +36,7 @@ from asrtune.evaluation.forgetting import Transcripts
 from asrtune.inspection import count_parameters
 from asrtune.models.family import CachePlan
 from asrtune.models.load import LoadedModel
+from asrtune.models.quantize import check_quantization
 from asrtune.models.new_language import apply_config_language
 from asrtune.paths import write_dir_atomically
 from asrtune.runs.layout import BEST, LAST, RunDir
@@ -130,6 +131,7 @@ class Recipe:
                                        cpu=torch.accelerator.current_accelerator() is None)
         self.processes = Processes(self.accelerator)
         check_optimizer(config.optim.name, self.accelerator.device.type)  # before any model loads
+        check_quantization(config.quantization)
         self.sharding = Sharding(config.loop.parallel == "fsdp", self.accelerator.device.type, self.processes.world)
         if not self.processes.is_main:
             warnings.simplefilter("ignore")  # the main process reports; N copies of each warning help nobody
