@@ -41,7 +41,7 @@ from asrtune.models.new_language import apply_config_language
 from asrtune.paths import write_dir_atomically
 from asrtune.runs.layout import BEST, LAST, RunDir
 from asrtune.runs.load import init_from_record
-from asrtune.runs.weights import save_trainable, trainable_state
+from asrtune.runs.weights import save_trainable
 from asrtune.strategies import default_learning_rate
 from asrtune.training.checkpoint import load_training_state, rng_state, save_training_state, set_rng_state
 from asrtune.training.data import TrainingData, training_data
@@ -51,7 +51,7 @@ from asrtune.training.evaluator import RunEvaluator
 from asrtune.training.evidence import pristine_copy
 from asrtune.training.faults import NonFiniteGuard
 from asrtune.training.feed import SharedPrefix, StepInputs, encoder_plan, prefix_cache
-from asrtune.training.interpolation import START, load_start, mix_trainable
+from asrtune.training.interpolation import START, save_start, score_interpolations
 from asrtune.training.lr_control import parameter_groups, warmup_schedule
 from asrtune.training.optimizers import build_optimizer, check_optimizer
 from asrtune.training.parts import RecipeParts
@@ -218,8 +218,8 @@ class Recipe:
         """Run setup, the loop and finalize; returns what ``results.json`` holds."""
         self.setup()
         config, counters = self.config, self.counters
-        if counters.step == 0 and config.loop.interpolation:
-            self._save_start()
+        if counters.step == 0 and config.loop.interpolation:  # checkpoints/start: the weights to mix with
+            self.processes.on_main(lambda: save_start(self.loaded.model, self.run.checkpoints / START))
         if counters.step == 0 and counters.baseline is None and config.loop.eval_at_start:
             self.evaluate(0)
             self.save_checkpoint()
@@ -251,31 +251,13 @@ class Recipe:
             elif save_every and step % save_every == 0:
                 self.save_checkpoint()
         bar.close()
-        if config.loop.interpolation:
-            self.score_interpolations()
+        if config.loop.interpolation:  # start + a x (end - start) for each a, offered to selection
+            self.forward.eval()
+            score_interpolations(self.loaded.model, self.run.checkpoints / START, config.loop.interpolation,
+                                 lambda weight: self.evaluate(self.counters.step, interpolation=weight))
         if self.writer:
             self.writer.close()
         return self.finalize()
-
-    def _save_start(self) -> None:
-        """``checkpoints/start``: the trainable parameters before any step, for weight interpolation."""
-        def write(folder: Path) -> None:
-            save_trainable(self.loaded.model, folder, {"step": 0})
-
-        self.processes.on_main(lambda: write_dir_atomically(self.run.checkpoints / START, write))
-
-    def score_interpolations(self) -> None:
-        """Score start + a x (end - start) for each ``loop.interpolation`` weight a; selection may keep one.
-
-        The model ends with the end-of-training weights again (``checkpoints/last`` is untouched).
-        """
-        start = load_start(self.run.checkpoints / START)
-        end = trainable_state(self.loaded.model)
-        self.forward.eval()
-        for weight in sorted(set(self.config.loop.interpolation), reverse=True):
-            mix_trainable(self.loaded.model, start, end, weight)
-            self.evaluate(self.counters.step, interpolation=weight)
-        mix_trainable(self.loaded.model, start, end, 1.0)
 
     def train_step(self, micro_batches: list[dict]) -> tuple[float, bool]:
         """One optimizer step over ``grad_accum_steps`` micro-batches; returns (global mean loss, applied)."""
@@ -331,7 +313,7 @@ class Recipe:
     def evaluate(self, step: int, interpolation: float | None = None) -> bool:
         """Score the eval subset (and general sets); keep the checkpoint if it is the best. True: stop.
 
-        ``interpolation``: the weights are a mix of step 0 and ``step`` (see :meth:`score_interpolations`).
+        ``interpolation``: the weights are a mix of step 0 and ``step`` (``training.interpolation``).
         """
         with self.sharding.full():  # FSDP: whole parameters while decoding (no collective per token)
             evaluation = self.evaluator.score(self.loaded, self.data.eval_subset)
