@@ -1,4 +1,4 @@
-"""Peak training memory, measured against ``asrtune plan``'s prediction, and what gradient checkpointing saves.
+"""Peak training memory measured against ``asrtune plan``'s prediction, and what gradient checkpointing saves.
 
 Each row trains a real run (``asrtune.train``: the demo's medical sentences spoken by espeak-ng, fp32,
 ``loop.num_workers: 0``, ``--steps`` optimizer steps, no evaluation) in a process of its own, while this
@@ -7,12 +7,14 @@ its children every 20 ms; the row's peak is the largest sum. Beside it: ``asrtun
 for the same model, strategy, batch, checkpointing and the data's longest label, and the per-step losses,
 so rows that differ only by checkpointing show that it changes memory, not the training.
 
-    python benchmarks/memory.py [--models bundled:tiny.en bundled:base] [--strategies full freeze:n=3 lora decoder]
-        [--batch-sizes 4 8] [--steps 2] [--extra] [--json]
+    python benchmarks/memory.py [--models bundled:tiny.en bundled:base]
+        [--strategies full freeze:n=3 lora decoder] [--batch-sizes 4 8] [--steps 2] [--extra] [--json]
 
 ``--extra`` adds the rows the issue names: tiny.en ``lora:r=8`` and ``bundled:llm-asr-tiny``
-``projector+lora:r=8,alpha=32``, batch 8, checkpointing off and on. On a GPU (``--device cuda``) the
-measure is ``torch.cuda.max_memory_allocated`` instead. Numbers only; nothing here asserts.
+``projector+lora:r=8,alpha=32``, batch 8, checkpointing off and on. On a GPU the measure is
+``torch.cuda.max_memory_allocated`` instead. ``--replan FILE`` reads the ``--json`` line of an earlier
+run and predicts its measured rows again with the current ``asrtune plan`` (how the plan's constants are
+calibrated without training again). Numbers only; nothing here asserts.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ def _data(work: Path, utterances: int) -> tuple[Path, Path]:
     from asrtune.data.synth import SynthSettings, synthesise_lines
     from asrtune.demo import demo_splits
 
-    train = synthesise_lines(demo_splits()["train"][:utterances], work / "train", settings=SynthSettings(seed=0),
-                             prefix="train", language="en", progress=False)
+    train = synthesise_lines(demo_splits()["train"][:utterances], work / "train",
+                             settings=SynthSettings(seed=0), prefix="train", language="en", progress=False)
     evaluation = work / "eval.jsonl"
     write_manifest(read_manifest(train)[:2], evaluation)
     return train, evaluation
@@ -58,8 +60,8 @@ def _child(args: argparse.Namespace) -> int:
     config = RunConfig(model=args.model, strategy=args.strategy, seed=0,
                        data=DataConfig(train=args.train, eval=args.eval),
                        optim=OptimConfig(learning_rate=1e-5),
-                       loop=LoopConfig(max_steps=args.steps, batch_size=args.batch_size, eval_every=args.steps + 1,
-                                       eval_at_start=False, mixed_precision="no", num_workers=0, log_every=1,
+                       loop=LoopConfig(max_steps=args.steps, batch_size=args.batch_size,
+                                       eval_every=args.steps + 1, eval_at_start=False, mixed_precision="no", num_workers=0, log_every=1,
                                        gradient_checkpointing=args.checkpointing))
     train(config, out, progress=False, final_evaluation=False)
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
@@ -128,6 +130,7 @@ def main() -> int:
     parser.add_argument("--only-extra", action="store_true")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-memory"))
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--replan", type=Path, help="re-predict the rows of an earlier --json output")
     for name in ("model", "strategy", "train", "eval"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
@@ -138,12 +141,14 @@ def main() -> int:
         return _child(args)
 
     from asrtune.cli import quiet_libraries
-    from asrtune.report import print_table
-    from asrtune.training.plan import plan_memory
 
     quiet_libraries()
+    if args.replan:
+        rows = [dict(row, **_predicted(row)) for row in _saved_rows(args.replan)]
+        return _report(rows, args.json)
     train, evaluation = _data(args.work_dir, args.utterances)
-    grid = [] if args.only_extra else [(m, s, b) for m in args.models for s in args.strategies for b in args.batch_sizes]
+    grid = [] if args.only_extra else [(m, s, b) for m in args.models for s in args.strategies
+                                       for b in args.batch_sizes]
     if args.extra or args.only_extra:
         grid += [(m, s, 8) for m, s in EXTRA]
     labels: dict[str, int] = {}
@@ -156,16 +161,39 @@ def main() -> int:
                        "--batch-size", str(batch), "--steps", str(args.steps), "--train", str(train),
                        "--eval", str(evaluation), *(["--checkpointing"] if checkpointing else [])]
             result, pss = measure(command)
-            measured = result["cuda_peak"] or pss
-            plan = plan_memory(model, strategy, batch_size=batch, label_tokens=labels[model],
-                               audio_seconds=6.0, gradient_checkpointing=checkpointing,
-                               device="cuda" if result["cuda_peak"] else "cpu")
             row = {"model": model, "strategy": strategy, "batch_size": batch, "checkpointing": checkpointing,
-                   "measured_bytes": measured, "predicted_bytes": plan.peak_memory_bytes,
-                   "error": plan.peak_memory_bytes / measured - 1, "losses": result["losses"],
-                   "trainable_params": plan.trainable_params, "plan": plan.as_dict()}
+                   "label_tokens": labels[model], "device": "cuda" if result["cuda_peak"] else "cpu",
+                   "measured_bytes": result["cuda_peak"] or pss, "losses": result["losses"]}
+            row.update(_predicted(row))
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "plan"}), file=sys.stderr, flush=True)
+    return _report(rows, args.json)
+
+
+AUDIO_SECONDS = 6.0  # the longest of the benchmark's spoken sentences, for an LLM's audio tokens
+
+
+def _predicted(row: dict) -> dict:
+    from asrtune.training.plan import plan_memory
+
+    plan = plan_memory(row["model"], row["strategy"], batch_size=row["batch_size"],
+                       label_tokens=row.get("label_tokens") or row["plan"]["label_tokens"],
+                       audio_seconds=AUDIO_SECONDS,
+                       gradient_checkpointing=row["checkpointing"], device=row.get("device", "cpu"))
+    return {"predicted_bytes": plan.peak_memory_bytes,
+            "error": plan.peak_memory_bytes / row["measured_bytes"] - 1,
+            "trainable_params": plan.trainable_params, "plan": plan.as_dict()}
+
+
+def _saved_rows(path: Path) -> list[dict]:
+    for line in reversed(path.read_text().splitlines()):
+        if line.startswith('{"rows"'):
+            return json.loads(line)["rows"]
+    raise SystemExit(f"{path}: no --json line with rows")
+
+
+def _report(rows: list[dict], as_json: bool) -> int:
+    from asrtune.report import print_table
 
     table = []
     for row in rows:
@@ -187,7 +215,7 @@ def main() -> int:
     errors = [abs(r["error"]) for r in rows]
     print(f"median absolute error {statistics.median(errors):.1%} over {len(rows)} rows; "
           f"largest {max(errors):.1%}")
-    if args.json:
+    if as_json:
         print(json.dumps({"rows": rows, "median_abs_error": statistics.median(errors)}))
     return 0
 

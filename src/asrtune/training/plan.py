@@ -120,12 +120,15 @@ def family_audio_tokens(family: ModelFamily, seconds: float) -> int:
     return family.audio_tokens(int(seconds * 100)) if hasattr(family, "audio_tokens") else 0
 
 
+def _stem_trains(family: ModelFamily, model: torch.nn.Module) -> bool:
+    core = model_core(model)
+    return any(p.requires_grad for name in family.modules.stem for p in core.get_submodule(name).parameters())
+
+
 def _lowest_training_block(family: ModelFamily, model: torch.nn.Module, blocks: list[Block]) -> int | None:
     """Index of the first block (forward order) that trains or that gradients must cross; None: none."""
     core = model_core(model)
-    stem_trains = any(p.requires_grad for name in family.modules.stem
-                      for p in core.get_submodule(name).parameters())
-    if stem_trains:
+    if _stem_trains(family, model):
         return 0
     encoder_count = sum(block.part == "encoder" for block in blocks)
     projector = family.modules.projector
@@ -226,6 +229,8 @@ def plan_memory(source: str, strategy: str, *, batch_size: int, label_tokens: in
         per_utterance = sum(b.tokens * b.hidden for b in kept) + max((b.values() for b in kept), default=0)
     else:
         per_utterance = sum(b.values() for b in kept)
+    if _stem_trains(family, model):  # two convolutions over 2P and P frames, each with its GELU
+        per_utterance += 6 * blocks[0].tokens * blocks[0].hidden
     plan.activations_per_utterance_bytes = int(per_utterance * element * ACTIVATION_SCALE)
     plan.activations_bytes = plan.activations_per_utterance_bytes * batch_size
     vocab = _config_value(model_core(model).get_submodule(family.modules.decoder).config, "vocab_size", default=0)
