@@ -61,7 +61,8 @@ def _child(args: argparse.Namespace) -> int:
                        data=DataConfig(train=args.train, eval=args.eval),
                        optim=OptimConfig(learning_rate=1e-5),
                        loop=LoopConfig(max_steps=args.steps, batch_size=args.batch_size,
-                                       eval_every=args.steps + 1, eval_at_start=False, mixed_precision="no", num_workers=0, log_every=1,
+                                       eval_every=args.steps + 1, eval_at_start=False, mixed_precision="no",
+                                       num_workers=0, log_every=1,
                                        gradient_checkpointing=args.checkpointing))
     train(config, out, progress=False, final_evaluation=False)
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()

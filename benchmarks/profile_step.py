@@ -38,10 +38,11 @@ def run_asrtune(args: argparse.Namespace, train: Path, evaluation: Path) -> None
     from asrtune.training.recipe import Recipe
 
     total = args.warmup + args.steps
-    config = RunConfig(model=MODEL, strategy=args.strategy, data=DataConfig(train=str(train), eval=str(evaluation)),
-                       optim=OptimConfig(learning_rate=1e-5),
-                       loop=LoopConfig(max_steps=total, batch_size=8, eval_every=total + 1, eval_at_start=False,
-                                       num_workers=0, mixed_precision=args.mixed_precision))
+    loop = LoopConfig(max_steps=total, batch_size=8, eval_every=total + 1, eval_at_start=False, num_workers=0,
+                      mixed_precision=args.mixed_precision)
+    data = DataConfig(train=str(train), eval=str(evaluation))
+    config = RunConfig(model=MODEL, strategy=args.strategy, data=data, optim=OptimConfig(learning_rate=1e-5),
+                       loop=loop)
     prof, seconds = _profiler(), []
 
     class Profiled(Recipe):

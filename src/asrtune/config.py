@@ -113,10 +113,10 @@ class DataConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class OptimConfig:
-    name: str = _help("optimizer: adamw (PyTorch's fused AdamW, 8 bytes of state a parameter), adafactor (PyTorch's: "
-                      "factored second moments, no first moment: a matrix keeps a row and a column), adamw_8bit "
-                      "(bitsandbytes, 2 bytes a parameter), paged_adamw_8bit (bitsandbytes, state paged out of "
-                      "GPU memory: CUDA only)",
+    name: str = _help("optimizer: adamw (PyTorch's fused AdamW, 8 bytes of state a parameter), adafactor "
+                      "(PyTorch's: factored second moments, no first moment: a matrix keeps a row and a "
+                      "column), adamw_8bit (bitsandbytes, 2 bytes a parameter), paged_adamw_8bit "
+                      "(bitsandbytes, state paged out of GPU memory: CUDA only)",
                       "adamw")
     learning_rate: float | None = _help("peak learning rate; null takes the strategy's default", None)
     weight_decay: float = _help("AdamW weight decay", 0.0)
@@ -161,9 +161,9 @@ class LoopConfig:
                                    "evaluation)", None)
     max_nonfinite_steps: int = _help("stop the run after this many consecutive steps with a non-finite loss or "
                                      "gradient (each is skipped: no update)", 5)
-    gradient_checkpointing: bool = _help("recompute each transformer layer's activations in the backward pass "
-                                         "instead of keeping them (non-reentrant; less memory, ~1/3 more "
-                                         "compute; the same losses)", False)
+    gradient_checkpointing: bool = _help("recompute each transformer layer's activations in the backward "
+                                         "pass instead of keeping them (non-reentrant; less memory, ~1/3 "
+                                         "more compute; the same losses)", False)
     parallel: str = _help("several processes: ddp (every process holds the whole model) or fsdp (parameters, "
                           "gradients and optimizer state sharded across processes, FSDP2, one unit per "
                           "transformer layer; launch with torchrun)", "ddp")
@@ -218,7 +218,8 @@ class LoopConfig:
         if self.forgetting_measure not in ("absolute", "relative"):
             raise AsrtuneError("loop.forgetting_measure must be absolute or relative")
         if self.interpolation and self.parallel == "fsdp":
-            raise AsrtuneError("loop.interpolation needs whole weights in one process: use loop.parallel: ddp")
+            raise AsrtuneError("loop.interpolation needs whole weights in one process: use "
+                               "loop.parallel: ddp")
         if not all(0 < a < 1 for a in self.interpolation):
             raise AsrtuneError("loop.interpolation: each weight must be in (0, 1) (0 is the start, 1 the end of "
                                "training, both scored already)")
@@ -245,11 +246,11 @@ class RunConfig:
                                       "(set by language: new:xx,init=yy; null: language is one the model has)",
                                       None)
     task: str = _help("transcribe or translate", "transcribe")
-    quantization: str | None = _help("load the frozen base's nn.Linear layers in 4bit (NF4, double quantization) or "
-                                     "8bit (LLM.int8) through bitsandbytes (QLoRA); only for strategies that "
-                                     "train additions or the projector (lora, adapter, prompt, projector); the "
-                                     "audio encoder's convolutions and the projector stay unquantized (null: off)",
-                                     None)
+    quantization: str | None = _help("load the frozen base's nn.Linear layers in 4bit (NF4, double "
+                                     "quantization) or 8bit (LLM.int8) through bitsandbytes (QLoRA); only for "
+                                     "strategies that train additions or the projector (lora, adapter, "
+                                     "prompt, projector); the audio encoder's convolutions and the projector "
+                                     "stay unquantized (null: off)", None)
     seed: int = _help("seed for weights, data order and augmentation", 0)
     data: DataConfig = _help("data", factory=DataConfig)
     optim: OptimConfig = _help("optimizer", factory=OptimConfig)
@@ -283,12 +284,13 @@ class RunConfig:
 def _check_quantization(quantization: str, strategy: str) -> None:
     """A quantized base trains only what sits beside its frozen weights: additions, or the projector."""
     if quantization not in QUANTIZATION_CHOICES:
-        raise AsrtuneError(f"quantization {quantization!r}: allowed: {', '.join(QUANTIZATION_CHOICES)} or null")
+        raise AsrtuneError(f"quantization {quantization!r}: allowed: {', '.join(QUANTIZATION_CHOICES)} "
+                           "or null")
     parts = parse_spec(strategy)
     if not any(part.kind == "add" or part.name == "projector" for part in parts):
-        raise AsrtuneError(f"quantization {quantization}: strategy {strategy!r} trains pretrained weights, which "
-                           "a quantized base cannot update; use lora, adapter, prompt or projector (e.g. "
-                           "lora:r=8,alpha=32), or quantization: null")
+        raise AsrtuneError(f"quantization {quantization}: strategy {strategy!r} trains pretrained weights, "
+                           "which a quantized base cannot update; use lora, adapter, prompt or projector "
+                           "(e.g. lora:r=8,alpha=32), or quantization: null")
 
 
 _LANGUAGE_FORMS = ("a language code or name Whisper knows (en, sw, pt-BR, English), or "

@@ -1,4 +1,4 @@
-"""``asrtune plan MODEL --strategy S --batch-size B [...]``: trainable parameters and predicted peak memory."""
+"""``asrtune plan MODEL --strategy S --batch-size B [...]``: trainable parameters, predicted peak memory."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from asrtune.commands import COMMANDS
 @COMMANDS.register("plan")
 def add(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("plan", help="predict a run's peak training memory before launching it")
-    parser.add_argument("model", help="bundled:NAME, HF folder or cached id, run folder, or a published shape: "
-                                      "whisper-large-v3, whisper-large-v3-turbo, qwen2-audio-7b, qwen3-asr-0.6b, "
-                                      "qwen3-asr-1.7b")
+    parser.add_argument("model", help="bundled:NAME, HF folder or cached id, run folder, or a published "
+                                      "shape: whisper-large-v3, whisper-large-v3-turbo, qwen2-audio-7b, "
+                                      "qwen3-asr-0.6b, qwen3-asr-1.7b")
     parser.add_argument("--strategy", default="full", help="strategy spec (default full)")
-    parser.add_argument("--batch-size", type=int, default=8, help="utterances per process and step (default 8)")
+    parser.add_argument("--batch-size", type=int, default=8, help="utterances per process and step")
     parser.add_argument("--label-tokens", type=int, default=64,
                         help="decoder / transcript tokens of the longest utterance (default 64)")
     parser.add_argument("--audio-seconds", type=float, default=30.0,
@@ -27,7 +27,7 @@ def add(subparsers: argparse._SubParsersAction) -> None:
                         help="no: fp32 (default); bf16: bf16 autocast")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
                         help="the training device (default: cuda with --gpu-memory, else cpu)")
-    parser.add_argument("--gpu-memory", default=None, help="e.g. 24GiB: say whether it fits, the largest batch "
+    parser.add_argument("--gpu-memory", default=None, help="e.g. 24GiB: whether it fits, the largest batch "
                                                            "that does, and what to turn on when it does not")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     rows = [["trainable parameters", f"{plan.trainable_params:,} of {plan.total_params:,} "
                                      f"({100 * plan.trainable_params / plan.total_params:.2f}%)"],
-            ["weights" + (f" ({plan.quantization} base)" if plan.quantization else ""), bytes_text(plan.weights_bytes)],
+            ["weights" + (f" ({plan.quantization} base)" if plan.quantization else ""),
+             bytes_text(plan.weights_bytes)],
             ["gradients", bytes_text(plan.gradients_bytes)],
             [f"optimizer state ({plan.optim})", bytes_text(plan.optimizer_bytes)],
             [f"activations ({plan.layers_with_activations} layers, "

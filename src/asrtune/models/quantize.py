@@ -37,6 +37,7 @@ def quantization_config(quantization: str, family: ModelFamily):
     check_quantization(quantization)
     skip = [name for name in (family.modules.projector, family.modules.head or "proj_out") if name]
     if quantization == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=torch.float32, llm_int8_skip_modules=skip)
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32,
+                                  llm_int8_skip_modules=skip)
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
