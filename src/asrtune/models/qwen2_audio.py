@@ -192,16 +192,21 @@ class Qwen2AudioFamily(ModelFamily):
         # use_cache=False: training keeps no KV cache (see whisper_loss)
         labels, input_ids, attention = batch["labels"], batch["input_ids"], batch["attention_mask"]
         frames = batch["feature_attention_mask"].sum(-1)
+        core = model_core(model)
         if batch.get("prefix") is not None:  # the frozen audio tower's cached output
             embeds = self.embed_with_audio(model, input_ids, batch["prefix"], frames)
-            logits = model(inputs_embeds=embeds, attention_mask=attention, use_cache=False).logits
+            hidden = core(inputs_embeds=embeds, attention_mask=attention, use_cache=False).last_hidden_state
         else:
-            logits = model(input_ids=input_ids, input_features=batch["input_features"], attention_mask=attention,
-                           use_cache=False, **{self.feature_mask_arg: batch["feature_attention_mask"]}).logits
+            hidden = core(input_ids=input_ids, input_features=batch["input_features"], attention_mask=attention,
+                          use_cache=False, **{self.feature_mask_arg: batch["feature_attention_mask"]}
+                          ).last_hidden_state
+        # the head (hidden x vocabulary) and the softmax run on the transcript's positions only: the prompt and
+        # the audio tokens, most of the sequence, predict nothing that counts
         targets = labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(),
-                                                 ignore_index=-100, reduction="sum")
-        return loss, (targets != -100).sum()
+        where = targets != -100
+        logits = model.get_output_embeddings()(hidden[:, :-1][where])
+        loss = torch.nn.functional.cross_entropy(logits.float(), targets[where], reduction="sum")
+        return loss, where.sum()
 
     # --- decoding ---------------------------------------------------------------------------------------
 

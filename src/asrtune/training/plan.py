@@ -234,7 +234,8 @@ def plan_memory(source: str, strategy: str, *, batch_size: int, label_tokens: in
     plan.activations_per_utterance_bytes = int(per_utterance * element * ACTIVATION_SCALE)
     plan.activations_bytes = plan.activations_per_utterance_bytes * batch_size
     vocab = _config_value(model_core(model).get_submodule(family.modules.decoder).config, "vocab_size", default=0)
-    plan.logits_bytes = int(batch_size * blocks[-1].tokens * vocab * 4 * LOGIT_COPIES) if kept else 0
+    # the head runs on the target positions only (the families' training losses)
+    plan.logits_bytes = int(batch_size * label_tokens * vocab * 4 * LOGIT_COPIES) if kept else 0
     plan.process_bytes = PROCESS_BYTES[device]
     plan.peak_memory_bytes = (plan.weights_bytes + plan.gradients_bytes + plan.optimizer_bytes
                               + plan.activations_bytes + plan.logits_bytes + plan.process_bytes)
