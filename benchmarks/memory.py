@@ -12,8 +12,8 @@ so rows that differ only by checkpointing show that it changes memory, not the t
 
 ``--extra`` adds the rows the issue names: tiny.en ``lora:r=8`` and ``bundled:llm-asr-tiny``
 ``projector+lora:r=8,alpha=32``, batch 8, checkpointing off and on. On a GPU the measure is
-``torch.cuda.max_memory_allocated`` instead. ``--replan FILE`` reads the ``--json`` line of an earlier
-run and predicts its measured rows again with the current ``asrtune plan`` (how the plan's constants are
+``torch.cuda.max_memory_allocated`` instead. ``--replan FILE...`` reads the ``--json`` lines of earlier
+runs and predicts their measured rows again with the current ``asrtune plan`` (how the plan's constants are
 calibrated without training again). Numbers only; nothing here asserts.
 """
 
@@ -131,7 +131,7 @@ def main() -> int:
     parser.add_argument("--only-extra", action="store_true")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-memory"))
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--replan", type=Path, help="re-predict the rows of an earlier --json output")
+    parser.add_argument("--replan", type=Path, nargs="+", help="re-predict the rows of earlier --json outputs")
     for name in ("model", "strategy", "train", "eval"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
@@ -145,7 +145,7 @@ def main() -> int:
 
     quiet_libraries()
     if args.replan:
-        rows = [dict(row, **_predicted(row)) for row in _saved_rows(args.replan)]
+        rows = [dict(row, **_predicted(row)) for path in args.replan for row in _saved_rows(path)]
         return _report(rows, args.json)
     train, evaluation = _data(args.work_dir, args.utterances)
     grid = [] if args.only_extra else [(m, s, b) for m in args.models for s in args.strategies
