@@ -28,7 +28,7 @@ Sequence lengths: the Whisper encoder sees 1500 positions (30 s); the decoder th
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -167,7 +167,6 @@ class MemoryPlan:
     process_bytes: int = 0
     peak_memory_bytes: int = 0
     layers_with_activations: int = 0
-    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
