@@ -132,6 +132,8 @@ def main() -> int:
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-memory"))
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--replan", type=Path, nargs="+", help="re-predict the rows of earlier --json outputs")
+    parser.add_argument("--fit", action="store_true", help="with --replan: the activation scale and process "
+                                                           "bytes that fit the measured CPU rows best")
     for name in ("model", "strategy", "train", "eval"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
@@ -146,6 +148,8 @@ def main() -> int:
     quiet_libraries()
     if args.replan:
         rows = [dict(row, **_predicted(row)) for path in args.replan for row in _saved_rows(path)]
+        if args.fit:
+            _fit(rows)
         return _report(rows, args.json)
     train, evaluation = _data(args.work_dir, args.utterances)
     grid = [] if args.only_extra else [(m, s, b) for m in args.models for s in args.strategies
@@ -184,6 +188,26 @@ def _predicted(row: dict) -> dict:
     return {"predicted_bytes": plan.peak_memory_bytes,
             "error": plan.peak_memory_bytes / row["measured_bytes"] - 1,
             "trainable_params": plan.trainable_params, "plan": plan.as_dict()}
+
+
+def _fit(rows: list[dict]) -> None:
+    """Least squares of measured = model state + logits + scale x activations + process, over the CPU rows:
+    the two constants ``asrtune.training.plan`` calibrates (``ACTIVATION_SCALE``, ``PROCESS_BYTES``)."""
+    import numpy as np
+
+    from asrtune.training import plan as planning
+
+    cpu = [r for r in rows if r.get("device", "cpu") == "cpu"]
+    fixed = np.array([sum(r["plan"][k] for k in ("weights_bytes", "gradients_bytes", "optimizer_bytes",
+                                                 "logits_bytes")) for r in cpu], dtype=float)
+    activations = np.array([r["plan"]["activations_bytes"] / planning.ACTIVATION_SCALE for r in cpu])
+    measured = np.array([r["measured_bytes"] for r in cpu], dtype=float)
+    # relative least squares: every row's error counts alike, small models' as much as large ones'
+    weights = 1 / measured
+    design = np.stack([activations, np.ones_like(activations)], axis=1) * weights[:, None]
+    (scale, process), *_ = np.linalg.lstsq(design, (measured - fixed) * weights, rcond=None)
+    print(f"fit over {len(cpu)} CPU rows: ACTIVATION_SCALE = {scale:.3f}, "
+          f"PROCESS_BYTES['cpu'] = {process / 2**20:.0f} MiB")
 
 
 def _saved_rows(path: Path) -> list[dict]:
