@@ -131,7 +131,7 @@ def main() -> int:
     parser.add_argument("--only-extra", action="store_true")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-memory"))
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--replan", type=Path, nargs="+", help="re-predict the rows of earlier --json outputs")
+    parser.add_argument("--replan", type=Path, nargs="+", help="re-predict the rows of earlier --json runs")
     parser.add_argument("--fit", action="store_true", help="with --replan: the activation scale and process "
                                                            "bytes that fit the measured CPU rows best")
     for name in ("model", "strategy", "train", "eval"):
