@@ -99,3 +99,15 @@ def test_the_table_names_each_term(capsys, tiny_model_dir):
     out = capsys.readouterr().out
     for term in ("trainable parameters", "optimizer state (adamw)", "activations", "predicted peak", "fits"):
         assert term in out
+
+
+def test_data_gives_the_longest_target_in_the_models_tokens(tiny_model_dir, tiny_data, capsys):
+    from asrtune.data.manifest import read_manifest
+
+    plan = _plan_json(capsys, str(tiny_model_dir), "--strategy", "full", "--data", str(tiny_data[0]))
+    tokenizer = load_model(str(tiny_model_dir)).processor.tokenizer
+    longest = max(len(tokenizer(" " + u.text, add_special_tokens=False)["input_ids"])
+                  for u in read_manifest(tiny_data[0]))
+    assert plan["label_tokens"] == longest + 2  # <|notimestamps|> before (English-only), <|endoftext|> after
+    assert main(["plan", "qwen2-audio-7b", "--data", str(tiny_data[0])]) == 2
+    assert "give --label-tokens" in capsys.readouterr().err

@@ -18,6 +18,8 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="utterances per process and step")
     parser.add_argument("--label-tokens", type=int, default=64,
                         help="decoder / transcript tokens of the longest utterance (default 64)")
+    parser.add_argument("--data", default=None, help="a training manifest: its longest transcript (in the model's "
+                                                     "tokens) and utterance set --label-tokens, --audio-seconds")
     parser.add_argument("--audio-seconds", type=float, default=30.0,
                         help="LLM families: seconds of audio, for the audio tokens (default 30)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
@@ -36,11 +38,13 @@ def add(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from asrtune.errors import AsrtuneError
     from asrtune.report import print_table
-    from asrtune.training.plan import advice, bytes_text, largest_batch, parse_size, plan_memory
+    from asrtune.training.plan import advice, bytes_text, data_lengths, largest_batch, parse_size, plan_memory
 
     if args.batch_size < 1:
         raise AsrtuneError("--batch-size must be >= 1")
     budget = parse_size(args.gpu_memory) if args.gpu_memory else None
+    if args.data:
+        args.label_tokens, args.audio_seconds = data_lengths(args.model, args.data)
     device = args.device or ("cuda" if budget else "cpu")
     plan = plan_memory(args.model, args.strategy, batch_size=args.batch_size, label_tokens=args.label_tokens,
                        audio_seconds=args.audio_seconds, precision=args.mixed_precision, optim=args.optim,

@@ -179,6 +179,14 @@ PUBLISHED_SHAPES = ("whisper-large-v3", "whisper-large-v3-turbo", "qwen2-audio-7
                     "qwen3-asr-1.7b")
 
 
+def model_folder(source: str) -> Path | str:
+    """Where a source's HF files are (a run's base model's; a CTranslate2 model's converted copy), or its hub id."""
+    kind, location = resolve_source(source)
+    if kind == "run":
+        return model_folder(run_model_source(Path(location)))
+    return convert_ct2_dir(Path(location)) if kind == "ct2" else location
+
+
 def source_config(source: str) -> tuple[ModelFamily, dict]:
     """The family and ``config.json`` contents of a model source, reading no weights (a bundled CTranslate2
     model is converted into the cache once, as loading it would).
@@ -193,8 +201,7 @@ def source_config(source: str) -> tuple[ModelFamily, dict]:
     kind, location = resolve_source(source)
     if kind == "run":
         return source_config(run_model_source(Path(location)))
-    if kind == "ct2":
-        location = convert_ct2_dir(Path(location))
+    location = model_folder(source)
     if kind == "hub":
         from transformers import AutoConfig
 

@@ -40,7 +40,7 @@ from asrtune.strategies import apply_strategy, parse_spec
 from asrtune.training.optimizers import STATE_BYTES
 
 __all__ = ["PUBLISHED", "MemoryPlan", "meta_model", "plan_memory", "largest_batch", "advice", "bytes_text",
-           "parse_size", "GIB"]
+           "parse_size", "data_lengths", "GIB"]
 
 GIB = 1024**3
 PUBLISHED = PUBLISHED_SHAPES
@@ -63,6 +63,34 @@ def meta_model(source: str, strategy: str) -> tuple[ModelFamily, torch.nn.Module
     with torch.device("meta"), contextlib.suppress(Warning):
         model = apply_strategy(model, strategy)
     return family, model, base_total
+
+
+def data_lengths(source: str, manifest: str, language: str | None = None) -> tuple[int, float]:
+    """The longest training target in tokens (as the family builds it from each transcript: Whisper's prompt,
+    text and end token; an LLM's transcript and end token) and the longest utterance in seconds.
+
+    Raises:
+        AsrtuneError: a published shape (no tokenizer here: give ``--label-tokens``), or an unreadable manifest.
+    """
+    from transformers import AutoProcessor
+
+    from asrtune.data.features import audio_duration
+    from asrtune.data.manifest import read_manifest
+    from asrtune.models.load import model_folder
+
+    if source in PUBLISHED:
+        raise AsrtuneError(f"--data: {source} is a published shape without its tokenizer here; give "
+                           "--label-tokens (and --audio-seconds) instead")
+    family, config = source_config(source)
+    processor = AutoProcessor.from_pretrained(model_folder(source))
+    rows = read_manifest(manifest)
+    if not rows:
+        raise AsrtuneError(f"--data {manifest}: no utterances")
+    seconds = [audio_duration(row) for row in rows]
+    sequences, prompts = family.sequences(processor, [r.text for r in rows], [r.id for r in rows],
+                                          [r.language or language for r in rows], [int(s * 100) for s in seconds],
+                                          multilingual=config.get("vocab_size", 0) >= 51865, task="transcribe")
+    return max(len(seq) - prompt for seq, prompt in zip(sequences, prompts, strict=True)), max(seconds)
 
 
 @dataclass
