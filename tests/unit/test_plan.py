@@ -1,4 +1,4 @@
-"""``asrtune plan``: meta-device models from configs, exact trainable counts, and the memory terms' behaviour."""
+"""``asrtune plan``: meta-device models from configs, exact trainable counts, the memory terms' behaviour."""
 
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ def test_whisper_large_v3_counts_what_transformers_builds_from_its_config(capsys
     started = time.monotonic()
     plan = _plan_json(capsys, "whisper-large-v3", "--strategy", "full")
     assert time.monotonic() - started < 60
-    config = WhisperConfig(vocab_size=51866, num_mel_bins=128, d_model=1280, encoder_layers=32, decoder_layers=32,
-                           encoder_attention_heads=20, decoder_attention_heads=20, encoder_ffn_dim=5120,
+    config = WhisperConfig(vocab_size=51866, num_mel_bins=128, d_model=1280, encoder_layers=32,
+                           decoder_layers=32, encoder_attention_heads=20, decoder_attention_heads=20,
+                           encoder_ffn_dim=5120,
                            decoder_ffn_dim=5120)
     with torch.device("meta"):
         reference = WhisperForConditionalGeneration(config)
@@ -42,7 +43,8 @@ def test_whisper_large_v3_counts_what_transformers_builds_from_its_config(capsys
 def test_qwen2_audio_7b_lora_count_is_peft_count_on_every_llm_linear(capsys):
     plan = _plan_json(capsys, "qwen2-audio-7b", "--strategy", "lora:r=8,alpha=32", "--batch-size", "1")
     hidden, ffn, layers, r = 4096, 11008, 32, 8
-    per_layer = 4 * r * (hidden + hidden) + 2 * r * (hidden + ffn) + r * (ffn + hidden)  # q k v o, gate up, down
+    # q k v o, gate and up, down
+    per_layer = 4 * r * (hidden + hidden) + 2 * r * (hidden + ffn) + r * (ffn + hidden)
     assert plan["trainable_params"] == layers * per_layer == 19_988_480
     assert plan["total_params"] > 8.3e9
 
@@ -60,8 +62,8 @@ def test_memory_terms_move_the_way_the_settings_say(tiny_model_dir):
         return plan_memory(str(tiny_model_dir), settings.pop("strategy", "full"), **settings)
 
     base = plan()
-    assert base.peak_memory_bytes == sum(getattr(base, f"{k}_bytes") for k in
-                                         ("weights", "gradients", "optimizer", "activations", "logits", "process"))
+    terms = ("weights", "gradients", "optimizer", "activations", "logits", "process")
+    assert base.peak_memory_bytes == sum(getattr(base, f"{k}_bytes") for k in terms)
     assert plan(gradient_checkpointing=True).activations_bytes < base.activations_bytes / 2
     assert plan(batch_size=16).activations_bytes == 2 * base.activations_bytes
     assert plan(optim="adamw_8bit").optimizer_bytes == base.optimizer_bytes / 4
@@ -82,7 +84,8 @@ def test_gpu_budget_gives_the_largest_batch_and_advice(capsys):
     lean = _plan_json(capsys, "whisper-large-v3", "--strategy", "lora:r=8", "--gradient-checkpointing",
                       "--gpu-memory", "80GiB", "--batch-size", "1")
     assert lean["fits"] is True and lean["largest_batch"] >= 1
-    one = plan_memory("whisper-large-v3", "lora:r=8", batch_size=1, gradient_checkpointing=True, device="cuda")
+    one = plan_memory("whisper-large-v3", "lora:r=8", batch_size=1, gradient_checkpointing=True,
+                      device="cuda")
     fitted = plan_memory("whisper-large-v3", "lora:r=8", batch_size=lean["largest_batch"],
                          gradient_checkpointing=True, device="cuda")
     assert fitted.peak_memory_bytes <= 80 * GIB < plan_memory(

@@ -18,8 +18,8 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="utterances per process and step")
     parser.add_argument("--label-tokens", type=int, default=64,
                         help="decoder / transcript tokens of the longest utterance (default 64)")
-    parser.add_argument("--data", default=None, help="a training manifest: its longest transcript (in the model's "
-                                                     "tokens) and utterance set --label-tokens, --audio-seconds")
+    parser.add_argument("--data", default=None, help="a training manifest: its longest transcript (in the "
+                        "model's tokens) and utterance set --label-tokens and --audio-seconds")
     parser.add_argument("--audio-seconds", type=float, default=30.0,
                         help="LLM families: seconds of audio, for the audio tokens (default 30)")
     parser.add_argument("--gradient-checkpointing", action="store_true")

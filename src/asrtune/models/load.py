@@ -28,7 +28,13 @@ from transformers import GenerationConfig
 from asrtune.errors import AsrtuneError
 from asrtune.models.bundled import bundled_ct2_dir
 from asrtune.models.ct2 import convert_ct2_dir
-from asrtune.models.family import ModelFamily, family_for_folder, family_for_model_type, family_named, family_of
+from asrtune.models.family import (
+    ModelFamily,
+    family_for_folder,
+    family_for_model_type,
+    family_named,
+    family_of,
+)
 from asrtune.models.llm_asr_tiny import build_llm_asr_tiny
 from asrtune.models.new_language import generate_language
 from asrtune.models.quantize import quantization_config
@@ -173,14 +179,15 @@ def load_resolved(source: str, kind: str, location: Path | str, *, dtype: torch.
                        base_dir=Path(location) if kind != "hub" else None)
 
 
-# Published shapes shipped with asrtune (models/shapes/NAME.json, written from each model's public config.json):
+# Published shapes shipped with asrtune (models/shapes/NAME.json, from each model's public config.json):
 # `asrtune plan` builds them on the meta device, with no download.
 PUBLISHED_SHAPES = ("whisper-large-v3", "whisper-large-v3-turbo", "qwen2-audio-7b", "qwen3-asr-0.6b",
                     "qwen3-asr-1.7b")
 
 
 def model_folder(source: str) -> Path | str:
-    """Where a source's HF files are (a run's base model's; a CTranslate2 model's converted copy), or its hub id."""
+    """Where a source's HF files are (a run's base model's; a CTranslate2 model's converted copy), or its
+    hub id."""
     kind, location = resolve_source(source)
     if kind == "run":
         return model_folder(run_model_source(Path(location)))
@@ -208,8 +215,8 @@ def source_config(source: str) -> tuple[ModelFamily, dict]:
         try:
             config = AutoConfig.from_pretrained(location).to_dict()
         except (OSError, ValueError) as error:
-            raise AsrtuneError(f"{source}: no config.json here and no hub to fetch one from; name a folder or "
-                               f"one of the published shapes: {', '.join(PUBLISHED_SHAPES)}") from error
+            raise AsrtuneError(f"{source}: no config.json here and no hub to fetch one from; name a "
+                               f"folder or one of the published shapes: {', '.join(PUBLISHED_SHAPES)}") from error
         return family_for_model_type(config.get("model_type")), config
     folder = Path(location)
     return family_for_folder(folder), json.loads((folder / "config.json").read_text())

@@ -70,7 +70,7 @@ def data_lengths(source: str, manifest: str, language: str | None = None) -> tup
     text and end token; an LLM's transcript and end token) and the longest utterance in seconds.
 
     Raises:
-        AsrtuneError: a published shape (no tokenizer here: give ``--label-tokens``), or an unreadable manifest.
+        AsrtuneError: a published shape (no tokenizer here: give ``--label-tokens``), or a bad manifest.
     """
     from transformers import AutoProcessor
 
@@ -87,9 +87,10 @@ def data_lengths(source: str, manifest: str, language: str | None = None) -> tup
     if not rows:
         raise AsrtuneError(f"--data {manifest}: no utterances")
     seconds = [audio_duration(row) for row in rows]
-    sequences, prompts = family.sequences(processor, [r.text for r in rows], [r.id for r in rows],
-                                          [r.language or language for r in rows], [int(s * 100) for s in seconds],
-                                          multilingual=config.get("vocab_size", 0) >= 51865, task="transcribe")
+    languages = [r.language or language for r in rows]
+    sequences, prompts = family.sequences(processor, [r.text for r in rows], [r.id for r in rows], languages,
+                                          [int(s * 100) for s in seconds], task="transcribe",
+                                          multilingual=config.get("vocab_size", 0) >= 51865)
     return max(len(seq) - prompt for seq, prompt in zip(sequences, prompts, strict=True)), max(seconds)
 
 
@@ -122,7 +123,8 @@ def _config_value(config, *names: str, default=None):
     return default
 
 
-def _blocks(family: ModelFamily, model: torch.nn.Module, label_tokens: int, audio_seconds: float) -> list[Block]:
+def _blocks(family: ModelFamily, model: torch.nn.Module, label_tokens: int,
+            audio_seconds: float) -> list[Block]:
     core = model_core(model)
     encoder, decoder = core.get_submodule(family.modules.encoder), core.get_submodule(family.modules.decoder)
     enc_config, dec_config = encoder.config, decoder.config
@@ -200,7 +202,8 @@ class MemoryPlan:
         return asdict(self)
 
 
-def _weights_bytes(model: torch.nn.Module, family: ModelFamily, quantization: str | None, precision: str) -> int:
+def _weights_bytes(model: torch.nn.Module, family: ModelFamily, quantization: str | None,
+                   precision: str) -> int:
     total = 0
     seen: set[int] = set()
     skip = {family.modules.projector} if family.modules.projector else set()
@@ -212,8 +215,9 @@ def _weights_bytes(model: torch.nn.Module, family: ModelFamily, quantization: st
                 continue
             seen.add(id(parameter))
             if quantization and not parameter.requires_grad:
-                linear = isinstance(module, torch.nn.Linear) and parameter.dim() == 2 and id(parameter) not in \
-                    skipped_ids and module.out_features < 32000  # the output head stays unquantized
+                linear = (isinstance(module, torch.nn.Linear) and parameter.dim() == 2
+                          and id(parameter) not in skipped_ids
+                          and module.out_features < 32000)  # the output head stays unquantized
                 total += parameter.numel() * (QUANTIZED_BYTES[quantization] if linear else 2)
             else:
                 total += parameter.numel() * 4
@@ -229,7 +233,8 @@ def _optimizer_bytes(model: torch.nn.Module, optim: str) -> int:
     return int(sum((p.shape[-2] + p.shape[-1]) * 4 if p.dim() >= 2 else p.numel() * 4 for p in trainable))
 
 
-def plan_memory(source: str, strategy: str, *, batch_size: int, label_tokens: int = 64, audio_seconds: float = 30.0,
+def plan_memory(source: str, strategy: str, *, batch_size: int, label_tokens: int = 64,
+                audio_seconds: float = 30.0,
                 precision: str = "no", optim: str = "adamw", gradient_checkpointing: bool = False,
                 quantization: str | None = None, device: str = "cpu") -> MemoryPlan:
     """Predict the peak memory of one training process (see the module docstring)."""
@@ -261,7 +266,8 @@ def plan_memory(source: str, strategy: str, *, batch_size: int, label_tokens: in
         per_utterance += 6 * blocks[0].tokens * blocks[0].hidden
     plan.activations_per_utterance_bytes = int(per_utterance * element * ACTIVATION_SCALE)
     plan.activations_bytes = plan.activations_per_utterance_bytes * batch_size
-    vocab = _config_value(model_core(model).get_submodule(family.modules.decoder).config, "vocab_size", default=0)
+    decoder_config = model_core(model).get_submodule(family.modules.decoder).config
+    vocab = _config_value(decoder_config, "vocab_size", default=0)
     # the head runs on the target positions only (the families' training losses)
     plan.logits_bytes = int(batch_size * label_tokens * vocab * 4 * LOGIT_COPIES) if kept else 0
     plan.process_bytes = PROCESS_BYTES[device]
