@@ -57,7 +57,8 @@ def main() -> int:
     for model, strategy, batch, options in ROWS:
         plan = plan_memory(model, strategy, batch_size=batch, precision="bf16", device="cuda",
                            audio_seconds=30.0, **options)
-        rows.append({"model": model, "strategy": strategy, "settings": _settings(options), "batch_size": batch,
+        rows.append({"model": model, "strategy": strategy, "settings": _settings(options),
+                     "batch_size": batch,
                      "trainable_params": plan.trainable_params, "peak_gib": plan.peak_memory_bytes / GIB,
                      "largest_batch": {card: largest_batch(plan, card * GIB) for card in CARDS}})
     print("| model | strategy | settings | trainable | predicted peak (batch) "
@@ -66,7 +67,8 @@ def main() -> int:
     for row in rows:
         fits = " / ".join(str(row["largest_batch"][card]) for card in CARDS)
         print(f"| {row['model']} | `{row['strategy']}` | {row['settings']} "
-              f"| {row['trainable_params'] / 1e6:,.1f} M | {row['peak_gib']:.1f} GiB ({row['batch_size']}) | {fits} |")
+              f"| {row['trainable_params'] / 1e6:,.1f} M | {row['peak_gib']:.1f} GiB ({row['batch_size']}) "
+              f"| {fits} |")
     if args.json:
         print(json.dumps({"rows": rows}))
     return 0

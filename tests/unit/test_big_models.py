@@ -26,8 +26,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def _config(model_dir, data, strategy="full", optim=None, **loop) -> RunConfig:
-    settings = dict(max_steps=4, batch_size=2, eval_every=100, eval_batch_size=4, max_new_tokens=4, log_every=1,
-                    warmup_ratio=0.0, num_workers=0, mixed_precision="no", eval_at_start=False)
+    settings = dict(max_steps=4, batch_size=2, eval_every=100, eval_batch_size=4, max_new_tokens=4,
+                    log_every=1, warmup_ratio=0.0, num_workers=0, mixed_precision="no", eval_at_start=False)
     settings.update(loop)
     return RunConfig(model=str(model_dir), strategy=strategy, seed=1,
                      data=DataConfig(train=str(data[0]), eval=str(data[1])),
@@ -88,7 +88,8 @@ def test_checkpointing_recomputes_every_layer_and_keeps_loss_and_gradients(which
 def test_a_run_with_checkpointing_has_the_losses_of_one_without(tiny_model_dir, tiny_data, tmp_path):
     plain = _config(tiny_model_dir, tiny_data, "lora:r=8")
     train(plain, tmp_path / "plain", progress=False, final_evaluation=False)
-    checkpointed = dataclasses.replace(plain, loop=dataclasses.replace(plain.loop, gradient_checkpointing=True))
+    loop = dataclasses.replace(plain.loop, gradient_checkpointing=True)
+    checkpointed = dataclasses.replace(plain, loop=loop)
     train(checkpointed, tmp_path / "ckpt", progress=False, final_evaluation=False)
     assert _losses(tmp_path / "ckpt") == pytest.approx(_losses(tmp_path / "plain"), rel=1e-5)
     assert len(set(_losses(tmp_path / "plain"))) > 1
@@ -115,7 +116,8 @@ def test_an_optimizer_trains_and_resumes_bit_identically(name, tiny_model_dir, t
 def test_adafactor_keeps_factored_state_for_matrices(tiny_model_dir, tiny_data, tmp_path):
     from asrtune.training.recipe import Recipe
 
-    config = _config(tiny_model_dir, tiny_data, optim=OptimConfig(name="adafactor", learning_rate=1e-3), max_steps=1)
+    optim = OptimConfig(name="adafactor", learning_rate=1e-3)
+    config = _config(tiny_model_dir, tiny_data, optim=optim, max_steps=1)
     recipe = Recipe(config, tmp_path / "run", progress=False, final_evaluation=False)
     recipe.train()
     assert isinstance(recipe.optimizer.optimizer, torch.optim.Adafactor)
@@ -156,7 +158,8 @@ def test_resume_refuses_another_optimizer(tiny_model_dir, tiny_data, tmp_path):
 
 
 @pytest.mark.parametrize("quantization", ["4bit", "8bit"])
-def test_lora_on_a_quantized_base_trains_and_exports_a_plain_dequantized_model(quantization, tiny_data, tmp_path):
+def test_lora_on_a_quantized_base_trains_and_exports_a_plain_dequantized_model(quantization, tiny_data,
+                                                                              tmp_path):
     pytest.importorskip("bitsandbytes")
     from transformers import WhisperForConditionalGeneration
 
@@ -165,7 +168,8 @@ def test_lora_on_a_quantized_base_trains_and_exports_a_plain_dequantized_model(q
     # bitsandbytes' CPU 4-bit inference kernel packs weights in blocks of 64 inputs: a model 64 wide
     model_dir = save_tiny(tmp_path / "model", seed=0, perturb=0.02, d_model=64, encoder_ffn_dim=128,
                           decoder_ffn_dim=128)
-    config = dataclasses.replace(_config(model_dir, tiny_data, "lora:r=8", max_steps=3), quantization=quantization)
+    config = dataclasses.replace(_config(model_dir, tiny_data, "lora:r=8", max_steps=3),
+                                 quantization=quantization)
     train(config, tmp_path / "run", progress=False, final_evaluation=False)
     losses = _losses(tmp_path / "run")
     assert len(set(losses)) == 3 and all(math.isfinite(x) for x in losses)

@@ -69,8 +69,8 @@ def save_start(model: torch.nn.Module, folder: Path) -> None:
 
 def score_interpolations(model: torch.nn.Module, start_folder: Path, weights: Sequence[float],
                          evaluate: Callable[[float], object]) -> None:
-    """Set the model to start + a x (end - start) for each weight a (largest first) and ``evaluate(a)`` it; the
-    model ends with the end-of-training weights again."""
+    """Set the model to start + a x (end - start) for each weight a (largest first) and ``evaluate(a)`` it;
+    the model ends with the end-of-training weights again."""
     start = load_start(start_folder)
     end = trainable_state(model)
     for weight in sorted(set(weights), reverse=True):

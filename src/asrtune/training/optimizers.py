@@ -42,8 +42,8 @@ def check_optimizer(name: str, device_type: str) -> None:
                            "or use optim.name: adafactor, which needs nothing more")
     if name == "paged_adamw_8bit" and device_type != "cuda":
         raise AsrtuneError(f"optim.name paged_adamw_8bit pages optimizer state out of CUDA memory; this run "
-                           f"trains on {device_type}, where there is nothing to page: use adamw_8bit (the same "
-                           "8-bit state, unpaged) or adafactor")
+                           f"trains on {device_type}, where there is nothing to page: use adamw_8bit (the "
+                           "same 8-bit state, unpaged) or adafactor")
 
 
 def build_optimizer(optim: OptimConfig, groups: list[dict], learning_rate: float,

@@ -1,8 +1,8 @@
 """The training recipe: one class on accelerate, read top to bottom.
 
 :meth:`Recipe.setup` builds the model (strategy applied), the data, the evaluator and the optimizer;
-:meth:`Recipe.train` runs the loop: :meth:`train_step` (``optim.name``, warm-up then decay, accumulation, clipping,
-non-finite steps skipped), :meth:`evaluate` every ``loop.eval_every`` steps and at step 0, checkpoints
+:meth:`Recipe.train` runs the loop: :meth:`train_step` (``optim.name``, warm-up then decay, accumulation,
+clipping, non-finite steps skipped), :meth:`evaluate` every ``loop.eval_every`` steps and at step 0, checkpoints
 (exact resume) and :meth:`finalize`. The recipe trains; its components do the rest: ``RunEvaluator`` scores,
 ``Selection`` decides what is kept (lowest eval WER under the forgetting budget) and when to stop,
 ``training.results`` assembles ``results.json``. What it loads, applies, feeds and scores are the
@@ -132,7 +132,8 @@ class Recipe:
         self.processes = Processes(self.accelerator)
         check_optimizer(config.optim.name, self.accelerator.device.type)  # before any model loads
         check_quantization(config.quantization)
-        self.sharding = Sharding(config.loop.parallel == "fsdp", self.accelerator.device.type, self.processes.world)
+        self.sharding = Sharding(config.loop.parallel == "fsdp", self.accelerator.device.type,
+                                 self.processes.world)
         if not self.processes.is_main:
             warnings.simplefilter("ignore")  # the main process reports; N copies of each warning help nobody
         self.processes.on_main(lambda: check_run_dir(self.run, config, self.resume))
@@ -327,7 +328,8 @@ class Recipe:
                     "general_wer_rise": decision.rises or None, "interpolation": interpolation}
             with self.sharding.full():
                 self.processes.on_main(lambda: write_dir_atomically(
-                    self.run.checkpoints / BEST, lambda folder: save_trainable(self.loaded.model, folder, meta)))
+                    self.run.checkpoints / BEST,
+                    lambda folder: save_trainable(self.loaded.model, folder, meta)))
         return decision.stop
 
     def _decide(self, step: int, evaluation: Evaluation, general: dict[str, Transcripts],

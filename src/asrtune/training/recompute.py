@@ -26,7 +26,7 @@ __all__ = ["enable_gradient_checkpointing"]
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> int:
-    """Checkpoint every transformer block of ``model`` (any family, with any strategy applied); returns how many.
+    """Checkpoint every transformer block of ``model`` (any family, any strategy applied); returns how many.
 
     Raises:
         AsrtuneError: the model's blocks do not take transformers' checkpointing hook.

@@ -34,7 +34,7 @@ ROOT_PREFIX = "model."  # the model's names inside the training forward (the FSD
 
 
 class Sharding:
-    """The run's sharding: FSDP2 over ``world`` processes, or nothing (every method then does the plain thing).
+    """The run's sharding: FSDP2 over ``world`` processes, or nothing (each method then does the plain thing).
 
     Args:
         enabled: ``loop.parallel == "fsdp"``.
@@ -63,7 +63,7 @@ class Sharding:
             if isinstance(module, classes) and not any(id(p) in ignored for p in module.parameters()):
                 fully_shard(module, mesh=mesh)
         fully_shard(forward, mesh=mesh, ignored_params={p for p in model.parameters() if id(p) in ignored})
-        # The root must be initialised before any block runs on its own (the prefix cache, evaluation at step 0)
+        # The root must be initialised before any block runs on its own (prefix cache, evaluation at step 0)
         forward._get_fsdp_state()._lazy_init()
         self.root = forward
         return forward
@@ -99,7 +99,7 @@ class Sharding:
         """What a checkpoint stores of the optimizer (collective under FSDP: the consolidated state)."""
         if not self.enabled:
             return optimizer.state_dict()
-        if not optimizer.state:  # before the first step: torch.distributed.checkpoint would take a step at lr 0
+        if not optimizer.state:  # before the first step torch.distributed.checkpoint would take a step at lr 0
             return {"state": {}}  # to create the state, and AdamW's step counts would then run one ahead
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
