@@ -99,7 +99,7 @@ class Sharding:
         """What a checkpoint stores of the optimizer (collective under FSDP: the consolidated state)."""
         if not self.enabled:
             return optimizer.state_dict()
-        if not optimizer.state:  # before the first step torch.distributed.checkpoint would take a step at lr 0
+        if not optimizer.state:  # before the first step: torch.distributed.checkpoint would step at lr 0
             return {"state": {}}  # to create the state, and AdamW's step counts would then run one ahead
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
