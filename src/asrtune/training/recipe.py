@@ -3,9 +3,10 @@
 :meth:`Recipe.setup` builds the model (strategy applied), the data, the evaluator and the optimizer;
 :meth:`Recipe.train` runs the loop: :meth:`train_step` (``optim.name``, warm-up then decay, accumulation,
 clipping, non-finite steps skipped), :meth:`evaluate` every ``loop.eval_every`` steps and at step 0,
-checkpoints (exact resume) and :meth:`finalize`. The recipe trains; its components do the rest: ``RunEvaluator`` scores,
-``Selection`` decides what is kept (lowest eval WER under the forgetting budget) and when to stop,
-``training.results`` assembles ``results.json``. What it loads, applies, feeds and scores are the
+checkpoints (exact resume) and :meth:`finalize`. The recipe trains; its components do the rest:
+``RunEvaluator`` scores, ``Selection`` decides what is kept (lowest eval WER under the forgetting budget) and
+when to stop, ``training.results`` assembles ``results.json``; memory settings live in ``optimizers``,
+``recompute`` (gradient checkpointing) and ``sharding`` (FSDP). What it loads, applies, feeds and scores are the
 ``RecipeParts`` given to the constructor.
 
 Several processes (torchrun): ``loop.batch_size`` is per process and the loss is normalised over the global
