@@ -6,8 +6,8 @@ clipping, non-finite steps skipped), :meth:`evaluate` every ``loop.eval_every`` 
 checkpoints (exact resume) and :meth:`finalize`. The recipe trains; its components do the rest:
 ``RunEvaluator`` scores, ``Selection`` decides what is kept (lowest eval WER under the forgetting budget) and
 when to stop, ``training.results`` assembles ``results.json``; memory settings live in ``optimizers``,
-``recompute`` (gradient checkpointing) and ``sharding`` (FSDP). What it loads, applies, feeds and scores are the
-``RecipeParts`` given to the constructor.
+``recompute`` (gradient checkpointing) and ``sharding`` (FSDP). What it loads, applies, feeds and scores
+are the ``RecipeParts`` given to the constructor.
 
 Several processes (torchrun): ``loop.batch_size`` is per process and the loss is normalised over the global
 batch's target tokens, so N processes with batch B train as one with batch N x B; evaluation is split and
