@@ -106,13 +106,29 @@ class Block:
     kv_width: int = 0  # gated blocks: key/value width (grouped-query attention)
     cross_positions: int = 0  # Whisper decoder blocks: the encoder positions cross-attention reads
     trains: bool = False
+    dropout_values: int = 0  # what dropout inside the block keeps (LoRA's dropout: its output and mask)
 
     def values(self) -> int:
         """Activation values one utterance keeps for backward in this block."""
         if self.gated:
-            return self.tokens * (6 * self.hidden + 3 * self.kv_width + 4 * self.ffn)
+            return self.tokens * (6 * self.hidden + 3 * self.kv_width + 4 * self.ffn) + self.dropout_values
         per_token = (12 if self.cross_positions else 8) * self.hidden + 2 * self.ffn
-        return self.tokens * per_token + 2 * self.cross_positions * self.hidden
+        return self.tokens * per_token + 2 * self.cross_positions * self.hidden + self.dropout_values
+
+
+def _dropout_values(layer: torch.nn.Module, tokens: int, cross_positions: int) -> int:
+    """Values LoRA's dropout keeps in a block per utterance: a copy of each adapted layer's input and its mask
+    (a byte, a quarter of an fp32 value), over the block's tokens (cross-attention keys and values: over the
+    encoder's positions)."""
+    total = 0.0
+    for name, module in layer.named_modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if dropouts is None or not hasattr(module, "in_features"):
+            continue
+        if any(isinstance(d, torch.nn.Dropout) and d.p > 0 for d in dropouts.values()):
+            cross = cross_positions and "encoder_attn" in name and name.endswith(("k_proj", "v_proj"))
+            total += (cross_positions if cross else tokens) * module.in_features * 1.25
+    return int(total)
 
 
 def _config_value(config, *names: str, default=None):
@@ -131,7 +147,8 @@ def _blocks(family: ModelFamily, model: torch.nn.Module, label_tokens: int,
     positions = _config_value(enc_config, "max_source_positions", default=1500)
     blocks = [Block("encoder", positions, _config_value(enc_config, "d_model", "hidden_size"),
                     _config_value(enc_config, "encoder_ffn_dim", "intermediate_size"),
-                    trains=any(p.requires_grad for p in layer.parameters())) for layer in encoder.layers]
+                    trains=any(p.requires_grad for p in layer.parameters()),
+                    dropout_values=_dropout_values(layer, positions, 0)) for layer in encoder.layers]
     if family.modules.projector is None:  # Whisper: the decoder reads the encoder through cross-attention
         tokens, cross = label_tokens, positions
     else:  # an LLM: prompt, audio tokens (25 a second after pooling), transcript
@@ -143,7 +160,8 @@ def _blocks(family: ModelFamily, model: torch.nn.Module, label_tokens: int,
     kv_width = _config_value(dec_config, "num_key_value_heads", default=heads) * head_dim
     ffn = _config_value(dec_config, "decoder_ffn_dim", "intermediate_size")
     blocks += [Block("decoder", tokens, hidden, ffn, gated=gated, kv_width=kv_width, cross_positions=cross,
-                     trains=any(p.requires_grad for p in layer.parameters())) for layer in decoder.layers]
+                     trains=any(p.requires_grad for p in layer.parameters()),
+                     dropout_values=_dropout_values(layer, tokens, cross)) for layer in decoder.layers]
     return blocks
 
 
