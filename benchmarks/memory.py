@@ -191,23 +191,24 @@ def _predicted(row: dict) -> dict:
 
 
 def _fit(rows: list[dict]) -> None:
-    """Least squares of measured = model state + logits + scale x activations + process, over the CPU rows:
-    the two constants ``asrtune.training.plan`` calibrates (``ACTIVATION_SCALE``, ``PROCESS_BYTES``)."""
+    """Least squares of measured = gradients + optimizer + logits + scale x activations + copies x weights +
+    process, over the CPU rows (relative errors weighted alike): the constants ``asrtune.training.plan``
+    calibrates (``ACTIVATION_SCALE``, ``WEIGHT_COPIES['cpu']``, ``PROCESS_BYTES['cpu']``)."""
     import numpy as np
 
     from asrtune.training import plan as planning
 
     cpu = [r for r in rows if r.get("device", "cpu") == "cpu"]
-    fixed = np.array([sum(r["plan"][k] for k in ("weights_bytes", "gradients_bytes", "optimizer_bytes",
-                                                 "logits_bytes")) for r in cpu], dtype=float)
+    fixed = np.array([sum(r["plan"][k] for k in ("gradients_bytes", "optimizer_bytes", "logits_bytes"))
+                      for r in cpu], dtype=float)
     activations = np.array([r["plan"]["activations_bytes"] / planning.ACTIVATION_SCALE for r in cpu])
+    weights = np.array([r["plan"]["weights_bytes"] for r in cpu], dtype=float)
     measured = np.array([r["measured_bytes"] for r in cpu], dtype=float)
-    # relative least squares: every row's error counts alike, small models' as much as large ones'
-    weights = 1 / measured
-    design = np.stack([activations, np.ones_like(activations)], axis=1) * weights[:, None]
-    (scale, process), *_ = np.linalg.lstsq(design, (measured - fixed) * weights, rcond=None)
-    print(f"fit over {len(cpu)} CPU rows: ACTIVATION_SCALE = {scale:.3f}, "
-          f"PROCESS_BYTES['cpu'] = {process / 2**20:.0f} MiB")
+    scale = 1 / measured
+    design = np.stack([activations, weights, np.ones_like(weights)], axis=1) * scale[:, None]
+    (activation_scale, copies, process), *_ = np.linalg.lstsq(design, (measured - fixed) * scale, rcond=None)
+    print(f"fit over {len(cpu)} CPU rows: ACTIVATION_SCALE = {activation_scale:.2f}, WEIGHT_COPIES['cpu'] = "
+          f"{copies:.1f}, PROCESS_BYTES['cpu'] = {process / 2**30:.2f} GiB")
 
 
 def _saved_rows(path: Path) -> list[dict]:

@@ -18,8 +18,9 @@ memory is the sum of
   positions, ``6h + 3 kv + 4f`` for a gated LLM block; with gradient checkpointing each block keeps its
   input only and one block is recomputed at a time; plus the logits of the target positions (the
   families' losses project only those), their log-softmax and gradient;
-- what the training process itself holds (the CPU process's interpreter, libraries, tokenizer and loader;
-  a GPU's context and allocator slack), a constant calibrated by ``benchmarks/memory.py``.
+- what the training process itself holds (the CPU process's interpreter, libraries, tokenizer, loader and
+  the other copies of the weights it keeps at its peak; a GPU's context and allocator slack), constants
+  calibrated on measured runs by ``benchmarks/memory.py --fit``.
 
 Sequence lengths: the Whisper encoder sees 1500 positions (30 s); the decoder the labels' tokens
 (``label_tokens``); an LLM the prompt, the audio tokens of ``audio_seconds`` and the labels.
@@ -44,11 +45,15 @@ __all__ = ["PUBLISHED", "MemoryPlan", "meta_model", "plan_memory", "largest_batc
 
 GIB = 1024**3
 PUBLISHED = PUBLISHED_SHAPES
-# Calibrated on this project's CPU runs (benchmarks/memory.py): the training process's own memory beyond
-# model state and activations (Python, torch, transformers, tokenizer, loader, allocator), and on a GPU
-# the CUDA context and allocator slack that max_memory_allocated does not see.
-PROCESS_BYTES = {"cpu": int(0.75 * GIB), "cuda": int(1.0 * GIB)}
-ACTIVATION_SCALE = 1.0  # measured / formula for the activation term, from the same calibration
+# Calibrated by least squares over this project's measured CPU runs (benchmarks/memory.py --replan ... --fit:
+# base full, tiny.en lora:r=8 and llm-asr-tiny projector+lora, checkpointing off and on, batch 8): the CPU
+# training process holds ~1.1 GiB of its own (Python, torch, transformers, tokenizer, loader, allocator) and
+# the equivalent of 3.7 copies of the weights at its peak (the model, the pristine copy that decodes the
+# "before" transcripts, what loading leaves allocated); activations came out at 0.91 of the formula. On a GPU
+# (not measured here): one copy of the weights, and 1 GiB of CUDA context and allocator slack.
+PROCESS_BYTES = {"cpu": int(1.1 * GIB), "cuda": int(1.0 * GIB)}
+WEIGHT_COPIES = {"cpu": 3.7, "cuda": 1.0}
+ACTIVATION_SCALE = 0.91
 LOGIT_COPIES = 3  # logits, their log-softmax (kept by cross-entropy) and its gradient
 PROMPT_TOKENS = 24  # an LLM family's chat-template prompt around the audio
 QUANTIZED_BYTES = {"4bit": 4.13 / 8, "8bit": 1.0}
@@ -107,11 +112,15 @@ class Block:
     cross_positions: int = 0  # Whisper decoder blocks: the encoder positions cross-attention reads
     trains: bool = False
     dropout_values: int = 0  # what dropout inside the block keeps (LoRA's dropout: its output and mask)
+    heads: int = 0
+    masked_scores: bool = False  # attention with a padding mask on a CPU: scores and softmax are kept
 
     def values(self) -> int:
         """Activation values one utterance keeps for backward in this block."""
         if self.gated:
-            return self.tokens * (6 * self.hidden + 3 * self.kv_width + 4 * self.ffn) + self.dropout_values
+            scores = 2 * self.heads * self.tokens**2 if self.masked_scores else 0
+            per_token = 6 * self.hidden + 3 * self.kv_width + 4 * self.ffn
+            return self.tokens * per_token + self.dropout_values + scores
         per_token = (12 if self.cross_positions else 8) * self.hidden + 2 * self.ffn
         return self.tokens * per_token + 2 * self.cross_positions * self.hidden + self.dropout_values
 
@@ -139,8 +148,8 @@ def _config_value(config, *names: str, default=None):
     return default
 
 
-def _blocks(family: ModelFamily, model: torch.nn.Module, label_tokens: int,
-            audio_seconds: float) -> list[Block]:
+def _blocks(family: ModelFamily, model: torch.nn.Module, label_tokens: int, audio_seconds: float,
+            device: str) -> list[Block]:
     core = model_core(model)
     encoder, decoder = core.get_submodule(family.modules.encoder), core.get_submodule(family.modules.decoder)
     enc_config, dec_config = encoder.config, decoder.config
@@ -159,9 +168,12 @@ def _blocks(family: ModelFamily, model: torch.nn.Module, label_tokens: int,
     head_dim = _config_value(dec_config, "head_dim", default=hidden // heads)
     kv_width = _config_value(dec_config, "num_key_value_heads", default=heads) * head_dim
     ffn = _config_value(dec_config, "decoder_ffn_dim", "intermediate_size")
+    # An LLM's batch carries a padding mask; PyTorch's CPU attention then keeps the scores and their softmax
+    # (measured: benchmarks/memory.py); CUDA's memory-efficient kernel takes the mask without them.
     blocks += [Block("decoder", tokens, hidden, ffn, gated=gated, kv_width=kv_width, cross_positions=cross,
                      trains=any(p.requires_grad for p in layer.parameters()),
-                     dropout_values=_dropout_values(layer, tokens, cross)) for layer in decoder.layers]
+                     dropout_values=_dropout_values(layer, tokens, cross), heads=heads,
+                     masked_scores=gated and device == "cpu") for layer in decoder.layers]
     return blocks
 
 
@@ -271,7 +283,7 @@ def plan_memory(source: str, strategy: str, *, batch_size: int, label_tokens: in
     plan.weights_bytes = _weights_bytes(model, family, quantization, precision)
     plan.gradients_bytes = trainable * 4
     plan.optimizer_bytes = _optimizer_bytes(model, optim)
-    blocks = _blocks(family, model, label_tokens, audio_seconds)
+    blocks = _blocks(family, model, label_tokens, audio_seconds, device)
     lowest = _lowest_training_block(family, model, blocks)
     kept = blocks[lowest:] if lowest is not None else []
     plan.layers_with_activations = len(kept)
@@ -288,7 +300,8 @@ def plan_memory(source: str, strategy: str, *, batch_size: int, label_tokens: in
     vocab = _config_value(decoder_config, "vocab_size", default=0)
     # the head runs on the target positions only (the families' training losses)
     plan.logits_bytes = int(batch_size * label_tokens * vocab * 4 * LOGIT_COPIES) if kept else 0
-    plan.process_bytes = PROCESS_BYTES[device]
+    # the process's own memory, and on a CPU the weights' other copies (see WEIGHT_COPIES)
+    plan.process_bytes = PROCESS_BYTES[device] + int((WEIGHT_COPIES[device] - 1) * plan.weights_bytes)
     plan.peak_memory_bytes = (plan.weights_bytes + plan.gradients_bytes + plan.optimizer_bytes
                               + plan.activations_bytes + plan.logits_bytes + plan.process_bytes)
     return plan
