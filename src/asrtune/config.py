@@ -25,6 +25,9 @@ from asrtune.languages import canonical_language, is_known_language, parse_new_l
 from asrtune.strategies import STRATEGIES, parse_spec
 
 MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")  # auto: asrtune.training.precision
+OPTIMIZER_CHOICES = ("adamw", "adafactor", "adamw_8bit", "paged_adamw_8bit")  # asrtune.training.optimizers
+QUANTIZATION_CHOICES = ("4bit", "8bit")  # bitsandbytes, through transformers' BitsAndBytesConfig
+PARALLEL_CHOICES = ("ddp", "fsdp")  # several processes: replicate the model, or shard it (FSDP2)
 
 __all__ = ["GeneralSet", "DataConfig", "OptimConfig", "LoopConfig", "RunConfig", "load_config", "apply_overrides",
            "config_to_dict", "config_from_dict", "save_config", "config_hash", "parse_yaml", "absolute_model"]
@@ -121,6 +124,11 @@ class DataConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class OptimConfig:
+    name: str = _help("optimizer: adamw (PyTorch's fused AdamW, 8 bytes of state a parameter), adafactor "
+                      "(PyTorch's: factored second moments, no first moment: a matrix keeps a row and a "
+                      "column), adamw_8bit (bitsandbytes, 2 bytes a parameter), paged_adamw_8bit "
+                      "(bitsandbytes, state paged out of GPU memory: CUDA only)",
+                      "adamw")
     learning_rate: float | None = _help("peak learning rate; null takes the strategy's default", None)
     weight_decay: float = _help("AdamW weight decay", 0.0)
     betas: tuple[float, float] = _help("AdamW betas", (0.9, 0.999))
@@ -132,6 +140,8 @@ class OptimConfig:
     max_grad_norm: float | None = _help("clip the gradient norm to this (null: no clipping)", 1.0)
 
     def __post_init__(self) -> None:
+        if self.name not in OPTIMIZER_CHOICES:
+            raise AsrtuneError(f"optim.name {self.name!r}: allowed: {', '.join(OPTIMIZER_CHOICES)}")
         for name in ("learning_rate", "encoder_learning_rate", "projector_learning_rate"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -162,6 +172,12 @@ class LoopConfig:
                                    "evaluation)", None)
     max_nonfinite_steps: int = _help("stop the run after this many consecutive steps with a non-finite loss or "
                                      "gradient (each is skipped: no update)", 5)
+    gradient_checkpointing: bool = _help("recompute each transformer layer's activations in the backward "
+                                         "pass instead of keeping them (non-reentrant; less memory, ~1/3 "
+                                         "more compute; the same losses)", False)
+    parallel: str = _help("several processes: ddp (every process holds the whole model) or fsdp (parameters, "
+                          "gradients and optimizer state sharded across processes, FSDP2, one unit per "
+                          "transformer layer; launch with torchrun)", "ddp")
     mixed_precision: str = _help("training arithmetic: auto (bf16 where the hardware multiplies bf16 natively: "
                                  "CUDA bf16, CPU AMX; else fp32), no, fp16 or bf16", "auto")
     encoder_cache_mb: int = _help("when the encoder is frozen, cache its outputs up to this many MB", 4096)
@@ -204,12 +220,17 @@ class LoopConfig:
             raise AsrtuneError("loop.plateau_factor must be in (0, 1) or null")
         if self.plateau_patience < 1:
             raise AsrtuneError("loop.plateau_patience must be >= 1")
+        if self.parallel not in PARALLEL_CHOICES:
+            raise AsrtuneError(f"loop.parallel must be one of {', '.join(PARALLEL_CHOICES)}")
         if self.mixed_precision not in MIXED_PRECISION_CHOICES:
             raise AsrtuneError(f"loop.mixed_precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}")
         if not self.forgetting_budget >= 0:
             raise AsrtuneError("loop.forgetting_budget must be >= 0")
         if self.forgetting_measure not in ("absolute", "relative"):
             raise AsrtuneError("loop.forgetting_measure must be absolute or relative")
+        if self.interpolation and self.parallel == "fsdp":
+            raise AsrtuneError("loop.interpolation needs whole weights in one process: use "
+                               "loop.parallel: ddp")
         if not all(0 < a < 1 for a in self.interpolation):
             raise AsrtuneError("loop.interpolation: each weight must be in (0, 1) (0 is the start, 1 the end of "
                                "training, both scored already)")
@@ -236,6 +257,11 @@ class RunConfig:
                                       "(set by language: new:xx,init=yy; null: language is one the model has)",
                                       None)
     task: str = _help("transcribe or translate", "transcribe")
+    quantization: str | None = _help("load the frozen base's nn.Linear layers in 4bit (NF4, double "
+                                     "quantization) or 8bit (LLM.int8) through bitsandbytes (QLoRA); only for "
+                                     "strategies that train additions or the projector (lora, adapter, "
+                                     "prompt, projector); the audio encoder's convolutions and the projector "
+                                     "stay unquantized (null: off)", None)
     seed: int = _help("seed for weights, data order and augmentation", 0)
     data: DataConfig = _help("data", factory=DataConfig)
     optim: OptimConfig = _help("optimizer", factory=OptimConfig)
@@ -262,6 +288,20 @@ class RunConfig:
                 raise AsrtuneError(f"language new:{self.language}: init must be another language")
         if self.task not in ("transcribe", "translate"):
             raise AsrtuneError("task must be transcribe or translate")
+        if self.quantization is not None:
+            _check_quantization(self.quantization, self.strategy)
+
+
+def _check_quantization(quantization: str, strategy: str) -> None:
+    """A quantized base trains only what sits beside its frozen weights: additions, or the projector."""
+    if quantization not in QUANTIZATION_CHOICES:
+        raise AsrtuneError(f"quantization {quantization!r}: allowed: {', '.join(QUANTIZATION_CHOICES)} "
+                           "or null")
+    parts = parse_spec(strategy)
+    if not any(part.kind == "add" or part.name == "projector" for part in parts):
+        raise AsrtuneError(f"quantization {quantization}: strategy {strategy!r} trains pretrained weights, "
+                           "which a quantized base cannot update; use lora, adapter, prompt or projector "
+                           "(e.g. lora:r=8,alpha=32), or quantization: null")
 
 
 _LANGUAGE_FORMS = ("a language code or name Whisper knows (en, sw, pt-BR, English), or "

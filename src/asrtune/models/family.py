@@ -30,6 +30,7 @@ from asrtune.errors import AsrtuneError
 from asrtune.registry import Registry
 
 __all__ = ["ModuleMap", "CachePlan", "ModelFamily", "FAMILIES", "family_of", "family_named", "family_for_folder",
+           "family_for_model_type",
            "family_for_processor", "model_core", "core_prefix", "trains"]
 
 _FAMILY_MODULES = ("whisper", "qwen2_audio", "qwen3_asr")
@@ -98,8 +99,9 @@ class ModelFamily:
 
     # --- loading ----------------------------------------------------------------------------------------
 
-    def load(self, location: Path | str, dtype: torch.dtype):
-        """(model, processor) from an HF folder or hub id. Raises AsrtuneError when they cannot load."""
+    def load(self, location: Path | str, dtype: torch.dtype, **options):
+        """(model, processor) from an HF folder or hub id; ``options`` go to ``from_pretrained`` (a
+        ``quantization_config``). Raises AsrtuneError when they cannot load."""
         raise NotImplementedError
 
     # --- training data ----------------------------------------------------------------------------------
@@ -190,6 +192,34 @@ class ModelFamily:
     def owns(self, model: torch.nn.Module) -> bool:
         return any(type(m).__name__ == self.core_class for m in model.modules())
 
+    def layer_classes(self, model: torch.nn.Module) -> tuple[type[torch.nn.Module], ...]:
+        """The transformer block classes of the audio encoder and the decoder / LLM (``WhisperEncoderLayer``,
+        ``WhisperDecoderLayer``; ``Qwen2AudioEncoderLayer``, ``Qwen2DecoderLayer`` or the assembled LLM's):
+        the units FSDP shards and gradient checkpointing recomputes."""
+        core = model_core(model)
+        classes: list[type[torch.nn.Module]] = []
+        for part in (self.modules.encoder, self.modules.decoder):
+            for layer in core.get_submodule(part).layers:
+                if type(layer) not in classes:
+                    classes.append(type(layer))
+        return tuple(classes)
+
+    def empty_model(self, config: dict) -> torch.nn.Module:
+        """The model a ``config.json``'s contents describe, on the meta device (shapes only, no memory).
+
+        Raises:
+            AsrtuneError: transformers cannot build it from this config.
+        """
+        import transformers
+
+        model_class = getattr(transformers, self.model_class)
+        try:
+            model_config = model_class.config_class(**{k: v for k, v in config.items() if k != "model_type"})
+            with torch.device("meta"):
+                return model_class(model_config)
+        except (TypeError, ValueError) as error:
+            raise AsrtuneError(f"cannot build a {self.display_name} from this config: {error}") from error
+
 
 FAMILIES: Registry[type[ModelFamily]] = Registry("model family")
 _loaded = False
@@ -245,12 +275,17 @@ def family_for_folder(folder: Path) -> ModelFamily:
         model_type = json.loads((folder / "config.json").read_text()).get("model_type")
     except (OSError, ValueError):
         model_type = None
+    return family_for_model_type(model_type, where=str(folder))
+
+
+def family_for_model_type(model_type: str | None, where: str = "the config") -> ModelFamily:
+    """The family that loads a ``config.json`` ``model_type`` (None: Whisper, whose old configs may lack it)."""
     for family in _families():
         if model_type in family.model_types:
             return family
     if model_type is None:
         return family_named("whisper")
-    raise AsrtuneError(f"{folder}: model_type {model_type!r} is not one asrtune fine-tunes "
+    raise AsrtuneError(f"{where}: model_type {model_type!r} is not one asrtune fine-tunes "
                        f"(families: {', '.join(FAMILIES.names())})")
 
 
@@ -273,7 +308,7 @@ def core_prefix(model: torch.nn.Module) -> str:
 
 
 def load_pretrained(model_class, location: Path | str, dtype: torch.dtype, *, label: str,
-                    processor_classes: Sequence[str]):
+                    processor_classes: Sequence[str], **options):
     """``model_class.from_pretrained`` and ``AutoProcessor.from_pretrained`` of one folder or hub id.
 
     Raises:
@@ -282,7 +317,7 @@ def load_pretrained(model_class, location: Path | str, dtype: torch.dtype, *, la
     from transformers import AutoProcessor
 
     try:
-        model = model_class.from_pretrained(location, dtype=dtype)
+        model = model_class.from_pretrained(location, dtype=dtype, **options)
         processor = AutoProcessor.from_pretrained(location)
     except (OSError, ValueError) as error:
         raise AsrtuneError(f"cannot load {label} from {location}: {str(error).splitlines()[0]}") from error

@@ -95,11 +95,11 @@ class Qwen2AudioFamily(ModelFamily):
         """The transcript part of generated tokens (all of them here)."""
         return tokens
 
-    def load(self, location: Path | str, dtype: torch.dtype):
+    def load(self, location: Path | str, dtype: torch.dtype, **options):
         from transformers import Qwen2AudioForConditionalGeneration
 
         model, processor = load_pretrained(Qwen2AudioForConditionalGeneration, location, dtype, label="Qwen2-Audio",
-                                           processor_classes=self.processor_classes)
+                                           processor_classes=self.processor_classes, **options)
         model.generation_config.eos_token_id = self.end_token_ids(processor)
         model.generation_config.pad_token_id = _pad_id(processor.tokenizer)
         return model, processor
@@ -189,18 +189,24 @@ class Qwen2AudioFamily(ModelFamily):
         return embeds.masked_scatter(where, valid.to(embeds.dtype))
 
     def loss(self, model: torch.nn.Module, batch: dict, *, plan=None) -> tuple[torch.Tensor, torch.Tensor]:
+        # use_cache=False: training keeps no KV cache (see whisper_loss)
         labels, input_ids, attention = batch["labels"], batch["input_ids"], batch["attention_mask"]
         frames = batch["feature_attention_mask"].sum(-1)
+        core = model_core(model)
         if batch.get("prefix") is not None:  # the frozen audio tower's cached output
             embeds = self.embed_with_audio(model, input_ids, batch["prefix"], frames)
-            logits = model(inputs_embeds=embeds, attention_mask=attention).logits
+            hidden = core(inputs_embeds=embeds, attention_mask=attention, use_cache=False).last_hidden_state
         else:
-            logits = model(input_ids=input_ids, input_features=batch["input_features"], attention_mask=attention,
-                           **{self.feature_mask_arg: batch["feature_attention_mask"]}).logits
+            hidden = core(input_ids=input_ids, input_features=batch["input_features"], attention_mask=attention,
+                          use_cache=False, **{self.feature_mask_arg: batch["feature_attention_mask"]}
+                          ).last_hidden_state
+        # the head (hidden x vocabulary) and the softmax run on the transcript's positions only: the prompt and
+        # the audio tokens, most of the sequence, predict nothing that counts
         targets = labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(),
-                                                 ignore_index=-100, reduction="sum")
-        return loss, (targets != -100).sum()
+        where = targets != -100
+        logits = model.get_output_embeddings()(hidden[:, :-1][where])
+        loss = torch.nn.functional.cross_entropy(logits.float(), targets[where], reduction="sum")
+        return loss, where.sum()
 
     # --- decoding ---------------------------------------------------------------------------------------
 

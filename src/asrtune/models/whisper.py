@@ -105,12 +105,17 @@ def whisper_loss(model: torch.nn.Module, batch: dict, plan: CachePlan | None) ->
         inputs = {"encoder_outputs": (encode_short(model, batch["input_features"], batch["short_frames"]),)}
     else:
         inputs = {"input_features": batch["input_features"]}
-    config = whisper_core(model).config
-    decoder_input_ids = shift_tokens_right(labels, config.pad_token_id, config.decoder_start_token_id)
-    logits = model(**inputs, decoder_input_ids=decoder_input_ids).logits
-    loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
-                                             reduction="sum")
-    return loss, (labels != -100).sum()
+    core = whisper_core(model)
+    decoder_input_ids = shift_tokens_right(labels, core.config.pad_token_id, core.config.decoder_start_token_id)
+    # use_cache=False: training keeps no KV cache (it would hold every layer's keys and values beyond what
+    # backward needs, and undo gradient checkpointing); generate turns it on for itself
+    hidden = core(**inputs, decoder_input_ids=decoder_input_ids, use_cache=False).last_hidden_state
+    # The output projection (d_model x vocabulary, the largest matmul of the decoder) and the softmax run on
+    # the positions that count in the loss only, not on the batch's label padding
+    targets = labels != -100
+    logits = model.get_output_embeddings()(hidden[targets])
+    loss = torch.nn.functional.cross_entropy(logits.float(), labels[targets], reduction="sum")
+    return loss, targets.sum()
 
 
 def whisper_decode_batch(loaded, features: torch.Tensor, frames: Sequence[int], *, language: str | None, task: str,
@@ -170,9 +175,9 @@ class WhisperFamily(ModelFamily):
     new_language_tokens = True
     timestamp_tokens = True
 
-    def load(self, location: Path | str, dtype: torch.dtype):
+    def load(self, location: Path | str, dtype: torch.dtype, **options):
         try:
-            model = WhisperForConditionalGeneration.from_pretrained(location, dtype=dtype)
+            model = WhisperForConditionalGeneration.from_pretrained(location, dtype=dtype, **options)
             processor = WhisperProcessor.from_pretrained(location)
         except OSError as error:
             raise AsrtuneError(f"cannot load Whisper from {location}: {str(error).splitlines()[0]}") from error
