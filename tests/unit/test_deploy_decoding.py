@@ -100,3 +100,16 @@ def test_base_and_tuned_are_compared_under_one_decoding():
     assert decoding_key(greedy) != decoding_key(deploy)  # stored base transcripts are not reused across decodings
     with pytest.raises(AsrtuneError, match="loop.decoding must be one of greedy, deploy"):
         config_from_dict({"model": "bundled:tiny.en", "loop": {"decoding": "beam"}})
+
+
+def test_a_run_with_a_decoding_its_family_lacks_fails_before_training(tiny_qwen2_audio_dir, tmp_path):
+    from asrtune.config import config_from_dict
+    from asrtune.runs.layout import RunDir
+    from asrtune.runs.load import load_model
+    from asrtune.training.evaluator import RunEvaluator
+
+    config = config_from_dict({"model": str(tiny_qwen2_audio_dir), "loop": {"decoding": "deploy"}})
+    evaluator = RunEvaluator(config, RunDir(tmp_path), processes=None, score=None, progress=False)
+    with pytest.raises(AsrtuneError, match="loop.decoding: Qwen2-Audio models decode greedy, not deploy"):
+        evaluator.setup(load_model(str(tiny_qwen2_audio_dir)), None, pristine=None, device=torch.device("cpu"),
+                        final_evaluation=True)

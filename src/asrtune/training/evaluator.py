@@ -16,6 +16,7 @@ import torch
 
 from asrtune.config import RunConfig
 from asrtune.data.features import FeatureDataset
+from asrtune.errors import AsrtuneError
 from asrtune.evaluation.decode import FLAGS, Evaluation, scoring_language, write_predictions
 from asrtune.evaluation.forgetting import Transcripts
 from asrtune.evaluation.metrics import score
@@ -67,6 +68,10 @@ class RunEvaluator:
         forgetting budget during training.
         """
         config, processes = self.config, self.processes
+        family = loaded.family
+        if config.loop.decoding not in family.decodings:  # before any step trains, not at the first evaluation
+            raise AsrtuneError(f"loop.decoding: {family.display_name} models decode {' or '.join(family.decodings)}, "
+                               f"not {config.loop.decoding}")
         show = self.progress and processes.is_main
 
         def build(write_clips: bool) -> None:
