@@ -25,6 +25,7 @@ import torch
 from asrtune.config import RunConfig, config_from_dict, config_to_dict, load_config
 from asrtune.data.features import FeatureDataset
 from asrtune.data.manifest import read_manifest
+from asrtune.decodings import DECODINGS
 from asrtune.errors import AsrtuneError
 from asrtune.evaluation.biasing import DEFAULT_BIAS_WEIGHT, bias_processor
 from asrtune.evaluation.decode import evaluate_dataset, scoring_language, write_predictions
@@ -105,9 +106,10 @@ def _bias(loaded: LoadedModel, terms: TermList | None, weight: float | None, sta
 def evaluate(model: str | LoadedModel, data: str | Path, *, language: str | None = None, batch_size: int = 16,
              max_new_tokens: int = 128, short_input: bool = False, terms: str | Path | None = None,
              bias: str | Path | None = None, bias_weight: float | None = None,
-             bias_start_weight: float | None = None, num_beams: int = 1, progress: bool = True,
-             predictions: str | Path | None = None, timestamps: bool = False) -> dict:
-    """WER and CER of a model (any source, a run folder too) on a manifest, greedy or with beams.
+             bias_start_weight: float | None = None, num_beams: int = 1, decoding: str = "greedy",
+             progress: bool = True, predictions: str | Path | None = None, timestamps: bool = False) -> dict:
+    """WER and CER of a model (any source, a run folder too) on a manifest, decoded greedily, with beams, or as
+    deployment decodes.
 
     Args:
         model: a model source or an already loaded model.
@@ -115,17 +117,28 @@ def evaluate(model: str | LoadedModel, data: str | Path, *, language: str | None
         language: for rows without one.
         terms: a term list to score (term recall and insertions).
         bias: a term list to bias decoding towards; ``bias_weight`` / ``bias_start_weight`` its bonuses.
+        decoding: ``greedy`` (``num_beams`` > 1: beam search) or ``deploy`` (faster-whisper's ``transcribe``
+            defaults; Whisper only; see :mod:`asrtune.decodings`).
         predictions: also write the per-utterance hypotheses here (JSONL).
         timestamps: also transcribe the rows that have ``segments`` long-form with timestamps (as ``asrtune
             transcribe``) and report the segment boundary error against them (``timestamps``), for a run folder
             beside its base model's, with the paired change of the median.
 
     Returns:
-        ``asrtune evaluate --json``'s record (``model``, ``data``, ``num_beams``, ``wer``, ``cer``, ``raw_wer``,
-        error counts, ``n``; ``bias``, ``term_recall``, ``term_insertions`` and ``terms`` when asked for) and
-        ``predictions``: ``{"id", "reference", "hypothesis", "truncated"}`` per utterance (truncated: stopped at
-        ``max_new_tokens``).
+        ``asrtune evaluate --json``'s record (``model``, ``data``, ``decoding``, ``num_beams``, ``wer``, ``cer``,
+        ``raw_wer``, error counts, ``n``, ``scoring_language``; the count and first ids of the rows that hit
+        ``max_new_tokens``, looped, fell back from the bias, fell back to sampling or were taken for silence;
+        ``bias``, ``term_recall``, ``term_insertions`` and ``terms`` when asked for) and ``predictions``:
+        ``{"id", "reference", "hypothesis", "truncated"}`` per utterance (truncated: stopped at ``max_new_tokens``).
+
+    Raises:
+        AsrtuneError: a bad term list or decoding, before the model loads where it can be told.
     """
+    if decoding not in DECODINGS:
+        raise AsrtuneError(f"--decoding must be one of {', '.join(DECODINGS)}, not {decoding!r}")
+    if decoding == "deploy" and (num_beams != 1 or short_input):
+        raise AsrtuneError("--decoding deploy is faster-whisper's search (5 beams, the 30 s window): it takes no "
+                           "--num-beams and no --short-input")
     term_list = read_terms(terms) if terms else None  # a bad list fails before the model loads
     biased = bias_terms(bias, bias_weight, bias_start_weight)
     timed_rows = [u for u in read_manifest(data) if u.segments] if timestamps else []
@@ -137,12 +150,12 @@ def evaluate(model: str | LoadedModel, data: str | Path, *, language: str | None
                              language=language)
     evaluation = evaluate_dataset(loaded, dataset, language=language, batch_size=batch_size,
                                   max_new_tokens=max_new_tokens, short_input=short_input, logits_processor=processor,
-                                  num_beams=num_beams, progress=progress)
+                                  num_beams=num_beams, decoding=decoding, progress=progress)
     if predictions:
         write_predictions(evaluation, predictions)
     language_scored = scoring_language(dataset, language)
-    record = {"model": loaded.source, "data": str(data), "num_beams": num_beams, **evaluation.scores.as_dict(),
-              "scoring_language": language_scored, "max_new_tokens": max_new_tokens}
+    record = {"model": loaded.source, "data": str(data), "num_beams": num_beams, **evaluation.summary(),
+              "scoring_language": language_scored}
     if processor is not None:
         record["bias"] = {"terms": str(bias), "weight": processor[0].weight,
                           "start_weight": processor[0].start_weight}

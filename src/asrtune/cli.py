@@ -13,6 +13,7 @@ import warnings
 
 from asrtune.commands import COMMANDS, load_all
 from asrtune.errors import AsrtuneError
+from asrtune.messages import show_messages
 
 __all__ = ["main", "build_parser", "quiet_libraries"]
 
@@ -28,6 +29,7 @@ def quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    show_messages()  # asrtune's own warnings: one "asrtune: warning: ..." line each
 
 
 def build_parser() -> argparse.ArgumentParser:

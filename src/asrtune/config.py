@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from asrtune.data.augment import AUGMENTATIONS, parse_augment
+from asrtune.decodings import DECODINGS
 from asrtune.errors import AsrtuneError
 from asrtune.evaluation.terms import packaged_term_lists, read_terms
 from asrtune.languages import canonical_language, is_known_language, parse_new_language
@@ -167,6 +168,9 @@ class LoopConfig:
     patience: int | None = _help("stop after this many evaluations without a better WER (null: never)", None)
     eval_batch_size: int = _help("utterances per batch when decoding", 16)
     max_new_tokens: int = _help("longest hypothesis decoded, in tokens", 128)
+    decoding: str = _help("how evaluations decode: greedy (the repetition guard stops loops) or deploy "
+                          "(faster-whisper's transcribe defaults: 5 beams, temperature fallback; Whisper only); "
+                          "the base model is decoded the same way", "greedy")
     log_every: int = _help("write training loss to TensorBoard every this many steps", 5)
     save_every: int | None = _help("also write checkpoints/last every this many steps (null: at each "
                                    "evaluation)", None)
@@ -216,6 +220,8 @@ class LoopConfig:
             raise AsrtuneError("loop.patience must be >= 1 or null")
         if self.schedule not in ("linear", "constant"):
             raise AsrtuneError("loop.schedule must be linear or constant")
+        if self.decoding not in DECODINGS:
+            raise AsrtuneError(f"loop.decoding must be one of {', '.join(DECODINGS)}, not {self.decoding!r}")
         if self.plateau_factor is not None and not 0 < self.plateau_factor < 1:
             raise AsrtuneError("loop.plateau_factor must be in (0, 1) or null")
         if self.plateau_patience < 1:

@@ -26,12 +26,13 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from asrtune.decodings import DECODINGS
 from asrtune.errors import AsrtuneError
 from asrtune.registry import Registry
 
-__all__ = ["ModuleMap", "CachePlan", "ModelFamily", "FAMILIES", "family_of", "family_named", "family_for_folder",
-           "family_for_model_type",
-           "family_for_processor", "model_core", "core_prefix", "trains"]
+__all__ = ["ModuleMap", "CachePlan", "BatchDecode", "ModelFamily", "FAMILIES", "family_of", "family_named",
+           "family_for_folder", "family_for_model_type", "family_for_processor", "model_core", "core_prefix",
+           "trains"]
 
 _FAMILY_MODULES = ("whisper", "qwen2_audio", "qwen3_asr")
 
@@ -70,6 +71,33 @@ class CachePlan:
     whole: bool
 
 
+@dataclass(frozen=True, kw_only=True)
+class BatchDecode:
+    """One batch's transcripts and how each ended, row by row.
+
+    Attributes:
+        texts: the transcripts (prompt and special tokens stripped).
+        capped: reached ``max_new_tokens`` without an end token (and did not loop).
+        looped: ended in a loop (the repetition guard stopped it, or the kept hypothesis ends repeating).
+        temperatures: the last temperature each row was decoded at: 0.0, or the fallback it needed (``deploy``; as
+            faster-whisper's segments report it, the last one tried when every one failed).
+        no_speech: dropped as no speech (``deploy``: the no-speech probability and the log-probability test).
+    """
+
+    texts: list[str]
+    capped: list[bool]
+    looped: list[bool]
+    temperatures: list[float]
+    no_speech: list[bool]
+
+    @classmethod
+    def of(cls, texts: list[str], capped: list[bool], looped: list[bool] | None = None) -> BatchDecode:
+        """A decode without fallbacks: every row at temperature 0, none dropped as no speech."""
+        looped = looped or [False] * len(texts)
+        return cls(texts=texts, capped=[c and not loop for c, loop in zip(capped, looped, strict=True)],
+                   looped=looped, temperatures=[0.0] * len(texts), no_speech=[False] * len(texts))
+
+
 def trains(module: torch.nn.Module) -> bool:
     """True when any parameter of ``module`` trains."""
     return any(p.requires_grad for p in module.parameters())
@@ -96,6 +124,7 @@ class ModelFamily:
     long_form: ClassVar[bool] = False  # asrtune transcribe (long-form, timestamps) and CTranslate2 export
     new_language_tokens: ClassVar[bool] = False  # language: new:xx,init=yy grows the vocabulary
     timestamp_tokens: ClassVar[bool] = False  # data.timestamps: labels with the model's timestamp tokens
+    decodings: ClassVar[tuple[str, ...]] = DECODINGS[:1]  # what ``decode(decoding=...)`` takes: greedy
 
     # --- loading ----------------------------------------------------------------------------------------
 
@@ -137,9 +166,13 @@ class ModelFamily:
     # --- decoding ---------------------------------------------------------------------------------------
 
     def decode(self, loaded, features: torch.Tensor, frames: Sequence[int], *, language: str | None, task: str,
-               max_new_tokens: int, **generate_options) -> tuple[list[str], list[bool]]:
-        """Transcripts of one batch (greedy, or ``num_beams`` beams; prompt stripped) and which stopped at
-        ``max_new_tokens``."""
+               max_new_tokens: int, decoding: str = "greedy", **generate_options) -> BatchDecode:
+        """Transcripts of one batch (prompt stripped) and how each ended.
+
+        ``decoding``: one of :attr:`decodings`. ``greedy`` (``num_beams`` > 1: beam search) stops a row whose
+        tail repeats (:class:`asrtune.models.guards.RepetitionStop`); a row that never loops decodes as
+        without the guard.
+        """
         raise NotImplementedError
 
     def end_token_ids(self, processor) -> list[int]:

@@ -26,6 +26,7 @@ from transformers import StoppingCriteriaList
 from asrtune.errors import AsrtuneError
 from asrtune.models.family import (
     FAMILIES,
+    BatchDecode,
     CachePlan,
     ModelFamily,
     ModuleMap,
@@ -211,9 +212,9 @@ class Qwen2AudioFamily(ModelFamily):
     # --- decoding ---------------------------------------------------------------------------------------
 
     def decode(self, loaded, features: torch.Tensor, frames: Sequence[int], *, language: str | None, task: str,
-               max_new_tokens: int, short_input: bool = False, num_beams: int = 1,
-               **generate_options) -> tuple[list[str], list[bool]]:
-        del task, short_input  # one task; the audio tower takes its full window only
+               max_new_tokens: int, short_input: bool = False, num_beams: int = 1, decoding: str = "greedy",
+               **generate_options) -> BatchDecode:
+        del task, short_input, decoding  # one task; the audio tower takes its full window only; greedy only
         if num_beams != 1:  # the repetition guard stops rows by index, which beams reorder
             raise AsrtuneError(f"{self.name} decodes greedily only (num_beams 1, not {num_beams})")
         processor, model = loaded.processor, loaded.model
@@ -238,9 +239,8 @@ class Qwen2AudioFamily(ModelFamily):
         texts = processor.tokenizer.batch_decode([self.transcript_ids(row, processor) for row in new.tolist()],
                                                  skip_special_tokens=True)
         # a row the repetition guard stopped did not run to the cap: its loop stays in the text
-        capped = [not any(token in ends for token in row) and i not in guard.stopped
-                  for i, row in enumerate(new.tolist())]
-        return [text.strip() for text in texts], capped
+        capped = [not any(token in ends for token in row) for row in new.tolist()]
+        return BatchDecode.of([text.strip() for text in texts], capped, [i in guard.stopped for i in range(len(texts))])
 
     # --- export -----------------------------------------------------------------------------------------
 

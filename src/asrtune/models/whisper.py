@@ -21,15 +21,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperProcessor
+from transformers import (
+    GenerationConfig,
+    StoppingCriteriaList,
+    WhisperForConditionalGeneration,
+    WhisperProcessor,
+)
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
 from asrtune.errors import AsrtuneError
-from asrtune.models.family import FAMILIES, CachePlan, ModelFamily, ModuleMap, trains
+from asrtune.models.family import FAMILIES, BatchDecode, CachePlan, ModelFamily, ModuleMap, trains
+from asrtune.models.guards import RepetitionStop
 from asrtune.models.new_language import add_language_token
 from asrtune.models.short_input import encode_short, encoder_stem, short_input_frames
 from asrtune.models.whisper_timing import ensure_alignment_heads
+from asrtune.models.whisper_deploy import deploy_decode_batch
 
 __all__ = ["WhisperFamily", "prefix_ids", "DECODER_POSITIONS", "whisper_core", "whisper_loss",
            "whisper_decode_batch", "deployable_generation_config", "timestamp_ids", "TIME_PRECISION"]
@@ -120,22 +127,39 @@ def whisper_loss(model: torch.nn.Module, batch: dict, plan: CachePlan | None) ->
 
 def whisper_decode_batch(loaded, features: torch.Tensor, frames: Sequence[int], *, language: str | None, task: str,
                          max_new_tokens: int, short_input: bool = False, num_beams: int = 1,
-                         **generate_options) -> tuple[list[str], list[bool]]:
-    """One batch through ``generate`` from log-mels (or the encoder on the batch's cut window); transcripts and
-    which of them stopped at ``max_new_tokens`` without end-of-text."""
+                         **generate_options) -> BatchDecode:
+    """One batch through ``generate`` from log-mels (or the encoder on the batch's cut window), greedy or with
+    ``num_beams`` beams, with the repetition guard: transcripts, which stopped at ``max_new_tokens`` without
+    end-of-text, and which ended in a loop. A row that never loops decodes exactly as without the guard (the
+    guard only ends rows; it changes no score)."""
     model = loaded.model
     if short_input:
         cut = short_input_frames(frames, features.shape[-1])
         inputs = {"encoder_outputs": BaseModelOutput(last_hidden_state=encode_short(model, features, cut))}
     else:
         inputs = {"input_features": features}
+    tokenizer = loaded.processor.tokenizer
+    guard = RepetitionStop(0)  # generated tokens only are checked below; the prompt never repeats
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams,
+                            stopping_criteria=StoppingCriteriaList([guard]),
                             **loaded.language_kwargs(language, task), **generate_options)
     sequences = output.sequences if hasattr(output, "sequences") else output
-    texts = loaded.processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)
-    eos = loaded.processor.tokenizer.eos_token_id
-    # finished rows end in (and are padded with) end-of-text
-    return [text.strip() for text in texts], [eos not in row for row in sequences.tolist()]
+    texts = tokenizer.batch_decode(sequences, skip_special_tokens=True)
+    generated = [_generated(row, tokenizer) for row in sequences.tolist()]
+    return BatchDecode.of([text.strip() for text in texts], [len(row) >= max_new_tokens for row in generated],
+                          [guard.looping(row) for row in generated])
+
+
+def _generated(row: list[int], tokenizer) -> list[int]:
+    """The tokens ``generate`` produced in one output row: after the prompt's special tokens, before end-of-text
+    and the padding (Whisper's ``generate`` drops the end-of-text of the longest rows and pads the others with
+    it, so a row that ran to ``max_new_tokens`` is the one this many tokens long)."""
+    special = set(tokenizer.all_special_ids)
+    start = 0
+    while start < len(row) and row[start] in special:
+        start += 1
+    end = row.index(tokenizer.eos_token_id, start) if tokenizer.eos_token_id in row[start:] else len(row)
+    return row[start:end]
 
 
 def deployable_generation_config(generation: GenerationConfig, tokenizer=None) -> GenerationConfig:
@@ -174,6 +198,7 @@ class WhisperFamily(ModelFamily):
     long_form = True
     new_language_tokens = True
     timestamp_tokens = True
+    decodings = ("greedy", "deploy")
 
     def load(self, location: Path | str, dtype: torch.dtype, **options):
         try:
@@ -236,8 +261,17 @@ class WhisperFamily(ModelFamily):
         return whisper_loss(model, batch, plan)
 
     def decode(self, loaded, features: torch.Tensor, frames: Sequence[int], *, language: str | None, task: str,
-               max_new_tokens: int, short_input: bool = False, **generate_options) -> tuple[list[str], list[bool]]:
-        return whisper_decode_batch(loaded, features, frames, language=language, task=task,
+               max_new_tokens: int, short_input: bool = False, decoding: str = "greedy", num_beams: int = 1,
+               **generate_options) -> BatchDecode:
+        if decoding == "deploy":
+            if short_input or num_beams != 1:
+                raise AsrtuneError("deploy decoding is faster-whisper's (5 beams, the 30 s window): it takes no "
+                                   "--num-beams and no --short-input")
+            prompt = [loaded.generation_config.decoder_start_token_id] + prefix_ids(
+                loaded.processor, multilingual=loaded.multilingual, language=language, task=task)
+            return deploy_decode_batch(loaded, features, frames, prompt, max_new_tokens=max_new_tokens,
+                                       logits_processor=generate_options.get("logits_processor"))
+        return whisper_decode_batch(loaded, features, frames, language=language, task=task, num_beams=num_beams,
                                     max_new_tokens=max_new_tokens, short_input=short_input, **generate_options)
 
     # --- the frozen prefix ------------------------------------------------------------------------------
