@@ -124,7 +124,6 @@ def _llm_batches(processor, rows: list, batch_size: int):
     """Endless batches: chat prompt with the audio, then the transcript and <|im_end|> as the only labels."""
     import itertools
 
-    import torch
 
     from asrtune.data.audio import load_audio
 

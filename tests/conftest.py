@@ -159,6 +159,38 @@ def tiny_whisper(seed: int = 0, perturb: float = 0.0, **overrides):
     return model
 
 
+def scripted_whisper(scripts: dict[int, dict[int, dict[int, float]]]):
+    """A tiny Whisper whose next-token scores follow a script, for decoding tests.
+
+    ``scripts[kind][last_token]`` maps the tokens that may follow ``last_token`` to their scores (every other
+    token scores -30; a last token with no entry is followed by end-of-text). A row's kind is the value its
+    log-mel features are filled with (>= 0): the encoder outputs their largest value everywhere, so the kind
+    survives batching, beams, samples and faster-whisper's zeros after the clip.
+    """
+    model = tiny_whisper(seed=0)
+    eot = model.generation_config.eos_token_id
+
+    def encode(module, args, kwargs, output):
+        features = kwargs.get("input_features", args[0] if args else None)
+        output.last_hidden_state = features.amax(dim=(1, 2))[:, None, None].expand_as(output.last_hidden_state).clone()
+        return output
+
+    def script(module, args, kwargs, output):
+        ids, encoded = kwargs["decoder_input_ids"], kwargs["encoder_outputs"][0]
+        logits = torch.full_like(output.logits, -30.0)
+        for row in range(ids.shape[0]):
+            table = scripts[int(round(float(encoded[row, 0, 0])))]
+            for position in range(ids.shape[1]):
+                for token, value in table.get(int(ids[row, position]), {eot: 10.0}).items():
+                    logits[row, position, token] = value
+        output.logits = logits
+        return output
+
+    model.model.encoder.register_forward_hook(encode, with_kwargs=True)
+    model.register_forward_hook(script, with_kwargs=True)
+    return model
+
+
 def save_tiny(directory: Path, **kwargs) -> Path:
     model = tiny_whisper(**kwargs)
     model.save_pretrained(directory)

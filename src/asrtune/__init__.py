@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 from asrtune.version import __version__
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time each name is imported on first use
-    from asrtune.api import evaluate, load_model, train, transcribe
+    from asrtune.api import align, evaluate, load_model, train, transcribe
     from asrtune.config import RunConfig, load_config
 
-__all__ = ["__version__", "train", "load_config", "RunConfig", "load_model", "evaluate", "transcribe"]
+__all__ = ["__version__", "train", "load_config", "RunConfig", "load_model", "evaluate", "transcribe", "align"]
 
-_LAZY = {"train": "asrtune.api", "load_model": "asrtune.api", "evaluate": "asrtune.api",
-         "transcribe": "asrtune.api", "load_config": "asrtune.config", "RunConfig": "asrtune.config"}
+_LAZY = {"train": "asrtune.api", "load_model": "asrtune.api", "evaluate": "asrtune.api", "transcribe": "asrtune.api",
+         "align": "asrtune.api", "load_config": "asrtune.config", "RunConfig": "asrtune.config"}
 
 
 def __getattr__(name: str):

@@ -6,12 +6,14 @@ Each subcommand lives in :mod:`asrtune.commands` and registers itself there.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import warnings
 
 from asrtune.commands import COMMANDS, load_all
 from asrtune.errors import AsrtuneError
+from asrtune.messages import show_messages
 
 __all__ = ["main", "build_parser", "quiet_libraries"]
 
@@ -19,12 +21,15 @@ __all__ = ["main", "build_parser", "quiet_libraries"]
 def quiet_libraries() -> None:
     """Keep the terminal for asrtune's own bars and tables (the CLI and the benchmarks call it)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # bitsandbytes (imported by PEFT when installed) warns at import that an optional hub kernel is missing
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     # PEFT calls a transformers property deprecated in v5; not the user's concern.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    show_messages()  # asrtune's own warnings: one "asrtune: warning: ..." line each
 
 
 def build_parser() -> argparse.ArgumentParser:

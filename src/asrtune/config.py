@@ -19,12 +19,16 @@ from typing import Any
 import yaml
 
 from asrtune.data.augment import AUGMENTATIONS, parse_augment
+from asrtune.decodings import DECODINGS
 from asrtune.errors import AsrtuneError
 from asrtune.evaluation.terms import packaged_term_lists, read_terms
 from asrtune.languages import canonical_language, is_known_language, parse_new_language
 from asrtune.strategies import STRATEGIES, parse_spec
 
 MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")  # auto: asrtune.training.precision
+OPTIMIZER_CHOICES = ("adamw", "adafactor", "adamw_8bit", "paged_adamw_8bit")  # asrtune.training.optimizers
+QUANTIZATION_CHOICES = ("4bit", "8bit")  # bitsandbytes, through transformers' BitsAndBytesConfig
+PARALLEL_CHOICES = ("ddp", "fsdp")  # several processes: replicate the model, or shard it (FSDP2)
 
 __all__ = ["GeneralSet", "DataConfig", "OptimConfig", "LoopConfig", "RunConfig", "load_config", "apply_overrides",
            "config_to_dict", "config_from_dict", "save_config", "config_hash", "parse_yaml", "absolute_model"]
@@ -84,12 +88,18 @@ class DataConfig:
                                 "and extractor settings", True)
     terms: str = _help("term list (one term or phrase a line, or packaged:medical_terms_en): term recall and "
                        "term insertions of every set, before and after, in results.json ('': none)", "")
+    timestamps: bool | float = _help("train with Whisper's timestamp tokens where a training row has segments "
+                                     "(manifest 'segments': aligned pieces, subtitle cues, Kaldi segments, NeMo "
+                                     "offsets): true, or the share of batches (0.5) that do; <|notimestamps|> "
+                                     "elsewhere. Evaluation still decodes without timestamps", False)
 
     def __post_init__(self) -> None:
         if self.eval_limit is not None and self.eval_limit < 1:
             raise AsrtuneError("data.eval_limit must be >= 1 or null")
         if self.duration_buckets < 1:
             raise AsrtuneError("data.duration_buckets must be >= 1")
+        if not isinstance(self.timestamps, bool) and not 0 <= self.timestamps <= 1:
+            raise AsrtuneError("data.timestamps must be true, false or a share of batches between 0 and 1")
         names = [g.name for g in self.general]
         if len(set(names)) != len(names):
             raise AsrtuneError(f"data.general: set names must be unique, got {names}")
@@ -101,6 +111,11 @@ class DataConfig:
                  "a UTF-8 file with one term or phrase a line, or packaged:NAME "
                  f"({', '.join(packaged_term_lists())}), or '' for none")
 
+    @property
+    def timestamp_share(self) -> float:
+        """The share of training batches whose rows with segments get timestamp tokens."""
+        return float(self.timestamps)
+
     def manifests(self) -> dict[str, str]:
         """Every manifest the run reads, by role: train, eval, test and each general set's name."""
         named = {"train": self.train, "eval": self.eval, "test": self.test}
@@ -110,6 +125,11 @@ class DataConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class OptimConfig:
+    name: str = _help("optimizer: adamw (PyTorch's fused AdamW, 8 bytes of state a parameter), adafactor "
+                      "(PyTorch's: factored second moments, no first moment: a matrix keeps a row and a "
+                      "column), adamw_8bit (bitsandbytes, 2 bytes a parameter), paged_adamw_8bit "
+                      "(bitsandbytes, state paged out of GPU memory: CUDA only)",
+                      "adamw")
     learning_rate: float | None = _help("peak learning rate; null takes the strategy's default", None)
     weight_decay: float = _help("AdamW weight decay", 0.0)
     betas: tuple[float, float] = _help("AdamW betas", (0.9, 0.999))
@@ -121,6 +141,8 @@ class OptimConfig:
     max_grad_norm: float | None = _help("clip the gradient norm to this (null: no clipping)", 1.0)
 
     def __post_init__(self) -> None:
+        if self.name not in OPTIMIZER_CHOICES:
+            raise AsrtuneError(f"optim.name {self.name!r}: allowed: {', '.join(OPTIMIZER_CHOICES)}")
         for name in ("learning_rate", "encoder_learning_rate", "projector_learning_rate"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -146,11 +168,20 @@ class LoopConfig:
     patience: int | None = _help("stop after this many evaluations without a better WER (null: never)", None)
     eval_batch_size: int = _help("utterances per batch when decoding", 16)
     max_new_tokens: int = _help("longest hypothesis decoded, in tokens", 128)
+    decoding: str = _help("how evaluations decode: greedy (the repetition guard stops loops) or deploy "
+                          "(faster-whisper's transcribe defaults: 5 beams, temperature fallback; Whisper only); "
+                          "the base model is decoded the same way", "greedy")
     log_every: int = _help("write training loss to TensorBoard every this many steps", 5)
     save_every: int | None = _help("also write checkpoints/last every this many steps (null: at each "
                                    "evaluation)", None)
     max_nonfinite_steps: int = _help("stop the run after this many consecutive steps with a non-finite loss or "
                                      "gradient (each is skipped: no update)", 5)
+    gradient_checkpointing: bool = _help("recompute each transformer layer's activations in the backward "
+                                         "pass instead of keeping them (non-reentrant; less memory, ~1/3 "
+                                         "more compute; the same losses)", False)
+    parallel: str = _help("several processes: ddp (every process holds the whole model) or fsdp (parameters, "
+                          "gradients and optimizer state sharded across processes, FSDP2, one unit per "
+                          "transformer layer; launch with torchrun)", "ddp")
     mixed_precision: str = _help("training arithmetic: auto (bf16 where the hardware multiplies bf16 natively: "
                                  "CUDA bf16, CPU AMX; else fp32), no, fp16 or bf16", "auto")
     encoder_cache_mb: int = _help("when the encoder is frozen, cache its outputs up to this many MB", 4096)
@@ -195,10 +226,14 @@ class LoopConfig:
             raise AsrtuneError("loop.patience must be >= 1 or null")
         if self.schedule not in ("linear", "constant"):
             raise AsrtuneError("loop.schedule must be linear or constant")
+        if self.decoding not in DECODINGS:
+            raise AsrtuneError(f"loop.decoding must be one of {', '.join(DECODINGS)}, not {self.decoding!r}")
         if self.plateau_factor is not None and not 0 < self.plateau_factor < 1:
             raise AsrtuneError("loop.plateau_factor must be in (0, 1) or null")
         if self.plateau_patience < 1:
             raise AsrtuneError("loop.plateau_patience must be >= 1")
+        if self.parallel not in PARALLEL_CHOICES:
+            raise AsrtuneError(f"loop.parallel must be one of {', '.join(PARALLEL_CHOICES)}")
         if self.mixed_precision not in MIXED_PRECISION_CHOICES:
             raise AsrtuneError(f"loop.mixed_precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}")
         if not self.forgetting_budget >= 0:
@@ -207,6 +242,9 @@ class LoopConfig:
             raise AsrtuneError("loop.forgetting_measure must be absolute or relative")
         if not self.ctc_weight >= 0 or self.ctc_negatives < 0:
             raise AsrtuneError("loop.ctc_weight and loop.ctc_negatives must be >= 0")
+        if self.interpolation and self.parallel == "fsdp":
+            raise AsrtuneError("loop.interpolation needs whole weights in one process: use "
+                               "loop.parallel: ddp")
         if not all(0 < a < 1 for a in self.interpolation):
             raise AsrtuneError("loop.interpolation: each weight must be in (0, 1) (0 is the start, 1 the end of "
                                "training, both scored already)")
@@ -233,6 +271,11 @@ class RunConfig:
                                       "(set by language: new:xx,init=yy; null: language is one the model has)",
                                       None)
     task: str = _help("transcribe or translate", "transcribe")
+    quantization: str | None = _help("load the frozen base's nn.Linear layers in 4bit (NF4, double "
+                                     "quantization) or 8bit (LLM.int8) through bitsandbytes (QLoRA); only for "
+                                     "strategies that train additions or the projector (lora, adapter, "
+                                     "prompt, projector); the audio encoder's convolutions and the projector "
+                                     "stay unquantized (null: off)", None)
     seed: int = _help("seed for weights, data order and augmentation", 0)
     data: DataConfig = _help("data", factory=DataConfig)
     optim: OptimConfig = _help("optimizer", factory=OptimConfig)
@@ -259,6 +302,20 @@ class RunConfig:
                 raise AsrtuneError(f"language new:{self.language}: init must be another language")
         if self.task not in ("transcribe", "translate"):
             raise AsrtuneError("task must be transcribe or translate")
+        if self.quantization is not None:
+            _check_quantization(self.quantization, self.strategy)
+
+
+def _check_quantization(quantization: str, strategy: str) -> None:
+    """A quantized base trains only what sits beside its frozen weights: additions, or the projector."""
+    if quantization not in QUANTIZATION_CHOICES:
+        raise AsrtuneError(f"quantization {quantization!r}: allowed: {', '.join(QUANTIZATION_CHOICES)} "
+                           "or null")
+    parts = parse_spec(strategy)
+    if not any(part.kind == "add" or part.name == "projector" for part in parts):
+        raise AsrtuneError(f"quantization {quantization}: strategy {strategy!r} trains pretrained weights, "
+                           "which a quantized base cannot update; use lora, adapter, prompt or projector "
+                           "(e.g. lora:r=8,alpha=32), or quantization: null")
 
 
 _LANGUAGE_FORMS = ("a language code or name Whisper knows (en, sw, pt-BR, English), or "

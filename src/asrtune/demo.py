@@ -38,7 +38,7 @@ from asrtune.evaluation.terms import MEDICAL_TERMS
 from asrtune.report import print_table
 from asrtune.training.recipe import train
 
-__all__ = ["run_demo", "DemoSettings", "DEMO_SETTINGS", "DEMO_STRATEGY", "demo_splits", "speak_demo_data",
+__all__ = ["run_demo", "demo_config", "DemoSettings", "DEMO_SETTINGS", "DEMO_STRATEGY", "demo_splits", "speak_demo_data",
            "split_voices", "real_english_subset", "verdicts", "TRAIN_VOICES", "TEST_VOICES", "GENERAL_VOICES",
            "LLM_DEMO_MODEL", "LLM_DEMO_SETTINGS", "MODEL_SETTINGS", "demo_settings"]
 
@@ -167,6 +167,28 @@ def _real_english(real_en: Path | None, output_dir: Path) -> tuple[Path | None, 
     return subset, f"{REAL_EN_UTTERANCES} prompts spread over {real_en}"
 
 
+def demo_config(settings: DemoSettings, manifests: dict[str, Path], general: tuple[GeneralSet, ...],
+                seed: int = 0, **data: object) -> RunConfig:
+    """The demo's run config: its settings, its splits' manifests, its general sets (``data`` overrides fields of
+    the data section, e.g. another ``train`` manifest or ``timestamps``)."""
+    budget_off = bool(settings.budget_off_reason)
+    return RunConfig(
+        model=settings.model,
+        strategy=settings.strategy,
+        seed=seed,
+        data=DataConfig(**{"train": str(manifests["train"]), "eval": str(manifests["validation"]),
+                           "test": str(manifests["test"]), "general": general, "eval_limit": settings.eval_limit,
+                           "terms": MEDICAL_TERMS, **data}),
+        optim=OptimConfig(learning_rate=settings.learning_rate,
+                          projector_learning_rate=settings.projector_learning_rate),
+        loop=LoopConfig(max_steps=settings.steps, batch_size=8, eval_every=settings.eval_every,
+                        eval_batch_size=16,
+                        # budget off: every checkpoint is within it, so validation WER alone chooses
+                        forgetting_budget=math.inf if budget_off else settings.forgetting_budget,
+                        forgetting_measure=settings.forgetting_measure, interpolation=settings.interpolation),
+    )
+
+
 def run_demo(output_dir: Path, *, steps: int | None = None, seed: int = 0, real_en: Path | None = REAL_EN_MANIFEST,
              settings: DemoSettings = DEMO_SETTINGS) -> dict:
     """Run the demo end to end into ``output_dir``; returns what ``results.json`` holds."""
@@ -191,21 +213,7 @@ def run_demo(output_dir: Path, *, steps: int | None = None, seed: int = 0, real_
     if real is not None:
         general.append(GeneralSet(name="real_english", manifest=str(real)))
 
-    config = RunConfig(
-        model=settings.model,
-        strategy=settings.strategy,
-        seed=seed,
-        data=DataConfig(train=str(manifests["train"]), eval=str(manifests["validation"]),
-                        test=str(manifests["test"]), general=tuple(general), eval_limit=settings.eval_limit,
-                        terms=MEDICAL_TERMS),
-        optim=OptimConfig(learning_rate=settings.learning_rate,
-                          projector_learning_rate=settings.projector_learning_rate),
-        loop=LoopConfig(max_steps=settings.steps, batch_size=8, eval_every=settings.eval_every,
-                        eval_batch_size=16,
-                        # budget off: every checkpoint is within it, so validation WER alone chooses
-                        forgetting_budget=math.inf if budget_off else settings.forgetting_budget,
-                        forgetting_measure=settings.forgetting_measure, interpolation=settings.interpolation),
-    )
+    config = demo_config(settings, manifests, tuple(general), seed)
     trained = train(config, run_dir)
     results = _results(trained, settings, real_note, started, run_dir)
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))

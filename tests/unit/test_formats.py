@@ -22,7 +22,7 @@ def _summary(rows):
 
 
 def test_every_format_is_registered():
-    assert FORMATS.names() == ["audiofolder", "commonvoice", "hf_disk", "jsonl", "kaldi", "nemo"]
+    assert FORMATS.names() == ["audiofolder", "commonvoice", "hf_disk", "jsonl", "kaldi", "nemo", "subtitles"]
 
 
 def test_asrtune_jsonl(tmp_path):

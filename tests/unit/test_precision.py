@@ -18,17 +18,19 @@ from asrtune.training.precision import accelerator_mixed_precision, native_bf16,
 from asrtune.training.recipe import train
 
 
-@pytest.mark.parametrize("cuda, cuda_bf16, amx, expected", [
-    (False, False, True, "bf16"),   # a CPU with AMX tiles
-    (False, False, False, "no"),    # any other CPU: bf16 autocast would be emulated, slower than fp32
-    (True, True, False, "bf16"),    # Ampere or later
-    (True, False, True, "no"),      # an older GPU: the CPU's AMX does not matter, training runs on the GPU
+@pytest.mark.parametrize("cuda, cuda_bf16, amx, avx512_bf16, expected", [
+    (False, False, True, False, "bf16"),   # a CPU with AMX tiles
+    (False, False, False, True, "no"),     # AVX512-BF16 without AMX (AMD Zen 4): fp32 unless asked
+    (False, False, False, False, "no"),    # any other CPU: bf16 autocast would be emulated, slower than fp32
+    (True, True, False, False, "bf16"),    # Ampere or later
+    (True, False, True, True, "no"),       # an older GPU: the CPU does not matter, training runs on the GPU
 ])
 def test_auto_picks_bf16_only_where_the_hardware_multiplies_it_natively(monkeypatch, cuda, cuda_bf16, amx,
-                                                                       expected):
+                                                                       avx512_bf16, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: cuda_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     assert native_bf16() == (expected == "bf16")
     assert resolve_mixed_precision("auto") == expected
 

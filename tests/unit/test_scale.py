@@ -96,6 +96,86 @@ def test_two_processes_train_exactly_like_one_with_the_global_batch(tiny_model_d
     assert [r["step"] for r in evals] == [0, 3, 6]
 
 
+def _torchrun(processes: int = 2) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
+            str(29500 + (os.getpid() * 7 + processes) % 1000)]
+
+
+def test_fsdp_on_two_processes_trains_like_one_and_exports_a_consolidated_model(tiny_model_dir, tiny_data,
+                                                                                 tmp_path):
+    fsdp = _write_config(_config(tiny_model_dir, tiny_data, batch_size=2, parallel="fsdp"), tmp_path / "fsdp.yaml")
+    one = _write_config(_config(tiny_model_dir, tiny_data, batch_size=4), tmp_path / "one.yaml")
+    _finish(_asrtune("train", str(fsdp), "--output-dir", str(tmp_path / "fsdp"), launcher=_torchrun()))
+    _finish(_asrtune("train", str(one), "--output-dir", str(tmp_path / "single")))
+
+    sharded, single = _step_losses(tmp_path / "fsdp"), _step_losses(tmp_path / "single")
+    assert [s for s, _ in sharded] == list(range(1, 7))
+    assert [loss for _, loss in sharded] == pytest.approx([loss for _, loss in single], rel=5e-3)
+    assert len({round(loss, 6) for _, loss in sharded}) > 1
+    evals = [r for r in read_jsonl(tmp_path / "fsdp" / "metrics.jsonl") if "eval_wer" in r]
+    assert [r["step"] for r in evals] == [0, 3, 6]  # generate ran on both processes, split and gathered
+    from safetensors.torch import load_file
+
+    ours = load_file(str(tmp_path / "fsdp" / "checkpoints" / "last" / "trainable.safetensors"))
+    theirs = load_file(str(tmp_path / "single" / "checkpoints" / "last" / "trainable.safetensors"))
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}  # whole tensors
+    _finish(_asrtune("export", str(tmp_path / "fsdp"), "--to", "hf", "--out", str(tmp_path / "export")))
+    from transformers import WhisperForConditionalGeneration
+
+    exported = WhisperForConditionalGeneration.from_pretrained(tmp_path / "export")
+    assert sum(p.numel() for p in exported.parameters()) == sum(
+        p.numel() for p in load_model(str(tiny_model_dir)).model.parameters())
+
+
+def test_fsdp_kill_9_then_resume_gives_the_uninterrupted_losses(tiny_model_dir, tiny_data, tmp_path):
+    config = _write_config(_config(tiny_model_dir, tiny_data, max_steps=12, eval_every=6, save_every=1,
+                                   parallel="fsdp", schedule="constant"), tmp_path / "run.yaml")
+    victim_dir = tmp_path / "killed"
+    victim = _asrtune("train", str(config), "--output-dir", str(victim_dir), launcher=_torchrun())
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and victim.poll() is None:
+        if (victim_dir / "metrics.jsonl").is_file() and len(_step_losses(victim_dir)) >= 4:
+            break
+        time.sleep(0.005)
+    workers = _children(victim.pid)
+    victim.send_signal(signal.SIGKILL)  # the launcher and its workers, as a node failure would
+    for worker in workers:
+        os.kill(worker, signal.SIGKILL)
+    victim.wait()
+    assert not (victim_dir / "results.json").exists()
+    _finish(_asrtune("train", str(config), "--output-dir", str(victim_dir), "--resume", launcher=_torchrun()))
+    _finish(_asrtune("train", str(config), "--output-dir", str(tmp_path / "straight"), launcher=_torchrun()))
+    resumed = _step_losses(victim_dir)
+    assert [s for s, _ in resumed] == list(range(1, 13))
+    assert resumed == _step_losses(tmp_path / "straight")  # fp32 on CPU: bit-identical
+
+
+def _children(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_two_nodes_of_one_process_each_train_like_two_local_processes(tiny_model_dir, tiny_data, tmp_path):
+    """The README's multi-node command, as two "nodes" on localhost (c10d rendezvous)."""
+    two = _write_config(_config(tiny_model_dir, tiny_data, batch_size=2), tmp_path / "two.yaml")
+    endpoint = f"127.0.0.1:{29000 + os.getpid() % 400}"
+    nodes = [_asrtune("train", str(two), "--output-dir", str(tmp_path / "nodes"), launcher=[
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", f"asrtune-{os.getpid()}"])
+        for _ in range(2)]
+    for node in nodes:
+        _finish(node)
+    _finish(_asrtune("train", str(two), "--output-dir", str(tmp_path / "local"), launcher=_torchrun()))
+    on_nodes, local = _step_losses(tmp_path / "nodes"), _step_losses(tmp_path / "local")
+    assert [s for s, _ in on_nodes] == list(range(1, 7))
+    assert [loss for _, loss in on_nodes] == pytest.approx([loss for _, loss in local], rel=1e-6)
+    assert json.loads((tmp_path / "nodes" / "results.json").read_text())["world_size"] == 2
+
+
 def test_accelerate_launch_that_would_run_one_process_refuses_with_the_torchrun_command(tmp_path):
     from asrtune.errors import AsrtuneError
     from asrtune.training.distributed import check_launch

@@ -31,7 +31,6 @@ TURBO = dict(num_mel_bins=128, encoder_layers=32, decoder_layers=4, d_model=16, 
              decoder_ffn_dim=32)
 SOT, NO_TIMESTAMPS = 50257, 50362
 # The random model never says end-of-text; its capped hypotheses are expected, not news.
-pytestmark = pytest.mark.filterwarnings("ignore::asrtune.evaluation.decode.TruncationWarning")
 GREEDY = {"temperatures": (0.0,), "compression_ratio_threshold": None, "logprob_threshold": None,
           "no_speech_threshold": None, "max_new_tokens": 4, "batch_size": 2}
 

@@ -1,5 +1,5 @@
-"""``asrtune evaluate MODEL --data MANIFEST [--terms FILE] [--bias FILE [--bias-weight W]] [--num-beams N]
-[--json] [--save FILE.json]``."""
+"""``asrtune evaluate MODEL --data MANIFEST [--decoding greedy|deploy] [--terms FILE] [--bias FILE [--bias-weight W]]
+[--num-beams N] [--timestamps] [--json] [--save FILE.json]``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from asrtune.commands import COMMANDS
+from asrtune.decodings import DECODINGS
 
 BIAS_WEIGHT = 2.0  # asrtune.evaluation.biasing.DEFAULT_BIAS_WEIGHT, without importing torch to build the parser
 
@@ -30,8 +31,15 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--terms", default=None,
                         help="term list (one term or phrase a line; packaged:medical_terms_en): also score "
                              "term recall and term insertions")
+    parser.add_argument("--decoding", choices=DECODINGS, default="greedy",
+                        help="greedy (the default; --num-beams N for beam search; loops stopped by the repetition "
+                             "guard) or deploy: faster-whisper's transcribe defaults (5 beams, temperature fallback "
+                             "0.0-1.0, compression ratio 2.4, log-prob -1, no-speech 0.6), the WER deployment scores")
     add_bias_arguments(parser)
     add_beams_argument(parser)
+    parser.add_argument("--timestamps", action="store_true",
+                        help="also transcribe the rows with segments long-form, as transcribe does, and report the "
+                             "segment boundary error against their times (a run folder: beside its base model's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--save", type=Path, default=None, metavar="FILE.json",
                         help="write the scores and every utterance's reference and hypothesis (asrtune explore "
@@ -73,20 +81,30 @@ def run(args: argparse.Namespace) -> int:
     record = evaluate(args.model, args.data, language=args.language, batch_size=args.batch_size,
                       max_new_tokens=args.max_new_tokens, short_input=args.short_input, terms=args.terms,
                       bias=args.bias, bias_weight=args.bias_weight, bias_start_weight=args.bias_start_weight,
-                      num_beams=args.num_beams, predictions=args.predictions, ctc=args.ctc)
+                      num_beams=args.num_beams, decoding=args.decoding, predictions=args.predictions,
+                      timestamps=args.timestamps, ctc=args.ctc)
     predictions = record.pop("predictions")  # in the files --predictions and --save name, not in the record
     rows = [
         ["WER (normalised)", f"{record['wer']:.4f}"], ["CER (normalised)", f"{record['cer']:.4f}"],
         ["WER (raw)", f"{record['raw_wer']:.4f}"],
         ["subs / dels / ins", f"{record['substitutions']} / {record['deletions']} / {record['insertions']}"],
-        ["utterances", str(record["n"])], ["beams", str(args.num_beams)],
+        ["utterances", str(record["n"])],
+        ["decoding", "deploy (faster-whisper's defaults)" if args.decoding == "deploy" else
+         f"greedy, {args.num_beams} beam{'s' if args.num_beams > 1 else ''}"],
+        ["looped / hit max_new_tokens", f"{record['loops']} / {record['hit_max_new_tokens']}"],
     ]
+    if args.decoding == "deploy":
+        rows.append(["temperature fallbacks / no speech",
+                     f"{record['temperature_fallbacks']} / {record['no_speech']}"])
     if "bias" in record:
         bias = record["bias"]
         rows.append(["biasing", f"{args.bias}, weight {bias['weight']:g} (start {bias['start_weight']:g}), "
                                 f"{record.pop('bias_sequences')} token sequences"])
+        rows.append(["decoded again without the bias", str(record["bias_fallbacks"])])
     if "terms" in record:
         rows += term_rows(record["terms"])
+    if "timestamps" in record:
+        rows += timestamp_rows(record["timestamps"])
     print_table(["metric", "value"], rows, file=sys.stderr if args.json else sys.stdout)
     if args.save:
         save_evaluation(args.save, record, predictions, data=args.data, terms=args.terms)
@@ -124,3 +142,21 @@ def term_rows(found: dict) -> list[list[str]]:
     missed = ", ".join(f"{m['term']} ({m['missed']})" for m in found["top_missed"][:5]) or "none"
     return [["term recall", shown], ["term insertions", str(found["term_insertions"])],
             ["most missed terms", missed]]
+
+
+def _seconds(summary: dict) -> str:
+    low, high = summary["median_ci95"]
+    return f"median {summary['median']:.3f} s [{low:.3f}, {high:.3f}], mean {summary['mean']:.3f} s"
+
+
+def timestamp_rows(quality: dict) -> list[list[str]]:
+    """Table rows of the timestamp report: boundary errors (this model, its base, the paired change)."""
+    rows = [["segment boundaries", f"{quality['segments']} in {quality['rows']} rows"],
+            ["boundary error", _seconds(quality["boundary_error"])],
+            ["long-form WER", f"{quality['long_form_wer']:.4f}"]]
+    if "base" in quality:
+        change = quality["median_change"]
+        low, high = change["median_delta_ci95"]
+        rows += [["boundary error, base", _seconds(quality["base"]["boundary_error"])],
+                 ["median change vs base", f"{change['median_delta']:+.3f} s [{low:+.3f}, {high:+.3f}]"]]
+    return rows

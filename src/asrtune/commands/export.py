@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from asrtune.errors import AsrtuneError
     from asrtune.export.ct2 import export_ct2
     from asrtune.export.merge import export_hf, load_merged
+    from asrtune.export.quantization import DEFAULT_QUANTIZATION
     from asrtune.report import print_table
 
     if args.to == "hf" and args.quantization:

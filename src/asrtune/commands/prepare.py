@@ -81,6 +81,20 @@ def add(subparsers: argparse._SubParsersAction) -> None:
         help="transcribe kept rows with --model and flag those whose CER is above --max-cer (report only)",
     )
     parser.add_argument("--max-cer", type=float, default=0.5, help="label check threshold")
+    parser.add_argument(
+        "--align",
+        default=None,
+        metavar="MODEL",
+        help="force-align rows longer than --max-duration that have no timing (a long recording and its plain "
+        "transcript) with this Whisper model, and cut them into pieces at word boundaries, at pauses where "
+        "possible; text the audio does not contain is dropped (reason alignment)",
+    )
+    parser.add_argument(
+        "--min-alignment-score",
+        type=float,
+        default=0.05,
+        help="with --align: drop pieces whose words' mean token probability (geometric) is below this",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -106,11 +120,14 @@ def run(args: argparse.Namespace) -> int:
             max_chars_per_second=args.max_cps,
             charset=args.charset,
             language=args.language,
+            align=bool(args.align),
+            min_alignment_score=args.min_alignment_score,
         ),
     )
     report_path = args.report or args.out.with_name(args.out.stem + ".report.json")
     report = prepare(args.src, args.out, report_path, settings,
-                     check_labels=_label_check(args) if args.label_check else None)
+                     check_labels=_label_check(args) if args.label_check else None,
+                     aligner=_aligner(args) if args.align else None)
     print_table(["", "rows", "duration", "what"], summary_rows(report))
     segmentation = report["segmentation"]
     if segmentation["cut_pieces"] or segmentation["split_rows"]:
@@ -123,6 +140,14 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"text normalised ({', '.join(report['normalization']['steps'])}): "
             f"{report['normalization']['changed']} transcripts changed"
+        )
+    aligned = report.get("alignment")
+    if aligned:
+        print(
+            f"forced alignment ({args.align}): {aligned['rows_aligned']} rows, {aligned['words_kept']} of "
+            f"{aligned['words']} words kept ({aligned['words_not_heard']} not in the audio), "
+            f"{aligned['seconds_kept']:.1f} of {aligned['seconds_aligned']:.1f} s in pieces; "
+            f"{aligned['pieces_dropped']} pieces dropped (reason alignment)"
         )
     check = report.get("label_check")
     if check:
@@ -151,3 +176,20 @@ def _label_check(args: argparse.Namespace):
                            progress=not args.no_progress)
 
     return check
+
+
+def _aligner(args: argparse.Namespace):
+    """Forced alignment for ``prepare --align``: the model loaded once, on the first row that needs it."""
+    from asrtune.inference.align import AlignOptions, row_aligner
+    from asrtune.inference.longform import prepare_for_inference
+    from asrtune.runs.load import load_model
+
+    aligners = []
+
+    def align(row, samples):
+        if not aligners:
+            loaded = prepare_for_inference(load_model(args.align))
+            aligners.append(row_aligner(loaded, AlignOptions(language=args.language)))
+        return aligners[0](row, samples)
+
+    return align

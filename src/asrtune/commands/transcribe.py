@@ -36,6 +36,9 @@ def add(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-fallback", action="store_true",
                         help="greedy only: no re-decoding at higher temperatures when a window looks "
                              "repetitive or unlikely (faster, deterministic)")
+    parser.add_argument("--word-timestamps", action="store_true",
+                        help="time every word (forced alignment of the transcript on the alignment heads' "
+                             "cross-attention): words in json, a cue per word in srt, inline times in vtt")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="longest text per 30 s window, in tokens (default: what the decoder allows)")
     parser.add_argument("--output-dir", type=Path, default=None,
@@ -80,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         prompt=args.prompt, condition_on_previous_text=not args.no_condition_on_previous_text,
         fallback=not args.no_fallback, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
         bias=args.bias, bias_weight=args.bias_weight, bias_start_weight=args.bias_start_weight,
-        device=args.device, on_file=write if args.output_dir else None)
+        device=args.device, on_file=write if args.output_dir else None, word_timestamps=args.word_timestamps)
     if not args.output_dir:
         for transcript in transcripts:  # in the order given
             if args.format == "json":
@@ -105,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
                       f"{'' if args.no_fallback else ', temperature fallback'}, "
                       f"{args.batch_size} file(s) per batch, {stats.device}")],
         ["prompt", f"{len(args.prompt.split())} words" if args.prompt else "none"],
+        ["words", "timed: forced alignment (alignment heads, DTW)" if args.word_timestamps else "not timed"],
         ["biasing", _bias_text(args)],
         ["decode time", f"{stats.decode_seconds:.1f} s"],
         ["RTF", f"{stats.rtf:.3f}"],

@@ -13,6 +13,7 @@ everything else, so every source row is accounted for.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 from collections.abc import Callable
@@ -25,7 +26,7 @@ import soundfile as sf
 
 from asrtune.data.audio import RawAudio, read_raw, to_mono
 from asrtune.data.charset import foreign_characters
-from asrtune.data.rows import Dropped, SourceRow
+from asrtune.data.rows import Dropped, SourceRow, Word
 from asrtune.data.segment import Piece, plan_pieces, stretch_seconds, timing_problem, too_long_detail
 from asrtune.errors import AsrtuneError
 from asrtune.registry import Registry
@@ -42,10 +43,14 @@ __all__ = [
     "RowOutcome",
     "check_row",
     "rules_in_order",
+    "Aligner",
     "spoken_characters",
 ]
 
 STAGES = ("read", "row", "audio", "segment", "piece")
+# Forced alignment, given by the caller (asrtune.inference.align through ``prepare --align``): a row and its
+# stretch of audio (16 kHz mono) in, its words with times from the start of the file out.
+Aligner = Callable[[SourceRow, np.ndarray], tuple[Word, ...]]
 _ORDER = itertools.count()
 
 
@@ -110,6 +115,8 @@ class CleanSettings:
         max_chars_per_second: faster speech is dropped (speaking_rate).
         charset: drop transcripts with characters outside their language's script (charset).
         language: language of rows that name none.
+        align: long rows without timing are force-aligned to their transcript (``prepare --align``).
+        min_alignment_score: forced alignment's pieces scored below this are dropped (alignment).
     """
 
     min_seconds: float = 0.2
@@ -118,8 +125,12 @@ class CleanSettings:
     max_chars_per_second: float = 25.0
     charset: bool = False
     language: str | None = None
+    align: bool = False
+    min_alignment_score: float = 0.05
 
     def __post_init__(self) -> None:
+        if not 0 <= self.min_alignment_score < 1:
+            raise AsrtuneError("need 0 <= min alignment score < 1")
         if not 0 <= self.min_seconds < self.max_seconds:
             raise AsrtuneError("need 0 <= min duration < max duration")
         if not 0 <= self.min_chars_per_second < self.max_chars_per_second:
@@ -128,11 +139,13 @@ class CleanSettings:
 
 @dataclass
 class CleanContext:
-    """Settings, the model's label budget, and what has been seen (for duplicates)."""
+    """Settings, the model's label budget, what has been seen (for duplicates), and the forced aligner that cuts
+    long rows with no timing (None: they are too long)."""
 
     settings: CleanSettings
     budget: LabelBudget | None = None
     seen: dict[str, str] = field(default_factory=dict)
+    aligner: Aligner | None = None
 
     def language(self, row_language: str | None) -> str | None:
         return row_language or self.settings.language
@@ -225,7 +238,9 @@ def bad_timing(row: SourceRow, file_seconds: float, ctx: CleanContext) -> str | 
     return timing_problem(row, file_seconds)
 
 
-declare("too_long", "segment", "over --max-duration (30 s) with no timing to split it at")
+declare("too_long", "segment", "over --max-duration (30 s) with no timing to split it at (see --align)")
+rule("alignment", "segment", "forced alignment (--align): transcript text the audio does not contain, or a "
+     "piece scored below --min-alignment-score", option="align")(None)
 
 
 # --- piece: each utterance that would be written ------------------------------------------------------------
@@ -284,6 +299,8 @@ class RowOutcome:
     kept: tuple[tuple[Piece, np.ndarray], ...] = ()
     dropped: tuple[Dropped, ...] = ()
     split: bool = False
+    aligned: tuple[Word, ...] = ()  # the row's words, when forced alignment timed them
+    aligned_seconds: float = 0.0
 
 
 def _first_failure(rules: list[Rule], *subject) -> tuple[str, str] | None:
@@ -329,7 +346,8 @@ def _before_decoding(row: SourceRow, ctx: CleanContext) -> RowOutcome | None:
     failure = _first_failure(rules_in_order("row", ctx.settings), row, ctx)
     if failure:
         return _drop(row, *failure, seconds=seconds)
-    if file_seconds is not None and not row.words and seconds > ctx.settings.max_seconds:
+    untimed = not row.words and not row.spans and ctx.aligner is None
+    if file_seconds is not None and untimed and seconds > ctx.settings.max_seconds:
         failure = _first_failure(rules_in_order("segment", ctx.settings), row, file_seconds, ctx)
         return _drop(
             row,
@@ -341,11 +359,11 @@ def _before_decoding(row: SourceRow, ctx: CleanContext) -> RowOutcome | None:
 
 def _check_pieces(row: SourceRow, audio: RawAudio, ctx: CleanContext) -> RowOutcome:
     """Cut or split the decoded stretch into pieces and run the piece rules on each."""
-    plan = plan_pieces(row, audio, ctx.settings.max_seconds)
+    plan = plan_pieces(row, audio, ctx.settings.max_seconds, ctx.settings.min_alignment_score)
     dropped = [
         _piece_dropped(row, piece_id, "too_long", detail, seconds)
         for piece_id, detail, seconds in plan.too_long
-    ]
+    ] + [_piece_dropped(row, piece_id, "alignment", detail, seconds) for piece_id, detail, seconds in plan.unaligned]
     kept = []
     piece_rules = rules_in_order("piece", ctx.settings)
     for piece in plan.pieces:
@@ -391,4 +409,12 @@ def check_row(row: SourceRow, ctx: CleanContext) -> RowOutcome:
     )
     if failure:
         return _drop(row, *failure, seconds=audio.seconds)
+    if ctx.aligner is not None and not row.words and not row.spans and audio.seconds > ctx.settings.max_seconds:
+        try:
+            words = ctx.aligner(row, to_mono(audio.samples, audio.rate))
+        except AsrtuneError as error:
+            return _drop(row, "alignment", f"forced alignment failed: {error}", seconds=audio.seconds)
+        row = dataclasses.replace(row, words=words, aligned=True)
+        outcome = _check_pieces(row, audio, ctx)
+        return dataclasses.replace(outcome, aligned=words, aligned_seconds=audio.seconds)
     return _check_pieces(row, audio, ctx)

@@ -80,6 +80,9 @@ class FeatureDataset(torch.utils.data.Dataset):
         language: default language for rows without one.
         task: transcribe or translate.
         cache: an on-disk feature cache to read from and fill (None: always extract).
+        timestamps: the share of training batches (by their number, ``draw``) whose rows with segments take
+            labels with timestamp tokens (:meth:`labels_for`); 0: none.
+        seed: the run's seed (which batches are timestamp batches).
 
     Attributes:
         durations: each utterance's audio length in seconds (manifest ``duration`` or audio header).
@@ -93,9 +96,11 @@ class FeatureDataset(torch.utils.data.Dataset):
 
     def __init__(self, utterances: Sequence[Utterance], processor: WhisperProcessor, *, multilingual: bool,
                  language: str | None = None, task: str = "transcribe", progress: bool = True,
-                 desc: str = "features", cache: FeatureCache | None = None) -> None:
+                 desc: str = "features", cache: FeatureCache | None = None, timestamps: float = 0.0,
+                 seed: int = 0) -> None:
         del progress, desc  # nothing is computed up front any more; kept for callers' signatures
         self.utterances = list(utterances)
+        self.timestamps, self.seed = float(timestamps), seed
         self.processor = processor
         self.cache = cache
         self.family = family_for_processor(processor)
@@ -106,6 +111,12 @@ class FeatureDataset(torch.utils.data.Dataset):
         self.valid_frames = [min(-(-max(int(round(d * SAMPLE_RATE)), min_samples) // extractor.hop_length), max_frames)
                              for d in self.durations]
         self.labels = self._label_ids(processor, multilingual=multilingual, language=language, task=task)
+        self.timestamp_labels: list[np.ndarray | None] = [None] * len(self.utterances)
+        if self.timestamps > 0:
+            self.timestamp_labels = self.family.timestamp_sequences(
+                processor, [u.segments for u in self.utterances], [u.id for u in self.utterances],
+                [u.language or language for u in self.utterances], self.durations.tolist(), multilingual=multilingual,
+                task=task)
         self.features = _LazyFeatures(self)
 
     def _label_ids(self, processor, *, multilingual: bool, language: str | None, task: str) -> list[np.ndarray]:
@@ -116,9 +127,23 @@ class FeatureDataset(torch.utils.data.Dataset):
             [u.language or language for u in utterances], self.valid_frames, multilingual=multilingual, task=task)
         return labels
 
-    def target_tokens(self, index: int) -> int:
-        """Tokens of item ``index`` that count in the loss (all but the prompt)."""
-        return len(self.labels[index]) - self.prompt_lengths[index]
+    def timestamp_batch(self, draw: int) -> bool:
+        """Whether global batch ``draw`` trains with timestamp tokens (a seeded draw at the set share)."""
+        if self.timestamps <= 0:
+            return False
+        return self.timestamps >= 1 or bool(np.random.default_rng([self.seed, draw, 29]).random() < self.timestamps)
+
+    def labels_for(self, index: int, draw: int | None = None) -> np.ndarray:
+        """Item ``index``'s labels in training batch ``draw``: with timestamp tokens when it is a timestamp
+        batch and the item has segments, else the plain ones (None: the plain ones)."""
+        timed = self.timestamp_labels[index]
+        if draw is not None and timed is not None and self.timestamp_batch(draw):
+            return timed
+        return self.labels[index]
+
+    def target_tokens(self, index: int, draw: int | None = None) -> int:
+        """Tokens of item ``index`` that count in the loss (all but the prompt), in training batch ``draw``."""
+        return len(self.labels_for(index, draw)) - self.prompt_lengths[index]
 
     def item_features(self, index: int) -> torch.Tensor:
         """Item ``index``'s log-mel features (n_mels, frames), float32."""
@@ -133,6 +158,8 @@ class FeatureDataset(torch.utils.data.Dataset):
         subset.durations = self.durations[list(indices)] if len(indices) else self.durations[:0]
         subset.valid_frames = [self.valid_frames[i] for i in indices]
         subset.labels = [self.labels[i] for i in indices]
+        subset.timestamp_labels = [self.timestamp_labels[i] for i in indices]
+        subset.timestamps, subset.seed = self.timestamps, self.seed
         subset.prompt_lengths = [self.prompt_lengths[i] for i in indices]
         subset.features = _LazyFeatures(subset)
         return subset

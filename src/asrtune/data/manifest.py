@@ -1,7 +1,10 @@
-"""Manifests: JSONL, one utterance per line (``audio``, ``text``, optional ``language``, ``id``, ``voice``).
+"""Manifests: JSONL, one utterance per line (``audio``, ``text``, optional ``language``, ``id``, ``voice``,
+``duration``, ``segments``).
 
-``audio`` is a path relative to the manifest's folder, or absolute. Rows round-trip: reading a
-manifest and writing it elsewhere keeps every row pointing at the same files.
+``audio`` is a path relative to the manifest's folder, or absolute. ``segments`` (optional) are timed
+stretches of the text, ``[{"start": 0.3, "end": 2.1, "text": "..."}]`` in seconds from the start of the
+audio: what timestamp training (``data.timestamps``) and timestamp evaluation read. Rows round-trip:
+reading a manifest and writing it elsewhere keeps every row pointing at the same files.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from asrtune.data.rows import Span
 from asrtune.errors import AsrtuneError
 
 __all__ = ["Utterance", "read_manifest", "write_manifest", "manifests_digest"]
@@ -27,6 +31,7 @@ class Utterance:
     language: str | None = None
     duration: float | None = None
     voice: str | None = None  # who or what spoke it: an espeak-ng voice, or a recorded speaker
+    segments: tuple[Span, ...] = ()  # timed stretches of the text, seconds from the start of the audio
 
     def to_row(self, relative_to: Path | None = None) -> dict:
         audio = self.audio
@@ -42,6 +47,9 @@ class Utterance:
             row["duration"] = round(self.duration, 4)
         if self.voice:
             row["voice"] = self.voice
+        if self.segments:
+            row["segments"] = [{"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text}
+                               for s in self.segments]
         return row
 
 
@@ -56,6 +64,7 @@ def _row_to_utterance(row: object, line: int, folder: Path, source: Path) -> Utt
     audio = Path(row["audio"]).expanduser()
     audio = audio if audio.is_absolute() else folder / audio
     duration = row.get("duration")
+    segments = _segments(row.get("segments"), f"{source}:{line}")
     return Utterance(
         id=str(row.get("id") or f"{source.stem}-{line}"),
         audio=str(audio),
@@ -63,7 +72,30 @@ def _row_to_utterance(row: object, line: int, folder: Path, source: Path) -> Utt
         language=row.get("language") or None,
         duration=float(duration) if isinstance(duration, (int, float)) else None,
         voice=str(row["voice"]) if row.get("voice") else None,
+        segments=segments,
     )
+
+
+def _segments(value: object, where: str) -> tuple[Span, ...]:
+    """``segments`` of a manifest row: a list of ``{start, end, text}`` in order, each ending after it starts."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise AsrtuneError(f"{where}: segments must be a list of {{start, end, text}} objects")
+    spans = []
+    for index, item in enumerate(value):
+        if not isinstance(item, dict) or not isinstance(item.get("text", ""), str):
+            raise AsrtuneError(f"{where}: segments[{index}] is not a {{start, end, text}} object")
+        try:
+            start, end = float(item["start"]), float(item["end"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise AsrtuneError(f"{where}: segments[{index}] needs numeric start and end") from error
+        if not 0 <= start <= end:
+            raise AsrtuneError(f"{where}: segments[{index}] runs from {start} to {end}")
+        if spans and start < spans[-1].start:
+            raise AsrtuneError(f"{where}: segments are not in order (segments[{index}])")
+        spans.append(Span(text=item.get("text", ""), start=start, end=end))
+    return tuple(spans)
 
 
 def read_manifest(path: str | Path) -> list[Utterance]:

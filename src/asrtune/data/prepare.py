@@ -22,7 +22,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from asrtune.data.charset import SCRIPTS, known_language
-from asrtune.data.clean import CleanContext, CleanSettings, check_row, rules_in_order
+from asrtune.data.clean import Aligner, CleanContext, CleanSettings, check_row, rules_in_order
 from asrtune.data.formats import ReadContext, Source, read_source
 from asrtune.data.formats.base import safe_name
 from asrtune.data.labels import load_label_budget
@@ -136,11 +136,15 @@ def prepare(
     settings: PrepareSettings = PrepareSettings(),
     *,
     check_labels: Callable[[list[Utterance]], dict] | None = None,
+    aligner: Aligner | None = None,
 ) -> dict:
     """Read ``src``, clean it, write the kept rows to ``out`` and the report to ``report_path``.
 
     ``check_labels``: with ``settings.label_check``, the check run on the kept rows (its result is the report's
     ``label_check``; :func:`asrtune.evaluation.labelcheck.label_check` with the model loaded).
+    ``aligner``: with ``settings.clean.align``, forced alignment of rows over ``max_seconds`` that have no
+    timing (their words' times; ``asrtune prepare --align MODEL`` passes
+    :func:`asrtune.inference.align.align_transcript` with the model loaded); the report gains ``alignment``.
 
     Returns:
         The report (also written as JSON). ``out`` is written only when a row is kept.
@@ -150,6 +154,8 @@ def prepare(
     """
     if settings.label_check and check_labels is None:
         raise AsrtuneError("settings.label_check: pass the check to run (check_labels)")
+    if settings.clean.align and aligner is None:
+        raise AsrtuneError("settings.clean.align: pass the forced aligner to run (aligner)")
     src, out = Path(src).expanduser(), Path(out).expanduser()
     report_path = Path(report_path) if report_path else out.with_name(out.stem + ".report.json")
     for target in (out, report_path):
@@ -163,10 +169,13 @@ def prepare(
     )
     rows, normalization = _normalise_rows(source.rows, settings.normalize)
     _check_languages(rows, settings.clean)
-    context = CleanContext(settings=settings.clean, budget=load_label_budget(settings.model))
-    kept, dropped, segmentation = _clean(rows, context, audio_dir, settings.progress)
+    context = CleanContext(settings=settings.clean, budget=load_label_budget(settings.model),
+                           aligner=aligner if settings.clean.align else None)
+    kept, dropped, segmentation, alignment = _clean(rows, context, audio_dir, settings.progress)
     dropped = list(source.dropped) + dropped
     report = _report(source, out, settings, kept, dropped, segmentation, normalization)
+    if settings.clean.align:
+        report["alignment"] = _alignment_summary(alignment, dropped)
     if settings.label_check and kept:
         report["label_check"] = check_labels(kept)
     if kept:
@@ -175,18 +184,34 @@ def prepare(
     return report
 
 
+def _alignment_summary(aligned: dict, dropped: list[Dropped]) -> dict:
+    """What forced alignment kept: rows aligned, words and seconds in and kept, pieces dropped, kept scores."""
+    scores = sorted(aligned.pop("scores"))
+    drops = [entry for entry in dropped if entry.reason == "alignment"]
+    return {
+        **{key: round(value, 3) if isinstance(value, float) else value for key, value in aligned.items()},
+        "pieces_dropped": len(drops),
+        "kept_score_min": round(scores[0], 4) if scores else None,
+        "kept_score_median": round(float(np.median(scores)), 4) if scores else None,
+    }
+
+
 def _clean(
     rows: tuple[SourceRow, ...], context: CleanContext, audio_dir: Path, progress: bool
-) -> tuple[list[Utterance], list[Dropped], dict]:
+) -> tuple[list[Utterance], list[Dropped], dict, dict]:
     kept: list[Utterance] = []
     dropped: list[Dropped] = []
     segmentation = Counter()
+    alignment = {"rows_aligned": 0, "words": 0, "words_kept": 0, "words_not_heard": 0, "seconds_aligned": 0.0,
+                 "seconds_kept": 0.0, "scores": []}
     used: set[str] = set()
     for row in tqdm(rows, desc="prepare", unit="row", disable=not progress):
         outcome = check_row(row, context)
         if not (outcome.kept or outcome.dropped):  # the invariant every rule keeps: no row vanishes
             raise AsrtuneError(f"internal error: row {row.id} ({row.source}) was neither kept nor dropped")
         dropped.extend(outcome.dropped)
+        if outcome.aligned:
+            _count_alignment(alignment, outcome)
         if outcome.split:
             segmentation["split_rows"] += 1
         for piece, _mono in outcome.kept:
@@ -201,9 +226,23 @@ def _clean(
                     text=piece.text,
                     language=row.language or context.settings.language,
                     duration=piece.seconds,
+                    segments=piece.segments,
                 )
             )
-    return kept, dropped, dict(segmentation)
+    return kept, dropped, dict(segmentation), alignment
+
+
+def _count_alignment(counts: dict, outcome) -> None:
+    words = outcome.aligned
+    counts["rows_aligned"] += 1
+    counts["words"] += len(words)
+    counts["words_not_heard"] += sum(not w.heard for w in words)
+    counts["seconds_aligned"] += outcome.aligned_seconds
+    for piece, _mono in outcome.kept:
+        counts["words_kept"] += len(piece.text.split())
+        counts["seconds_kept"] += piece.seconds
+        if piece.score is not None:
+            counts["scores"].append(piece.score)
 
 
 def _report(

@@ -210,9 +210,20 @@ def _locate(out: Path, source: Path | None, fetch: bool) -> tuple[tuple[Path, Pa
     return found, done
 
 
+def _write_wav(path: Path, samples: np.ndarray, utt_id: str, text: str) -> Utterance:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.clip(samples, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
+    return Utterance(id=utt_id, audio=str(path.resolve()), text=text, language="en",
+                     duration=samples.size / SAMPLE_RATE, voice=SPEAKER)
+
+
 def build_real_english(out: str | Path, *, source: str | Path | None = None, fetch: bool = True,
                        limit: int | None = None) -> dict:
     """Write ``out/audio/*.wav``, ``out/manifest.jsonl`` and ``out/report.json``; returns the report.
+
+    Prompts longer than Whisper's 30 s window are not in the manifest (a general set scored on truncated
+    audio would be wrong): they go to ``out/long/*.wav`` and ``out/long.jsonl``, recordings for long-form
+    transcription, word timestamps and forced alignment (the longest is 73 s).
 
     Args:
         out: output folder.
@@ -229,6 +240,7 @@ def build_real_english(out: str | Path, *, source: str | Path | None = None, fet
     (sounds, transcripts), how = _locate(out, Path(source) if source else None, fetch)
     dropped: list[dict] = []
     utterances: list[Utterance] = []
+    long: list[Utterance] = []
     for prompt in sorted(parse_transcripts(_read_text(transcripts)), key=lambda p: p.key):
         said, reason = clean_transcript(prompt.text)
         folder = prompt.key.split("/")[0] if "/" in prompt.key else ""
@@ -243,11 +255,13 @@ def build_real_english(out: str | Path, *, source: str | Path | None = None, fet
         if limit is not None and len(utterances) >= limit:
             break
         samples = decode_g722(audio)
-        if not SAMPLE_RATE // 10 <= samples.size <= MAX_SECONDS * SAMPLE_RATE:
-            reason = "too short" if samples.size < SAMPLE_RATE // 10 else f"over {MAX_SECONDS} s"
-            dropped.append({"key": prompt.key, "text": prompt.text, "reason": reason})
-            continue
         utt_id = "asterisk-en-" + prompt.key.replace("/", "_")
+        if not SAMPLE_RATE // 10 <= samples.size <= MAX_SECONDS * SAMPLE_RATE:
+            reason = "too short" if samples.size < SAMPLE_RATE // 10 else f"over {MAX_SECONDS} s (in long.jsonl)"
+            dropped.append({"key": prompt.key, "text": prompt.text, "reason": reason})
+            if samples.size > MAX_SECONDS * SAMPLE_RATE:
+                long.append(_write_wav(out / "long" / f"{utt_id}.wav", samples, utt_id, said))
+            continue
         wav = out / "audio" / f"{utt_id}.wav"
         wav.parent.mkdir(parents=True, exist_ok=True)
         sf.write(str(wav), np.clip(samples, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
@@ -256,6 +270,8 @@ def build_real_english(out: str | Path, *, source: str | Path | None = None, fet
     if not utterances:
         raise AsrtuneError(f"no usable prompts in {sounds}")
     write_manifest(utterances, out / "manifest.jsonl")
+    if long:
+        write_manifest(long, out / "long.jsonl")
     report = {
         "manifest": str((out / "manifest.jsonl").resolve()),
         "source": how,
@@ -265,6 +281,8 @@ def build_real_english(out: str | Path, *, source: str | Path | None = None, fet
         "kept": len(utterances),
         "hours": round(sum(u.duration or 0.0 for u in utterances) / 3600, 4),
         "dropped_by_reason": dict(Counter(d["reason"] for d in dropped)),
+        "long": {"manifest": str((out / "long.jsonl").resolve()) if long else None, "recordings": len(long),
+                 "seconds": [round(u.duration or 0.0, 2) for u in long]},
         "dropped": dropped,
     }
     (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))

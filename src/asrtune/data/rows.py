@@ -9,12 +9,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Word", "SourceRow", "Dropped"]
+__all__ = ["Word", "Span", "SourceRow", "Dropped"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class Word:
-    """One word with its timing in the recording, seconds from the start of the file."""
+    """One word with its timing in the recording, seconds from the start of the file.
+
+    Attributes:
+        score: how well the audio supports the word, 0..1 (forced alignment: the geometric mean of its tokens'
+            probabilities; None when the corpus gave the time).
+        heard: False when forced alignment found no audio for it (text the recording does not contain).
+    """
+
+    text: str
+    start: float
+    end: float
+    score: float | None = None
+    heard: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class Span:
+    """A stretch of text with known times (a subtitle cue, a sentence), seconds from the start of the file."""
 
     text: str
     start: float
@@ -33,6 +50,9 @@ class SourceRow:
         start: start of the utterance within the file, seconds (Kaldi ``segments``, NeMo ``offset``).
         end: end of the utterance within the file, seconds; None means the end of the file.
         words: word timings, seconds from the start of the file (lets long audio be split).
+        spans: timed stretches of text inside the row (subtitle cues), seconds from the start of the file: the
+            row is cut into pieces of whole spans, and they are the pieces' segments.
+        aligned: the word timings come from forced alignment (pieces are then scored and may be dropped).
         source: the file the row was read from (for messages and the report).
         line: the row's line number in ``source`` (1-based), when it has one.
     """
@@ -44,6 +64,8 @@ class SourceRow:
     start: float | None = None
     end: float | None = None
     words: tuple[Word, ...] = ()
+    spans: tuple[Span, ...] = ()
+    aligned: bool = False
     source: str = ""
     line: int | None = None
 

@@ -32,6 +32,15 @@ overlap, a match left for a shorter one that starts inside it, the shorter one's
 back twice.) Greedy scores are logits and beam scores log-probabilities; either way the bonus is
 ``weight`` nats before normalisation (shallow fusion with a term "language model" that only knows
 the list). ``weight`` 0 leaves the scores unchanged.
+
+A prefix is paid for once. When a hypothesis leaves an unfinished match, the path it had matched (the
+term's first tokens, ``` dev elop``` say) is spent for the rest of that hypothesis: entering the same path
+again earns nothing, neither its start nor its continuations, up to where the earlier match stopped (going
+further still earns the continuation bonus, and whole terms are never spent). Without that, a decode that
+loops through a term's first tokens ("the development of the development of ...") collects the start bonus
+on every turn, and the bonus feeds the loop. Greedy decoding cannot take the earlier turn back, so this is
+what stops the bonus there; the decoding (:func:`asrtune.evaluation.decode.decode_dataset`) also decodes a
+biased row that still loops again without the bias.
 """
 
 from __future__ import annotations
@@ -95,6 +104,28 @@ class TermTrie:
             if node:
                 found.update(node)
         return found
+
+    def abandoned(self, tokens: Sequence[int]) -> dict[tuple[int, ...], int]:
+        """The spent paths of ``tokens``: every prefix of a match that was left unfinished, with the position of
+        the first token that left it (the earliest, when a path was left more than once).
+
+        A match starts at any position whose token starts a sequence, follows the trie and is left when the next
+        token is no child of its node; it is unfinished when no sequence ends along it (a whole term is kept).
+        A match still open at the end of ``tokens`` is not left.
+        """
+        spent: dict[tuple[int, ...], int] = {}
+        for start in range(len(tokens)):
+            node, end, finished = self.root, start, False
+            while end < len(tokens) and tokens[end] in node:
+                node = node[tokens[end]]
+                end += 1
+                finished = finished or tuple(tokens[start:end]) in self.ends
+            if end == len(tokens) or end == start or finished:
+                continue
+            for depth in range(1, end - start + 1):
+                path = tuple(tokens[start:start + depth])
+                spent[path] = min(spent.get(path, end), end)
+        return spent
 
     def pending(self, tokens: Sequence[int]) -> int | None:
         """Where the longest unfinished match at the end of ``tokens`` starts (None: none).
@@ -209,37 +240,48 @@ class TermBiasProcessor(LogitsProcessor):
         """The start tokens eligible after ``prefix`` (all at a sentence start, else the mid-sentence ones)."""
         return self.starts if not prefix or prefix[-1] in self.sentence_ends else self.mid_starts
 
-    def _row_bonus(self, tail: list[int]) -> tuple[list[int], list[int]]:
-        """(start tokens, continuation tokens) to boost after a row's generated text tokens ``tail``."""
-        starts = self._starts_at(tail)
-        continuations = self.trie.continuations(tail)
+    def _row_bonus(self, tail: list[int], spent: dict[tuple[int, ...], int]) -> tuple[list[int], list[int]]:
+        """(start tokens, continuation tokens) to boost after a row's generated text tokens ``tail``.
+
+        ``spent``: the row's spent paths (:meth:`TermTrie.abandoned`); a token that would re-enter one earns nothing.
+        """
+        starts = [t for t in self._starts_at(tail) if (t,) not in spent]
+        continuations: set[int] = set()
+        for start in range(max(0, len(tail) - self.trie.depth + 1), len(tail)):
+            node = self.trie.node(tail[start:])
+            if node:
+                path = tuple(tail[start:])
+                continuations.update(t for t in node if spent.get(path + (t,), len(tail) + 1) > start)
         blocked = _repeating(tail)
         if blocked:
             starts = [t for t in starts if t not in blocked]
             continuations -= blocked
         return starts, sorted(continuations)
 
-    def _given(self, tail: list[int], index: int, first: bool) -> float:
-        """The bonus ``tail[index]`` earned as the first (``first``) or a later token of a match."""
+    def _given(self, tail: list[int], start: int, index: int, spent: dict[tuple[int, ...], int]) -> float:
+        """The bonus ``tail[index]`` earned as a token of the match that starts at ``start``."""
         prefix, token = tail[:index], tail[index]
-        if token in _repeating(prefix):
+        if token in _repeating(prefix) or spent.get(tuple(tail[start:index + 1]), len(tail) + 1) <= start:
             return 0.0
-        if not first:
+        if index > start:
             return self.weight
         return self.start_weight if token in self._starts_at(prefix) else 0.0
 
-    def pending_bonus(self, tail: list[int]) -> tuple[float, set[int]]:
+    def pending_bonus(self, tail: list[int], spent: dict[tuple[int, ...], int] | None = None,
+                      ) -> tuple[float, set[int]]:
         """(the bonus held by the unfinished match at the end of ``tail``, the tokens that continue it).
 
         The bonus counts from the match's first token, or from just after the longest whole term it
-        begins with (a finished term keeps its bonus). No unfinished match: ``(0.0, set())``.
+        begins with (a finished term keeps its bonus); tokens that re-entered a spent path earned nothing.
+        No unfinished match: ``(0.0, set())``.
         """
+        spent = self.trie.abandoned(tail) if spent is None else spent
         start = self.trie.pending(tail)
         if start is None:
             return 0.0, set()
         path = tail[start:]
         finished = max((n for n in range(1, len(path)) if tuple(path[:n]) in self.trie.ends), default=0)
-        held = sum(self._given(tail, start + i, first=i == 0) for i in range(finished, len(path)))
+        held = sum(self._given(tail, start, start + i, spent) for i in range(finished, len(path)))
         return held, set(self.trie.node(path))
 
     def row_scores(self, tail: list[int], bonus: torch.Tensor) -> None:
@@ -247,10 +289,12 @@ class TermBiasProcessor(LogitsProcessor):
 
         Starting a term earns ``start_weight``, continuing one ``weight``; every token that leaves the
         unfinished match at the end of ``tail`` takes back the bonus that match has earned so far, so a
-        hypothesis keeps the bonus of whole terms only (what earns it is a finished term).
+        hypothesis keeps the bonus of whole terms only (what earns it is a finished term); a path the row
+        entered and left before earns nothing again.
         """
-        held, extending = self.pending_bonus(tail)
-        starts, continuations = self._row_bonus(tail)
+        spent = self.trie.abandoned(tail)
+        held, extending = self.pending_bonus(tail, spent)
+        starts, continuations = self._row_bonus(tail, spent)
         bonus.fill_(-held)
         bonus[starts] = self.start_weight - held
         # assigned after the starts, not added: a token gets one bonus, the continuation's
@@ -261,10 +305,7 @@ class TermBiasProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """Args: input_ids (R, L) every row's tokens so far; scores (R, V). Returns the biased (R, V)."""
-        # enough tokens for the longest match, the repeat guard before its first token and a sentence end
-        window = self.trie.depth + 2 * REPEAT_GUARD
-        generated = input_ids[:, self.begin_index:]
-        tails = generated[:, generated.shape[1] - min(window, generated.shape[1]):].tolist()
+        tails = input_ids[:, self.begin_index:].tolist()  # the whole generated text: spent paths go back to its start
         bonus = torch.zeros_like(scores)
         for row, tail in enumerate(tails):
             self.row_scores(self._text_tail(tail), bonus[row])

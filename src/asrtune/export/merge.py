@@ -101,7 +101,9 @@ def merge_loaded(loaded: LoadedModel) -> MergedModel:
 
 def load_merged(source: str) -> MergedModel:
     """Load any model source asrtune accepts and merge its strategy (see :func:`merge_loaded`)."""
-    return merge_loaded(load_model(source, dtype=torch.float32))
+    # a run on a quantized base is rebuilt on that base dequantized (the weights training saw, in plain
+    # nn.Linear layers), so its LoRA merges exactly instead of being quantized into the weights again
+    return merge_loaded(load_model(source, dtype=torch.float32, dequantize=True))
 
 
 def prepare_output_dir(out: Path, overwrite: bool) -> None:

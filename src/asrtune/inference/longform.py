@@ -12,6 +12,11 @@ on the previous one, which is what keeps a prompt's vocabulary and the speaker's
 
 A vocabulary prompt (``prompt``) goes in through Whisper's ``<|startofprev|>`` slot and is kept for
 every window (``prompt_condition_type="all-segments"``), ahead of the previous window's text.
+
+Word timestamps (``word_timestamps``): the transcript is then force-aligned to its audio window by window
+(:mod:`asrtune.inference.align`: cross-attention DTW on the alignment heads, as openai/whisper does after
+decoding), each segment gets its words, and, as openai/whisper does, a segment's start and end become its first
+and last heard word's.
 """
 
 from __future__ import annotations
@@ -26,15 +31,18 @@ import torch
 from tqdm import tqdm
 
 from asrtune.data.audio import SAMPLE_RATE, load_audio
+from asrtune.data.rows import Word
 from asrtune.errors import AsrtuneError
 from asrtune.export.merge import merge_loaded
+from asrtune.inference.align import AlignOptions, align_transcript
 from asrtune.models.load import LoadedModel
 from asrtune.models.new_language import generate_language
 from asrtune.models.whisper import deployable_generation_config
 from asrtune.strategies.prompt import soft_prompt_length
 
 __all__ = ["FALLBACK_TEMPERATURES", "Segment", "TranscribeOptions", "TranscribeStats", "Transcript",
-           "audio_duration", "prepare_for_inference", "prompt_ids", "timestamp_issues", "transcribe_files"]
+           "audio_duration", "prepare_for_inference", "prompt_ids", "timestamp_issues", "transcribe_files",
+           "with_words"]
 
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # openai/whisper's defaults
 
@@ -59,6 +67,7 @@ class TranscribeOptions:
         max_new_tokens: longest text per window (None: what the decoder's 448 positions leave).
         num_beams: beams per window at temperature 0 (1: greedy); with term biasing, a beam that starts
             a term and leaves it falls back.
+        word_timestamps: time every word (forced alignment of the transcript); segments then span their words.
     """
 
     language: str | None = None
@@ -73,6 +82,7 @@ class TranscribeOptions:
     seed: int = 0
     max_new_tokens: int | None = None
     num_beams: int = 1
+    word_timestamps: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -89,11 +99,20 @@ class TranscribeOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class Segment:
-    """A stretch of text with its time span in seconds from the start of the file."""
+    """A stretch of text with its time span in seconds from the start of the file (and its words', when timed)."""
 
     start: float
     end: float
     text: str
+    words: tuple[Word, ...] = ()
+
+    def as_dict(self, index: int) -> dict:
+        entry = {"id": index, "start": round(self.start, 3), "end": round(self.end, 3), "text": self.text}
+        if self.words:
+            entry["words"] = [{"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3),
+                               "probability": None if w.score is None else round(w.score, 4), "heard": w.heard}
+                              for w in self.words]
+        return entry
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,8 +131,7 @@ class Transcript:
     def as_dict(self) -> dict:
         return {"audio": self.audio, "duration": round(self.duration, 3), "language": self.language,
                 "text": self.text,
-                "segments": [{"id": i, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text}
-                             for i, s in enumerate(self.segments)]}
+                "segments": [s.as_dict(i) for i, s in enumerate(self.segments)]}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -233,6 +251,26 @@ def _segments(raw: list[dict], tokenizer, duration: float) -> list[Segment]:
     return segments
 
 
+def with_words(loaded: LoadedModel, transcript: Transcript, samples, language: str | None) -> Transcript:
+    """``transcript`` with every segment's words timed by forced alignment of its text to ``samples`` (16 kHz);
+    a segment with heard words spans them (openai/whisper's rule)."""
+    if not transcript.segments:
+        return transcript
+    alignment = align_transcript(loaded, samples, "\n".join(s.text for s in transcript.segments),
+                                 AlignOptions(language=language))
+    words = list(alignment.words)
+    segments, cursor = [], 0
+    for segment in transcript.segments:
+        count = len(segment.text.split())
+        own = tuple(words[cursor : cursor + count])
+        cursor += count
+        heard = [w for w in own if w.heard]
+        start, end = (heard[0].start, heard[-1].end) if heard else (segment.start, segment.end)
+        segments.append(Segment(start=start, end=max(start, end), text=segment.text, words=own))
+    return Transcript(audio=transcript.audio, duration=transcript.duration, language=transcript.language,
+                      segments=segments)
+
+
 def _batches(durations: list[float], batch_size: int) -> list[list[int]]:
     """File indices grouped by similar length (longest first), so padding stays small."""
     order = sorted(range(len(durations)), key=lambda i: -durations[i])
@@ -337,6 +375,8 @@ def transcribe_files(loaded: LoadedModel, paths: Sequence[str | Path],
             transcript = Transcript(audio=str(paths[index]), duration=durations[index],
                                     language=languages[row].strip("<|>") if languages else "en",
                                     segments=_segments(output["segments"][row], tokenizer, durations[index]))
+            if options.word_timestamps:
+                transcript = with_words(loaded, transcript, samples[row], transcript.language)
             results[index] = transcript
             if on_file is not None:
                 on_file(index, transcript)

@@ -26,11 +26,13 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from asrtune.decodings import DECODINGS
 from asrtune.errors import AsrtuneError
 from asrtune.registry import Registry
 
-__all__ = ["ModuleMap", "CachePlan", "CtcSettings", "ModelFamily", "FAMILIES", "family_of", "family_named", "family_for_folder",
-           "family_for_processor", "model_core", "core_prefix", "trains"]
+__all__ = ["ModuleMap", "CachePlan", "CtcSettings", "BatchDecode", "ModelFamily", "FAMILIES", "family_of",
+           "family_named", "family_for_folder", "family_for_model_type", "family_for_processor", "model_core",
+           "core_prefix", "trains"]
 
 _FAMILY_MODULES = ("whisper", "qwen2_audio", "qwen3_asr")
 
@@ -86,6 +88,33 @@ class CtcSettings:
     index: torch.Tensor
 
 
+@dataclass(frozen=True, kw_only=True)
+class BatchDecode:
+    """One batch's transcripts and how each ended, row by row.
+
+    Attributes:
+        texts: the transcripts (prompt and special tokens stripped).
+        capped: reached ``max_new_tokens`` without an end token (and did not loop).
+        looped: ended in a loop (the repetition guard stopped it, or the kept hypothesis ends repeating).
+        temperatures: the last temperature each row was decoded at: 0.0, or the fallback it needed (``deploy``; as
+            faster-whisper's segments report it, the last one tried when every one failed).
+        no_speech: dropped as no speech (``deploy``: the no-speech probability and the log-probability test).
+    """
+
+    texts: list[str]
+    capped: list[bool]
+    looped: list[bool]
+    temperatures: list[float]
+    no_speech: list[bool]
+
+    @classmethod
+    def of(cls, texts: list[str], capped: list[bool], looped: list[bool] | None = None) -> BatchDecode:
+        """A decode without fallbacks: every row at temperature 0, none dropped as no speech."""
+        looped = looped or [False] * len(texts)
+        return cls(texts=texts, capped=[c and not loop for c, loop in zip(capped, looped, strict=True)],
+                   looped=looped, temperatures=[0.0] * len(texts), no_speech=[False] * len(texts))
+
+
 def trains(module: torch.nn.Module) -> bool:
     """True when any parameter of ``module`` trains."""
     return any(p.requires_grad for p in module.parameters())
@@ -111,12 +140,15 @@ class ModelFamily:
     short_input: ClassVar[bool] = False  # the encoder runs on a cut window (loop.short_input, evaluate)
     long_form: ClassVar[bool] = False  # asrtune transcribe (long-form, timestamps) and CTranslate2 export
     new_language_tokens: ClassVar[bool] = False  # language: new:xx,init=yy grows the vocabulary
+    timestamp_tokens: ClassVar[bool] = False  # data.timestamps: labels with the model's timestamp tokens
+    decodings: ClassVar[tuple[str, ...]] = DECODINGS[:1]  # what ``decode(decoding=...)`` takes: greedy
     ctc: ClassVar[bool] = False  # CTC onto the text side's embeddings (loop.ctc_weight, loop.ctc_only)
 
     # --- loading ----------------------------------------------------------------------------------------
 
-    def load(self, location: Path | str, dtype: torch.dtype):
-        """(model, processor) from an HF folder or hub id. Raises AsrtuneError when they cannot load."""
+    def load(self, location: Path | str, dtype: torch.dtype, **options):
+        """(model, processor) from an HF folder or hub id; ``options`` go to ``from_pretrained`` (a
+        ``quantization_config``). Raises AsrtuneError when they cannot load."""
         raise NotImplementedError
 
     # --- training data ----------------------------------------------------------------------------------
@@ -130,6 +162,18 @@ class ModelFamily:
         """
         raise NotImplementedError
 
+    def timestamp_sequences(self, processor, segments: Sequence[Sequence], ids: Sequence[str],
+                            languages: Sequence[str | None], durations: Sequence[float], *, multilingual: bool,
+                            task: str) -> list[np.ndarray | None]:
+        """Token ids per utterance with the model's timestamp tokens around each timed segment (``.start``,
+        ``.end`` in seconds from the utterance's start, ``.text``); None where an utterance has no segments or
+        they do not fit its window. Every token is a target (no prompt part).
+
+        Raises:
+            AsrtuneError: the family has no timestamp tokens, or a sequence is longer than the model holds.
+        """
+        raise AsrtuneError(f"data.timestamps: timestamp tokens are Whisper's; {self.display_name} has none")
+
     def collate(self, items: list[dict], pad_to_multiple_of: int, processor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -142,9 +186,13 @@ class ModelFamily:
     # --- decoding ---------------------------------------------------------------------------------------
 
     def decode(self, loaded, features: torch.Tensor, frames: Sequence[int], *, language: str | None, task: str,
-               max_new_tokens: int, **generate_options) -> tuple[list[str], list[bool]]:
-        """Transcripts of one batch (greedy, or ``num_beams`` beams; prompt stripped) and which stopped at
-        ``max_new_tokens``."""
+               max_new_tokens: int, decoding: str = "greedy", **generate_options) -> BatchDecode:
+        """Transcripts of one batch (prompt stripped) and how each ended.
+
+        ``decoding``: one of :attr:`decodings`. ``greedy`` (``num_beams`` > 1: beam search) stops a row whose
+        tail repeats (:class:`asrtune.models.guards.RepetitionStop`); a row that never loops decodes as
+        without the guard.
+        """
         raise NotImplementedError
 
     def end_token_ids(self, processor) -> list[int]:
@@ -201,6 +249,34 @@ class ModelFamily:
     def owns(self, model: torch.nn.Module) -> bool:
         return any(type(m).__name__ == self.core_class for m in model.modules())
 
+    def layer_classes(self, model: torch.nn.Module) -> tuple[type[torch.nn.Module], ...]:
+        """The transformer block classes of the audio encoder and the decoder / LLM (``WhisperEncoderLayer``,
+        ``WhisperDecoderLayer``; ``Qwen2AudioEncoderLayer``, ``Qwen2DecoderLayer`` or the assembled LLM's):
+        the units FSDP shards and gradient checkpointing recomputes."""
+        core = model_core(model)
+        classes: list[type[torch.nn.Module]] = []
+        for part in (self.modules.encoder, self.modules.decoder):
+            for layer in core.get_submodule(part).layers:
+                if type(layer) not in classes:
+                    classes.append(type(layer))
+        return tuple(classes)
+
+    def empty_model(self, config: dict) -> torch.nn.Module:
+        """The model a ``config.json``'s contents describe, on the meta device (shapes only, no memory).
+
+        Raises:
+            AsrtuneError: transformers cannot build it from this config.
+        """
+        import transformers
+
+        model_class = getattr(transformers, self.model_class)
+        try:
+            model_config = model_class.config_class(**{k: v for k, v in config.items() if k != "model_type"})
+            with torch.device("meta"):
+                return model_class(model_config)
+        except (TypeError, ValueError) as error:
+            raise AsrtuneError(f"cannot build a {self.display_name} from this config: {error}") from error
+
 
 FAMILIES: Registry[type[ModelFamily]] = Registry("model family")
 _loaded = False
@@ -256,12 +332,17 @@ def family_for_folder(folder: Path) -> ModelFamily:
         model_type = json.loads((folder / "config.json").read_text()).get("model_type")
     except (OSError, ValueError):
         model_type = None
+    return family_for_model_type(model_type, where=str(folder))
+
+
+def family_for_model_type(model_type: str | None, where: str = "the config") -> ModelFamily:
+    """The family that loads a ``config.json`` ``model_type`` (None: Whisper, whose old configs may lack it)."""
     for family in _families():
         if model_type in family.model_types:
             return family
     if model_type is None:
         return family_named("whisper")
-    raise AsrtuneError(f"{folder}: model_type {model_type!r} is not one asrtune fine-tunes "
+    raise AsrtuneError(f"{where}: model_type {model_type!r} is not one asrtune fine-tunes "
                        f"(families: {', '.join(FAMILIES.names())})")
 
 
@@ -284,7 +365,7 @@ def core_prefix(model: torch.nn.Module) -> str:
 
 
 def load_pretrained(model_class, location: Path | str, dtype: torch.dtype, *, label: str,
-                    processor_classes: Sequence[str]):
+                    processor_classes: Sequence[str], **options):
     """``model_class.from_pretrained`` and ``AutoProcessor.from_pretrained`` of one folder or hub id.
 
     Raises:
@@ -293,7 +374,7 @@ def load_pretrained(model_class, location: Path | str, dtype: torch.dtype, *, la
     from transformers import AutoProcessor
 
     try:
-        model = model_class.from_pretrained(location, dtype=dtype)
+        model = model_class.from_pretrained(location, dtype=dtype, **options)
         processor = AutoProcessor.from_pretrained(location)
     except (OSError, ValueError) as error:
         raise AsrtuneError(f"cannot load {label} from {location}: {str(error).splitlines()[0]}") from error

@@ -1,14 +1,16 @@
-"""Decoding guards for LLM-based ASR: a token budget from the audio's duration, and a repetition stop.
+"""Decoding guards: a token budget from the audio's duration, a repetition stop, and the compression ratio.
 
-Fine-tuned LLM-ASR models are reported to loop ("the the the ...", a repeated tail) and to run on
-past the speech. Two guards bound the damage, on by default for the LLM families (Whisper keeps its
-own decoding unchanged):
+Fine-tuned ASR models are reported to loop ("the the the ...", a repeated tail) and to run on past the
+speech. The guards bound the damage:
 
-* :func:`duration_token_cap`: no hypothesis gets more new tokens than its audio could hold
+* :func:`duration_token_cap` (LLM families): no hypothesis gets more new tokens than its audio could hold
   (``tokens_per_second`` x seconds + ``slack``; fast read speech is ~3 words, ~5 tokens a second).
-* :class:`RepetitionStop`: a row stops as soon as its generated tail is one n-gram of tokens repeated
-  back to back ``min_repeats`` times (``min_unigram_repeats`` for a single token). The repeats stay in
-  the text, so the hallucination metrics still count the loop; only the run-on after it is saved.
+* :class:`RepetitionStop` (every family's greedy decoding): a row stops as soon as its generated tail is
+  one n-gram of tokens repeated back to back ``min_repeats`` times (``min_unigram_repeats`` for a single
+  token). The repeats stay in the text, so the hallucination metrics still count the loop; only the run-on
+  after it is saved. A row that never loops decodes exactly as without the guard.
+* :func:`compression_ratio`: how well a text compresses (openai/whisper's and faster-whisper's loop test:
+  above :data:`COMPRESSION_RATIO_THRESHOLD` a hypothesis is too repetitive).
 
 Refusals ("I'm sorry, as an AI ...") are counted by :mod:`asrtune.evaluation.hallucination`.
 """
@@ -16,14 +18,28 @@ Refusals ("I'm sorry, as an AI ...") are counted by :mod:`asrtune.evaluation.hal
 from __future__ import annotations
 
 import math
+import zlib
 
 import torch
 from transformers import StoppingCriteria
 
-__all__ = ["duration_token_cap", "RepetitionStop", "TOKENS_PER_SECOND", "SLACK_TOKENS"]
+__all__ = ["duration_token_cap", "RepetitionStop", "TOKENS_PER_SECOND", "SLACK_TOKENS", "compression_ratio",
+           "COMPRESSION_RATIO_THRESHOLD", "too_repetitive"]
 
 TOKENS_PER_SECOND = 10.0  # twice fast speech's token rate
 SLACK_TOKENS = 10
+COMPRESSION_RATIO_THRESHOLD = 2.4  # openai/whisper's and faster-whisper's default
+
+
+def compression_ratio(text: str) -> float:
+    """UTF-8 bytes of ``text`` over its zlib-compressed bytes (faster-whisper's ``get_compression_ratio``)."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def too_repetitive(text: str, threshold: float = COMPRESSION_RATIO_THRESHOLD) -> bool:
+    """Whether ``text`` compresses better than ``threshold``: a loop, as openai/whisper's fallback tests."""
+    return compression_ratio(text) > threshold
 
 
 def duration_token_cap(seconds: float, *, tokens_per_second: float = TOKENS_PER_SECOND,

@@ -16,6 +16,7 @@ Sources, in the order they are tried:
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +28,16 @@ from transformers import GenerationConfig
 from asrtune.errors import AsrtuneError
 from asrtune.models.bundled import bundled_ct2_dir
 from asrtune.models.ct2 import convert_ct2_dir
-from asrtune.models.family import ModelFamily, family_for_folder, family_named, family_of
+from asrtune.models.family import (
+    ModelFamily,
+    family_for_folder,
+    family_for_model_type,
+    family_named,
+    family_of,
+)
 from asrtune.models.llm_asr_tiny import build_aligned, build_llm_asr_tiny
 from asrtune.models.new_language import generate_language
+from asrtune.models.quantize import quantization_config
 
 __all__ = ["LoadedModel", "load_base_model", "load_resolved", "resolve_source", "is_run_dir", "run_model_source",
            "source_family", "ASSEMBLED"]
@@ -120,9 +128,10 @@ def _assembled_dir(name: str) -> Path:
     return Path(build_llm_asr_tiny() if name == "llm-asr-tiny-raw" else build_aligned())
 
 
-def _load_hf(location: Path | str, dtype: torch.dtype):
+def _load_hf(location: Path | str, dtype: torch.dtype, quantization: str | None = None):
     family = family_for_folder(Path(location)) if Path(location).is_dir() else family_named("whisper")
-    return family.load(location, dtype)
+    options = {"quantization_config": quantization_config(quantization, family)} if quantization else {}
+    return family.load(location, dtype, **options)
 
 
 def run_model_source(run_dir: Path) -> str:
@@ -141,7 +150,8 @@ def source_family(source: str) -> str:
     return "whisper"
 
 
-def load_base_model(source: str, *, dtype: torch.dtype = torch.float32) -> LoadedModel:
+def load_base_model(source: str, *, dtype: torch.dtype = torch.float32,
+                    quantization: str | None = None) -> LoadedModel:
     """Load a pretrained model of any family and its processor: a bundled alias, a CTranslate2 or HF folder, or
     a hub id (a run folder is loaded by :func:`asrtune.runs.load.load_model`, which starts here).
 
@@ -155,16 +165,60 @@ def load_base_model(source: str, *, dtype: torch.dtype = torch.float32) -> Loade
     Raises:
         AsrtuneError: the source is a run folder, or does not load.
     """
-    return load_resolved(source, *resolve_source(source), dtype=dtype)
+    return load_resolved(source, *resolve_source(source), dtype=dtype, quantization=quantization)
 
 
-def load_resolved(source: str, kind: str, location: Path | str, *, dtype: torch.dtype = torch.float32) -> LoadedModel:
+def load_resolved(source: str, kind: str, location: Path | str, *, dtype: torch.dtype = torch.float32,
+                  quantization: str | None = None) -> LoadedModel:
     """:func:`load_base_model` of a source :func:`resolve_source` has classified as ``(kind, location)``."""
     if kind == "run":
         raise AsrtuneError(f"{source} is a run folder: load it with asrtune.load_model")
     if kind == "ct2":
         location = convert_ct2_dir(Path(location))
-    model, processor = _load_hf(location, dtype)
+    model, processor = _load_hf(location, dtype, quantization)
     model.eval()
     return LoadedModel(model=model, processor=processor, source=source,
                        base_dir=Path(location) if kind != "hub" else None)
+
+
+# Published shapes shipped with asrtune (models/shapes/NAME.json, from each model's public config.json):
+# `asrtune plan` builds them on the meta device, with no download.
+PUBLISHED_SHAPES = ("whisper-large-v3", "whisper-large-v3-turbo", "qwen2-audio-7b", "qwen3-asr-0.6b",
+                    "qwen3-asr-1.7b")
+
+
+def model_folder(source: str) -> Path | str:
+    """Where a source's HF files are (a run's base model's; a CTranslate2 model's converted copy), or its
+    hub id."""
+    kind, location = resolve_source(source)
+    if kind == "run":
+        return model_folder(run_model_source(Path(location)))
+    return convert_ct2_dir(Path(location)) if kind == "ct2" else location
+
+
+def source_config(source: str) -> tuple[ModelFamily, dict]:
+    """The family and ``config.json`` contents of a model source, reading no weights (a bundled CTranslate2
+    model is converted into the cache once, as loading it would).
+
+    Raises:
+        AsrtuneError: the source has no config here (a hub id not in the local cache).
+    """
+    if source in PUBLISHED_SHAPES:
+        text = (Path(__file__).parent / "shapes" / f"{source}.json").read_text()
+        config = {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+        return family_for_model_type(config["model_type"]), config
+    kind, location = resolve_source(source)
+    if kind == "run":
+        return source_config(run_model_source(Path(location)))
+    location = model_folder(source)
+    if kind == "hub":
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(location).to_dict()
+        except (OSError, ValueError) as error:
+            raise AsrtuneError(f"{source}: no config.json here and no hub to fetch one from; name a "
+                               f"folder or one of the published shapes: {', '.join(PUBLISHED_SHAPES)}") from error
+        return family_for_model_type(config.get("model_type")), config
+    folder = Path(location)
+    return family_for_folder(folder), json.loads((folder / "config.json").read_text())

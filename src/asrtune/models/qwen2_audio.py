@@ -25,8 +25,9 @@ from transformers import StoppingCriteriaList
 
 from asrtune.errors import AsrtuneError
 from asrtune.models.family import (
-    CtcSettings,
     FAMILIES,
+    BatchDecode,
+    CtcSettings,
     CachePlan,
     ModelFamily,
     ModuleMap,
@@ -102,11 +103,11 @@ class Qwen2AudioFamily(ModelFamily):
         """The transcript part of generated tokens (all of them here)."""
         return tokens
 
-    def load(self, location: Path | str, dtype: torch.dtype):
+    def load(self, location: Path | str, dtype: torch.dtype, **options):
         from transformers import Qwen2AudioForConditionalGeneration
 
         model, processor = load_pretrained(Qwen2AudioForConditionalGeneration, location, dtype, label="Qwen2-Audio",
-                                           processor_classes=self.processor_classes)
+                                           processor_classes=self.processor_classes, **options)
         model.generation_config.eos_token_id = self.end_token_ids(processor)
         model.generation_config.pad_token_id = _pad_id(processor.tokenizer)
         return model, processor
@@ -239,16 +240,20 @@ class Qwen2AudioFamily(ModelFamily):
         frames = batch["feature_attention_mask"].sum(-1)
         projected = model_core(model).multi_modal_projector(self.audio_states(model, batch, plan))
         targets = labels[:, 1:]
-        tokens = (targets != -100).sum()
+        where = targets != -100
         loss = projected.new_zeros((), dtype=torch.float32)
         if ctc is None or not ctc.only:
             embeds = self.embed_with_audio(model, input_ids, projected, frames)
-            logits = model(inputs_embeds=embeds, attention_mask=attention).logits
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(),
-                                                     ignore_index=-100, reduction="sum")
+            # use_cache=False: training keeps no KV cache (see whisper_loss)
+            hidden = model_core(model)(inputs_embeds=embeds, attention_mask=attention,
+                                       use_cache=False).last_hidden_state
+            # the head (hidden x vocabulary) and the softmax run on the transcript's positions only: the prompt
+            # and the audio tokens, most of the sequence, predict nothing that counts
+            logits = model.get_output_embeddings()(hidden[:, :-1][where])
+            loss = torch.nn.functional.cross_entropy(logits.float(), targets[where], reduction="sum")
         if ctc is not None:
             loss = loss + ctc.weight * self.ctc_loss(model, projected, frames, labels, ctc)
-        return loss, tokens
+        return loss, where.sum()
 
     # --- CTC of the projected audio onto the LLM's embeddings (alignment; WeST, Soundwave) ----------------
 
@@ -294,9 +299,9 @@ class Qwen2AudioFamily(ModelFamily):
     # --- decoding ---------------------------------------------------------------------------------------
 
     def decode(self, loaded, features: torch.Tensor, frames: Sequence[int], *, language: str | None, task: str,
-               max_new_tokens: int, short_input: bool = False, num_beams: int = 1,
-               **generate_options) -> tuple[list[str], list[bool]]:
-        del task, short_input  # one task; the audio tower takes its full window only
+               max_new_tokens: int, short_input: bool = False, num_beams: int = 1, decoding: str = "greedy",
+               **generate_options) -> BatchDecode:
+        del task, short_input, decoding  # one task; the audio tower takes its full window only; greedy only
         if num_beams != 1:  # the repetition guard stops rows by index, which beams reorder
             raise AsrtuneError(f"{self.name} decodes greedily only (num_beams 1, not {num_beams})")
         processor, model = loaded.processor, loaded.model
@@ -321,9 +326,8 @@ class Qwen2AudioFamily(ModelFamily):
         texts = processor.tokenizer.batch_decode([self.transcript_ids(row, processor) for row in new.tolist()],
                                                  skip_special_tokens=True)
         # a row the repetition guard stopped did not run to the cap: its loop stays in the text
-        capped = [not any(token in ends for token in row) and i not in guard.stopped
-                  for i, row in enumerate(new.tolist())]
-        return [text.strip() for text in texts], capped
+        capped = [not any(token in ends for token in row) for row in new.tolist()]
+        return BatchDecode.of([text.strip() for text in texts], capped, [i in guard.stopped for i in range(len(texts))])
 
     # --- export -----------------------------------------------------------------------------------------
 

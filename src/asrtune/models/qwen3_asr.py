@@ -64,11 +64,11 @@ class Qwen3ASRFamily(Qwen2AudioFamily):
     feature_mask_arg = "input_features_mask"
     ctc = False  # its target starts with the language and <asr_text>: no CTC alignment here
 
-    def load(self, location: Path | str, dtype: torch.dtype):
+    def load(self, location: Path | str, dtype: torch.dtype, **options):
         from transformers import Qwen3ASRForConditionalGeneration
 
         model, processor = load_pretrained(Qwen3ASRForConditionalGeneration, location, dtype, label="Qwen3-ASR",
-                                           processor_classes=self.processor_classes)
+                                           processor_classes=self.processor_classes, **options)
         self.prepare_export(model, processor)
         return model, processor
 

@@ -38,17 +38,24 @@ SHAPE_KEYS = ("model_type", "d_model", "encoder_layers", "decoder_layers", "enco
 MAX_DEPTH = 8  # init_from chains longer than this are taken for a cycle
 
 
-def load_model(source: str, *, dtype: torch.dtype = torch.float32) -> LoadedModel:
+def load_model(source: str, *, dtype: torch.dtype = torch.float32, quantization: str | None = None,
+               dequantize: bool = False) -> LoadedModel:
     """Load a model of any family from any source asrtune accepts: a run folder, a bundled alias, a CTranslate2
     or HF folder, or a hub id (see :mod:`asrtune.models.load`).
+
+    Args:
+        quantization: load a base model's linear layers in ``4bit`` or ``8bit`` (a run folder loads on the base
+            its config names, quantized as it trained).
+        dequantize: a run trained on a quantized base gets that base dequantized to ``dtype`` before its
+            strategy goes on (export merges LoRA into these weights).
 
     Returns:
         The model in eval mode with its processor; a run's model carries its strategy (``strategy``).
     """
     kind, location = resolve_source(source)
     if kind == "run":
-        return load_run_model(Path(location), dtype=dtype)
-    return load_resolved(source, kind, location, dtype=dtype)
+        return load_run_model(Path(location), dtype=dtype, dequantize=dequantize)
+    return load_resolved(source, kind, location, dtype=dtype, quantization=quantization)
 
 
 def _run_config(run_dir: Path, what: str = "") -> RunConfig:
@@ -61,7 +68,7 @@ def _run_config(run_dir: Path, what: str = "") -> RunConfig:
 
 
 def load_run_model(run_dir: Path, *, dtype: torch.dtype = torch.float32, which: str = BEST,
-                   _depth: int = 0) -> LoadedModel:
+                   dequantize: bool = False, _depth: int = 0) -> LoadedModel:
     """Rebuild a run's model: base weights from its config (or its ``init_from`` run), its strategy, its
     checkpoint ``which`` (``best``; ``last`` when the run has no kept checkpoint yet).
 
@@ -75,6 +82,8 @@ def load_run_model(run_dir: Path, *, dtype: torch.dtype = torch.float32, which: 
     if not (folder / TRAINABLE).is_file():
         raise AsrtuneError(f"{run_dir}: run has no checkpoint yet")
     base = load_start_model(config, dtype=dtype, _depth=_depth)
+    if dequantize and getattr(base.model, "hf_quantizer", None) is not None:
+        base.model.dequantize(dtype=dtype)  # a quantized base's weights as training saw them, in nn.Linear
     apply_config_language(base, config)  # the new language token, as training added it
     model = apply_strategy(base.model, config.strategy)
     load_trainable(model, folder)
@@ -107,7 +116,7 @@ def load_start_model(config: RunConfig, *, dtype: torch.dtype = torch.float32, _
         AsrtuneError: the run folder is missing, holds no run or no checkpoint, or its model's shape differs
             from ``config.model``'s; or init_from runs chain into a cycle.
     """
-    base = load_model(config.model, dtype=dtype)
+    base = load_model(config.model, dtype=dtype, quantization=config.quantization)  # the run's quantized base
     if not config.init_from:
         return base
     if _depth >= MAX_DEPTH:

@@ -45,7 +45,7 @@ class _TrainItems(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, draw = key
         item = self.augment(self.dataset, index, self.augmenter, draw) if self.augmenter else self.dataset[index]
-        return {**item, "draw": draw}
+        return {**item, "labels": self.dataset.labels_for(index, draw), "draw": draw}
 
 
 def _collate_training(items: list[dict]) -> dict:
@@ -78,12 +78,18 @@ class TrainingData:
 
 
 def training_data(config: RunConfig, loaded: LoadedModel, *, world: int, rank: int, pin_memory: bool,
-                  batch_sampler: Callable, augment: Callable) -> TrainingData:
-    """Read the run's manifests and build its loader (features are extracted lazily, batch by batch)."""
+                  batch_sampler: Callable, augment: Callable, say: Callable[[str], None]) -> TrainingData:
+    """Read the run's manifests and build its loader (features are extracted lazily, batch by batch);
+    ``say`` prints what the user should know of the data."""
     cache = FeatureCache.for_extractor(loaded.processor.feature_extractor) if config.data.feature_cache else None
     common = dict(processor=loaded.processor, multilingual=loaded.multilingual, language=config.language,
                   task=config.task, cache=cache)
-    train_set = FeatureDataset(read_manifest(config.data.train), **common)
+    train_set = FeatureDataset(read_manifest(config.data.train), **common, timestamps=config.data.timestamp_share,
+                               seed=config.seed)
+    if config.data.timestamp_share > 0:
+        timed = sum(labels is not None for labels in train_set.timestamp_labels)
+        say(f"data.timestamps={config.data.timestamps}: {timed} of {len(train_set)} training rows have segments "
+            "and take timestamp tokens in timestamp batches; the rest <|notimestamps|>")
     eval_set = FeatureDataset(read_manifest(config.data.eval), **common)
     limit = config.data.eval_limit
     augmenter = Augmenter.from_spec(config.data.augment, config.seed)

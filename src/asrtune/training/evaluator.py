@@ -17,7 +17,8 @@ import torch
 
 from asrtune.config import RunConfig
 from asrtune.data.features import FeatureDataset
-from asrtune.evaluation.decode import Evaluation, scoring_language, write_predictions
+from asrtune.errors import AsrtuneError
+from asrtune.evaluation.decode import FLAGS, Evaluation, scoring_language, write_predictions
 from asrtune.evaluation.forgetting import Transcripts
 from asrtune.evaluation.metrics import score
 from asrtune.models.load import LoadedModel
@@ -68,6 +69,10 @@ class RunEvaluator:
         forgetting budget during training.
         """
         config, processes = self.config, self.processes
+        family = loaded.family
+        if config.loop.decoding not in family.decodings:  # before any step trains, not at the first evaluation
+            raise AsrtuneError(f"loop.decoding: {family.display_name} models decode {' or '.join(family.decodings)}, "
+                               f"not {config.loop.decoding}")
         show = self.progress and processes.is_main
 
         def build(write_clips: bool) -> None:
@@ -109,12 +114,13 @@ class RunEvaluator:
         part = self._score_part(loaded, dataset.shard(processes.rank, processes.world), config)
         mine = range(processes.rank, len(dataset), processes.world)
         by_index = dict(processes.gather(list(zip(mine, part.hypotheses, strict=True))))
-        capped = set(processes.gather(part.capped_ids))
         hypotheses = [by_index[i] for i in range(len(dataset))]
         references, ids = [u.text for u in dataset.utterances], [u.id for u in dataset.utterances]
+        found = set(processes.gather([(kind, i) for kind in FLAGS for i in part.flagged.get(kind, [])]))
+        flagged = {kind: [i for i in ids if (kind, i) in found] for kind in FLAGS}  # in dataset order
         return Evaluation(scores=score(references, hypotheses, scoring_language(dataset, self.config.language)),
-                          hypotheses=hypotheses, references=references, ids=ids,
-                          capped_ids=[i for i in ids if i in capped], max_new_tokens=part.max_new_tokens)
+                          hypotheses=hypotheses, references=references, ids=ids, flagged=flagged,
+                          max_new_tokens=part.max_new_tokens, decoding=part.decoding)
 
     def general(self, loaded: LoadedModel) -> dict[str, Transcripts]:
         """Transcripts of the general sets' subsets (those a forgetting budget watches)."""

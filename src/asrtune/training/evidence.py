@@ -160,6 +160,7 @@ def decode_sets(
             task=config.task,
             batch_size=config.loop.eval_batch_size,
             max_new_tokens=config.loop.max_new_tokens,
+            decoding=config.loop.decoding,
             progress=progress,
             device=device,
             desc=f"decode {name}",
@@ -204,14 +205,17 @@ def load_transcripts(path: Path) -> dict[str, Transcripts]:
 
 
 def decoding_key(config: RunConfig) -> str:
-    """Every setting that changes the base model's greedy transcripts, as a canonical JSON string.
+    """Every setting that changes the base model's transcripts, as a canonical JSON string.
 
     The base model is decoded with the run's settings (the model, or the run ``init_from`` names,
-    ``loop.max_new_tokens``, no prompt,
-    ``language``, ``task``, greedy, fp32, the full 30 s input), exactly as :func:`decode_sets` decodes
-    the tuned one; stored transcripts are reused only under the same key, so base and tuned are
-    always decoded alike (a sweep's strategies may change ``loop.max_new_tokens``).
+    ``loop.max_new_tokens``, ``loop.decoding``, no prompt, ``language``, ``task``, fp32, the full 30 s
+    input), exactly as :func:`decode_sets` decodes the tuned one; stored transcripts are reused only under
+    the same key, so base and tuned are always decoded alike (a sweep's strategies may change
+    ``loop.max_new_tokens``). ``loop_guard`` marks greedy transcripts decoded with the repetition guard:
+    those stored before it are decoded again.
     """
+    decoding = {"num_beams": 1, "loop_guard": True} if config.loop.decoding == "greedy" else {
+        "decoding": config.loop.decoding}
     return json.dumps(
         {
             "model": absolute_model(config.model, Path.cwd()),
@@ -219,7 +223,7 @@ def decoding_key(config: RunConfig) -> str:
             "prompt": None,
             "language": config.language,
             "task": config.task,
-            "num_beams": 1,
+            **decoding,
             "dtype": "float32",
             "short_input": False,
             **({"init_from": config.init_from} if config.init_from else {}),  # the keys of plain runs stay

@@ -15,14 +15,17 @@ projection starts at zero, so the adapter's contribution shrinks about linearly.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from asrtune.errors import AsrtuneError
+from asrtune.paths import write_dir_atomically
+from asrtune.runs.weights import save_trainable, trainable_state
 
-__all__ = ["START", "load_start", "mix_trainable"]
+__all__ = ["START", "load_start", "mix_trainable", "save_start", "score_interpolations"]
 
 START = "start"
 
@@ -57,3 +60,20 @@ def mix_trainable(model: torch.nn.Module, start: dict[str, torch.Tensor], end: d
         first = start[name].to(device=param.device, dtype=torch.float32)
         last = end[name].to(device=param.device, dtype=torch.float32)
         param.copy_((first + weight * (last - first)).to(param.dtype))
+
+
+def save_start(model: torch.nn.Module, folder: Path) -> None:
+    """``checkpoints/start``: the trainable parameters before any step (written atomically)."""
+    write_dir_atomically(folder, lambda staging: save_trainable(model, staging, {"step": 0}))
+
+
+def score_interpolations(model: torch.nn.Module, start_folder: Path, weights: Sequence[float],
+                         evaluate: Callable[[float], object]) -> None:
+    """Set the model to start + a x (end - start) for each weight a (largest first) and ``evaluate(a)`` it;
+    the model ends with the end-of-training weights again."""
+    start = load_start(start_folder)
+    end = trainable_state(model)
+    for weight in sorted(set(weights), reverse=True):
+        mix_trainable(model, start, end, weight)
+        evaluate(weight)
+    mix_trainable(model, start, end, 1.0)

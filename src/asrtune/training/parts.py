@@ -22,15 +22,15 @@ from asrtune.runs.load import load_start_model
 from asrtune.strategies import apply_strategy
 from asrtune.training.step import TrainingForward
 
-__all__ = ["RecipeParts", "greedy_scores", "encode_prefix"]
+__all__ = ["RecipeParts", "run_scores", "encode_prefix"]
 
 
-def greedy_scores(loaded: LoadedModel, dataset: FeatureDataset, config: RunConfig) -> Evaluation:
+def run_scores(loaded: LoadedModel, dataset: FeatureDataset, config: RunConfig) -> Evaluation:
     """Decoding and scores of one set (one process's share of it, with several), as the run config says
-    (``loop.ctc_only``: greedy CTC decoding)."""
+    (``loop.decoding``: greedy with the repetition guard, or deploy; ``loop.ctc_only``: greedy CTC decoding)."""
     return evaluate_dataset(loaded, dataset, language=config.language, task=config.task,
                             batch_size=config.loop.eval_batch_size, max_new_tokens=config.loop.max_new_tokens,
-                            progress=False, ctc=config.loop.ctc_only)
+                            decoding=config.loop.decoding, progress=False, ctc=config.loop.ctc_only)
 
 
 def encode_prefix(model: torch.nn.Module, features: torch.Tensor, plan: CachePlan,
@@ -59,4 +59,4 @@ class RecipeParts:
     batch_sampler: Callable = RankBatchSampler
     augment: Callable = augmented_item
     encode_prefix: Callable = encode_prefix
-    score: Callable[[LoadedModel, FeatureDataset, RunConfig], Evaluation] = greedy_scores
+    score: Callable[[LoadedModel, FeatureDataset, RunConfig], Evaluation] = run_scores

@@ -8,6 +8,11 @@ fp32 everywhere else:
   this project's 2-core Xeon a (12000 x 384) @ (384 x 1536) matmul ran at ~1,080 GFLOP/s in bf16
   against ~210 in fp32 (torch 2.13, 20 timed repeats), and a training step about twice as fast.
 
+CPUs with AVX512-BF16 but no AMX (AMD Zen 4, Intel Cooper Lake) stay on fp32 under ``auto`` (the default
+keeps the numbers measured so far); ask for ``precision: bf16`` there: on the project's
+later 2-core AMD EPYC the same matmul ran at 155 GFLOP/s in bf16 against 71 in fp32 (10 repeats, machine
+shared).
+
 bf16 autocast keeps fp32 master weights, fp32 optimizer state and fp32 losses; only matmuls and
 convolutions run in bf16, as transformers' ``bf16=True`` and accelerate's ``mixed_precision="bf16"``
 do. It changes the arithmetic, so its WER effect is measured (README): the default follows that

@@ -1,12 +1,12 @@
 """The training recipe: one class on accelerate, read top to bottom.
 
 :meth:`Recipe.setup` builds the model (strategy applied), the data, the evaluator and the optimizer;
-:meth:`Recipe.train` runs the loop: :meth:`train_step` (AdamW, warm-up then decay, accumulation, clipping,
-non-finite steps skipped), :meth:`evaluate` every ``loop.eval_every`` steps and at step 0, checkpoints
-(exact resume) and :meth:`finalize`. The recipe trains; its components do the rest: ``RunEvaluator`` scores,
-``Selection`` decides what is kept (lowest eval WER under the forgetting budget) and when to stop,
-``training.results`` assembles ``results.json``. What it loads, applies, feeds and scores are the
-``RecipeParts`` given to the constructor.
+:meth:`Recipe.train` runs the loop: :meth:`train_step` (``optim.name``, warm-up then decay, accumulation,
+clipping, non-finite steps skipped), :meth:`evaluate` every ``loop.eval_every`` steps and at step 0,
+checkpoints (exact resume) and :meth:`finalize`. The recipe trains; its components do the rest:
+``RunEvaluator`` scores, ``Selection`` decides what is kept (lowest eval WER under the forgetting budget) and
+when to stop, ``training.results`` assembles ``results.json``; memory: ``optimizers``, ``recompute``
+(gradient checkpointing), ``sharding`` (FSDP); what it loads, applies, feeds and scores: ``RecipeParts``.
 
 Several processes (torchrun): ``loop.batch_size`` is per process and the loss is normalised over the global
 batch's target tokens, so N processes with batch B train as one with batch N x B; evaluation is split and
@@ -36,11 +36,12 @@ from asrtune.evaluation.forgetting import Transcripts
 from asrtune.inspection import count_parameters
 from asrtune.models.family import CachePlan, CtcSettings
 from asrtune.models.load import LoadedModel
+from asrtune.models.quantize import check_quantization
 from asrtune.models.new_language import apply_config_language
 from asrtune.paths import write_dir_atomically
 from asrtune.runs.layout import BEST, LAST, RunDir
 from asrtune.runs.load import init_from_record
-from asrtune.runs.weights import load_trainable, save_trainable, trainable_state
+from asrtune.runs.weights import save_trainable
 from asrtune.strategies import default_learning_rate
 from asrtune.training.checkpoint import load_training_state, rng_state, save_training_state, set_rng_state
 from asrtune.training.ctc import ctc_settings
@@ -51,13 +52,16 @@ from asrtune.training.evaluator import RunEvaluator
 from asrtune.training.evidence import pristine_copy
 from asrtune.training.faults import NonFiniteGuard
 from asrtune.training.feed import SharedPrefix, StepInputs, encoder_plan, prefix_cache
-from asrtune.training.interpolation import START, load_start, mix_trainable
+from asrtune.training.interpolation import START, save_start, score_interpolations
 from asrtune.training.lr_control import parameter_groups, warmup_schedule
+from asrtune.training.optimizers import build_optimizer, check_optimizer
 from asrtune.training.parts import RecipeParts
 from asrtune.training.precision import accelerator_mixed_precision, resolve_mixed_precision, step_autocast
+from asrtune.training.recompute import enable_gradient_checkpointing
 from asrtune.training.results import final_results, training_results
 from asrtune.training.resume import apply_new_optim, check_run_dir
 from asrtune.training.selection import Counters, Decision, Selection
+from asrtune.training.sharding import Sharding
 
 __all__ = ["Recipe", "RecipeParts", "SharedPrefix", "train"]
 
@@ -106,6 +110,7 @@ class Recipe:
         self.selection: Selection | None = None
         self.guard: NonFiniteGuard | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self.sharding: Sharding | None = None  # FSDP, or nothing
         self.scheduler = None
         self.forward: torch.nn.Module | None = None
         self.prefix_cache: PrefixCache | None = None
@@ -127,6 +132,10 @@ class Recipe:
         self.accelerator = Accelerator(mixed_precision=accelerator_mixed_precision(self.precision),
                                        cpu=torch.accelerator.current_accelerator() is None)
         self.processes = Processes(self.accelerator)
+        check_optimizer(config.optim.name, self.accelerator.device.type)  # before any model loads
+        check_quantization(config.quantization)
+        self.sharding = Sharding(config.loop.parallel == "fsdp", self.accelerator.device.type,
+                                 self.processes.world)
         if not self.processes.is_main:
             warnings.simplefilter("ignore")  # the main process reports; N copies of each warning help nobody
         self.processes.on_main(lambda: check_run_dir(self.run, config, self.resume))
@@ -138,7 +147,8 @@ class Recipe:
         pristine = self._setup_model()
         self.data = training_data(config, self.loaded, world=self.processes.world, rank=self.processes.rank,
                                   pin_memory=self.accelerator.device.type == "cuda",
-                                  batch_sampler=self.parts.batch_sampler, augment=self.parts.augment)
+                                  batch_sampler=self.parts.batch_sampler, augment=self.parts.augment,
+                                  say=self.say)
         self.plan, self.short_input = encoder_plan(config, self.loaded, self.say)
         self.ctc = ctc_settings(config.loop, self.loaded, self.data.train_set, config.seed)
         self.evaluator = RunEvaluator(config, self.run, self.processes, score=self.parts.score,
@@ -169,31 +179,33 @@ class Recipe:
         pristine = pristine_copy(base, self.run.base_transcripts, self.given_transcripts)
         model = self.parts.apply_strategy(base.model, config.strategy)
         self.trainable, _ = count_parameters(model)
+        if config.loop.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         self.loaded = LoadedModel(model=model, processor=base.processor, source=config.model,
                                   strategy=config.strategy)
         self.learning_rate = (config.optim.learning_rate
                               or default_learning_rate(config.strategy, base.family.name))
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        if not self.params:
+        if not any(p.requires_grad for p in model.parameters()):
             raise AsrtuneError(f"strategy {config.strategy!r} leaves nothing to train")
         return pristine
 
     def _setup_optimizer(self) -> None:
         config, accelerator = self.config, self.accelerator
+        # FSDP shards the model in place before the optimizer sees its (sharded) parameters; DDP wraps it
+        forward = self.sharding.shard(self.parts.forward(self.loaded.model, self.plan, self.ctc), self.plan)
+        self.params = [p for p in self.loaded.model.parameters() if p.requires_grad]
         groups = parameter_groups(self.loaded.model, self.learning_rate, config.optim.encoder_learning_rate,
                                   config.optim.projector_learning_rate)
-        # fused: one kernel per step instead of a dozen passes over every parameter (CPU and CUDA; the
-        # Trainer's default optimizer, adamw_torch_fused, is the same)
-        optimizer = torch.optim.AdamW(groups, lr=self.learning_rate, betas=config.optim.betas,
-                                      eps=config.optim.eps, weight_decay=config.optim.weight_decay,
-                                      fused=accelerator.device.type in ("cpu", "cuda"))
+        optimizer = build_optimizer(config.optim, groups, self.learning_rate, accelerator.device.type)
         self.selection = Selection(config.loop, self.learning_rate, config.language)
         self.guard = NonFiniteGuard(config.loop.max_nonfinite_steps)
         warmup = int(config.loop.warmup_ratio * config.loop.max_steps)
         self.scheduler = warmup_schedule(optimizer, warmup, config.loop.max_steps, self.selection.plateau,
                                          decay=config.loop.schedule == "linear")
-        forward = self.parts.forward(self.loaded.model, self.plan, self.ctc)
-        self.forward, self.optimizer = accelerator.prepare(forward, optimizer)
+        if self.sharding.enabled:
+            self.forward, self.optimizer = forward, accelerator.prepare(optimizer)
+        else:
+            self.forward, self.optimizer = accelerator.prepare(forward, optimizer)
         # Evaluation calls generate on the bare model: without accelerate's autocast wrapper it decodes in
         # fp32, like the base model it is compared with.
         self.loaded.model = accelerator.unwrap_model(self.forward, keep_fp32_wrapper=False).model
@@ -211,8 +223,8 @@ class Recipe:
         """Run setup, the loop and finalize; returns what ``results.json`` holds."""
         self.setup()
         config, counters = self.config, self.counters
-        if counters.step == 0 and config.loop.interpolation:
-            self._save_start()
+        if counters.step == 0 and config.loop.interpolation:  # checkpoints/start: the weights to mix with
+            self.processes.on_main(lambda: save_start(self.loaded.model, self.run.checkpoints / START))
         if counters.step == 0 and counters.baseline is None and config.loop.eval_at_start:
             self.evaluate(0)
             self.save_checkpoint()
@@ -242,31 +254,13 @@ class Recipe:
             elif save_every and step % save_every == 0:
                 self.save_checkpoint()
         bar.close()
-        if config.loop.interpolation:
-            self.score_interpolations()
+        if config.loop.interpolation:  # start + a x (end - start) for each a, offered to selection
+            self.forward.eval()
+            score_interpolations(self.loaded.model, self.run.checkpoints / START, config.loop.interpolation,
+                                 lambda weight: self.evaluate(self.counters.step, interpolation=weight))
         if self.writer:
             self.writer.close()
         return self.finalize()
-
-    def _save_start(self) -> None:
-        """``checkpoints/start``: the trainable parameters before any step, for weight interpolation."""
-        def write(folder: Path) -> None:
-            save_trainable(self.loaded.model, folder, {"step": 0})
-
-        self.processes.on_main(lambda: write_dir_atomically(self.run.checkpoints / START, write))
-
-    def score_interpolations(self) -> None:
-        """Score start + a x (end - start) for each ``loop.interpolation`` weight a; selection may keep one.
-
-        The model ends with the end-of-training weights again (``checkpoints/last`` is untouched).
-        """
-        start = load_start(self.run.checkpoints / START)
-        end = trainable_state(self.loaded.model)
-        self.forward.eval()
-        for weight in sorted(set(self.config.loop.interpolation), reverse=True):
-            mix_trainable(self.loaded.model, start, end, weight)
-            self.evaluate(self.counters.step, interpolation=weight)
-        mix_trainable(self.loaded.model, start, end, 1.0)
 
     def train_step(self, micro_batches: list[dict]) -> tuple[float, bool]:
         """One optimizer step over ``grad_accum_steps`` micro-batches; returns (global mean loss, applied)."""
@@ -276,7 +270,7 @@ class Recipe:
         # every process knows every global batch, so no communication is needed for the normaliser.
         numbers = [batch["draw"] for batch in micro_batches]
         batches, train_set = self.data.batches, self.data.train_set
-        tokens = sum(train_set.target_tokens(i) for n in numbers for i in batches[n].tolist())
+        tokens = sum(train_set.target_tokens(i, n) for n in numbers for i in batches[n].tolist())
         local_sum = 0.0
         for position, batch in enumerate(micro_batches):
             last = position == len(micro_batches) - 1
@@ -289,7 +283,7 @@ class Recipe:
         grad_norm = None
         if self.precision != "fp16":  # fp16: the gradient scaler skips overflowing steps itself
             max_norm = config.optim.max_grad_norm if config.optim.max_grad_norm is not None else math.inf
-            grad_norm = float(accelerator.clip_grad_norm_(self.params, max_norm))
+            grad_norm = self.sharding.grad_norm(accelerator.clip_grad_norm_(self.params, max_norm))
         elif config.optim.max_grad_norm is not None:
             accelerator.clip_grad_norm_(self.params, config.optim.max_grad_norm)
         applied = self.guard.check(counters.step + 1, loss, grad_norm)
@@ -322,9 +316,10 @@ class Recipe:
     def evaluate(self, step: int, interpolation: float | None = None) -> bool:
         """Score the eval subset (and general sets); keep the checkpoint if it is the best. True: stop.
 
-        ``interpolation``: the weights are a mix of step 0 and ``step`` (see :meth:`score_interpolations`).
+        ``interpolation``: the weights are a mix of step 0 and ``step`` (``training.interpolation``).
         """
-        evaluation, general, extra = self.evaluator.step(self.loaded, self.data.eval_subset)
+        with self.sharding.full():  # FSDP: whole parameters while decoding (no collective per token)
+            evaluation, general, extra = self.evaluator.step(self.loaded, self.data.eval_subset)
         decision, state = self.processes.on_main(
             lambda: self._decide(step, evaluation, general, interpolation, extra))
         if not self.processes.is_main:
@@ -332,8 +327,10 @@ class Recipe:
         if decision.improved:
             meta = {"step": step, "wer": evaluation.scores.wer, "strategy": self.config.strategy,
                     "general_wer_rise": decision.rises or None, "interpolation": interpolation}
-            self.processes.on_main(lambda: write_dir_atomically(
-                self.run.checkpoints / BEST, lambda folder: save_trainable(self.loaded.model, folder, meta)))
+            with self.sharding.full():
+                self.processes.on_main(lambda: write_dir_atomically(
+                    self.run.checkpoints / BEST,
+                    lambda folder: save_trainable(self.loaded.model, folder, meta)))
         return decision.stop
 
     def _decide(self, step: int, evaluation: Evaluation, general: dict[str, Transcripts],
@@ -355,9 +352,10 @@ class Recipe:
     def save_checkpoint(self) -> None:
         """``checkpoints/last``: trainable weights and everything a resume needs, written atomically."""
         per_process = self.processes.gather([{"rng": rng_state(), "loader": self.data.loader.state_dict()}])
+        optimizer_state = self.sharding.optimizer_state(self.optimizer.optimizer)  # FSDP: consolidated
 
         def write() -> None:
-            state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            state = {"optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
                      "processes": per_process, "world_size": self.processes.world,
                      "counters": dataclasses.asdict(self.counters), **self.selection.state_dict(),
                      "guard": self.guard.state_dict(), "optim": config_to_dict(self.config.optim)}
@@ -370,17 +368,18 @@ class Recipe:
 
             write_dir_atomically(self.run.checkpoints / LAST, fill)
 
-        self.processes.on_main(write)
+        with self.sharding.full():
+            self.processes.on_main(write)
 
     def load_checkpoint(self) -> None:
         """Restore ``checkpoints/last`` and make the run folder say only what that state has done."""
         folder = self.run.checkpoints / LAST
-        load_trainable(self.loaded.model, folder)
+        self.sharding.load_trainable(self.loaded.model, folder)
         state = load_training_state(folder)
         if state["world_size"] != self.processes.world:
             raise AsrtuneError(f"--resume: the run was checkpointed with {state['world_size']} process(es), "
                                f"this launch has {self.processes.world}; resume with the same number")
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.sharding.load_optimizer_state(self.optimizer.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         mine = state["processes"][self.processes.rank]
         self.data.loader.load_state_dict(mine["loader"])
@@ -417,8 +416,9 @@ class Recipe:
             return results
         # Final: the kept (lowest-WER) checkpoint on the whole eval set and every evidence set.
         processes.barrier()
-        load_trainable(self.loaded.model, self.run.checkpoints / BEST)
-        final, tuned = self.evaluator.final(self.loaded, self.data.eval_set, self.accelerator.device)
+        self.sharding.load_trainable(self.loaded.model, self.run.checkpoints / BEST)
+        with self.sharding.full():
+            final, tuned = self.evaluator.final(self.loaded, self.data.eval_set, self.accelerator.device)
         results = final_results(results, config=config, final=final, trainable=self.trainable,
                                 total=self.base_total, evidence=self.evaluator.evidence(tuned),
                                 selection=self.selection, train_seconds=time.perf_counter() - self.started,

@@ -16,7 +16,8 @@ from asrtune.training.lr_control import parameter_groups
 
 __all__ = ["check_run_dir", "apply_new_optim", "FIXED_ON_RESUME", "OPTIM_ON_RESUME"]
 
-FIXED_ON_RESUME = ("model", "strategy", "init_from", "language", "language_init", "task", "seed", "data")
+FIXED_ON_RESUME = ("model", "strategy", "init_from", "language", "language_init", "task", "seed", "data",
+                   "quantization")
 OPTIM_ON_RESUME = ("learning_rate", "encoder_learning_rate", "projector_learning_rate", "weight_decay", "betas",
                    "eps")
 
@@ -37,6 +38,9 @@ def check_run_dir(run: RunDir, config: RunConfig, resume: bool) -> None:
         if changed:
             raise AsrtuneError(f"--resume: the run's config.yaml has another {', '.join(changed)}; "
                                "a resumed run may change only optim and loop settings")
+        if saved["optim"]["name"] != wanted["optim"]["name"]:
+            raise AsrtuneError(f"--resume: the run trained with optim.name {saved['optim']['name']}; its saved "
+                               f"state cannot continue as {wanted['optim']['name']} (start a new run)")
     elif run.holds_a_run():
         raise AsrtuneError(f"{run.root} already holds a run; pass --resume to continue it, "
                            "or choose another --output-dir (asrtune never overwrites a run)")
@@ -65,7 +69,9 @@ def apply_new_optim(optimizer: torch.optim.Optimizer, scheduler, model: torch.nn
     optim = config.optim
     for index, group in enumerate(optimizer.param_groups):
         group["initial_lr"] = peak.get(group.get("name"), learning_rate)
-        group["betas"], group["eps"], group["weight_decay"] = tuple(optim.betas), optim.eps, optim.weight_decay
+        group["weight_decay"] = optim.weight_decay
+        if "betas" in group:  # the AdamW family (Adafactor has no betas, and its eps is another pair)
+            group["betas"], group["eps"] = tuple(optim.betas), optim.eps
         scheduler.base_lrs[index] = group["initial_lr"]
         group["lr"] = group["initial_lr"] * scheduler.lr_lambdas[index](scheduler.last_epoch)
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]

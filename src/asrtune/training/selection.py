@@ -137,7 +137,8 @@ class Selection:
             record["interpolation"] = interpolation
         if evaluation.references and len(evaluation.references) == len(evaluation.hypotheses):
             stats = hallucination_stats(evaluation.references, evaluation.hypotheses, self.language)
-            record.update(loops=stats.loops, refusals=stats.refusals, too_long=stats.too_long)
+            record.update(loops=stats.loops, refusals=stats.refusals, too_long=stats.too_long,
+                          loops_stopped=len(evaluation.flagged.get("loops", [])))
         budget = loop.forgetting_budget
         what = f"step {step}" if interpolation is None else f"step 0 + {interpolation:g} x (step {step} - step 0)"
         if rises:
