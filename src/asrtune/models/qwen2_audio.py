@@ -33,8 +33,8 @@ from asrtune.models.family import (
     ModuleMap,
     load_pretrained,
     model_core,
-    trains,
 )
+from asrtune.models.encoder_plan import whisper_shaped_plan
 from asrtune.models.guards import RepetitionStop
 
 __all__ = ["Qwen2AudioFamily", "INSTRUCTION", "audio_token_count", "prompt_text", "LLM_LINEARS", "ctc_collapse"]
@@ -364,18 +364,7 @@ class Qwen2AudioFamily(ModelFamily):
         """The largest frozen prefix of the audio tower (stem and bottom layers; ``whole`` adds the pooling
         and final LayerNorm), or None when the stem trains or dropout is on."""
         tower = model_core(model).get_submodule(self.modules.encoder)
-        config = tower.config
-        if any(getattr(config, name, 0) for name in ("dropout", "attention_dropout", "activation_dropout",
-                                                      "encoder_layerdrop")):
-            return None
-        if trains(tower.conv1) or trains(tower.conv2) or trains(tower.embed_positions):
-            return None
-        layers = 0
-        for layer in tower.layers:
-            if trains(layer):
-                break
-            layers += 1
-        return CachePlan(layers=layers, whole=layers == len(tower.layers) and not trains(tower.layer_norm))
+        return whisper_shaped_plan(tower, tower.config)
 
     def prefix_shape(self, model: torch.nn.Module, processor=None) -> tuple[int, int]:
         """The longest cached item (positions, width): the tower's positions for a full window."""

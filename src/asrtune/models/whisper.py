@@ -31,7 +31,8 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
 from asrtune.errors import AsrtuneError
-from asrtune.models.family import FAMILIES, BatchDecode, CachePlan, ModelFamily, ModuleMap, trains
+from asrtune.models.family import FAMILIES, BatchDecode, CachePlan, ModelFamily, ModuleMap
+from asrtune.models.encoder_plan import whisper_shaped_plan
 from asrtune.models.guards import RepetitionStop
 from asrtune.models.new_language import add_language_token
 from asrtune.models.short_input import encode_short, encoder_stem, short_input_frames
@@ -279,17 +280,7 @@ class WhisperFamily(ModelFamily):
 
     def cache_plan(self, model: torch.nn.Module) -> CachePlan | None:
         core = whisper_core(model)
-        encoder, config = core.encoder, core.config
-        if config.dropout or config.attention_dropout or config.activation_dropout or config.encoder_layerdrop:
-            return None
-        if trains(encoder.conv1) or trains(encoder.conv2) or trains(encoder.embed_positions):
-            return None
-        layers = 0
-        for layer in encoder.layers:
-            if trains(layer):
-                break
-            layers += 1
-        return CachePlan(layers=layers, whole=layers == len(encoder.layers) and not trains(encoder.layer_norm))
+        return whisper_shaped_plan(core.encoder, core.config)
 
     def prefix_shape(self, model: torch.nn.Module, processor=None) -> tuple[int, int]:
         config = whisper_core(model).config

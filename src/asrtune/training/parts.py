@@ -46,7 +46,7 @@ class RecipeParts:
     Attributes:
         load_start: the model a run starts from (``config.model``, or the run ``init_from`` names).
         apply_strategy: applies the strategy spec to the loaded model.
-        forward: builds the training forward that accelerate wraps (model, cache plan) -> module.
+        forward: builds the training forward that accelerate wraps (model, cache plan, CTC settings) -> module.
         batch_sampler: this process's micro-batches of the global batches (batches, rank) -> sampler.
         augment: one augmented training item (dataset, index, augmenter, draw) -> item.
         encode_prefix: the frozen prefix's output for a batch (model, features, plan, frames).
@@ -55,7 +55,7 @@ class RecipeParts:
 
     load_start: Callable[[RunConfig], LoadedModel] = load_start_model
     apply_strategy: Callable[[torch.nn.Module, str], torch.nn.Module] = apply_strategy
-    forward: Callable[[torch.nn.Module, CachePlan | None], torch.nn.Module] = TrainingForward
+    forward: Callable[..., torch.nn.Module] = TrainingForward
     batch_sampler: Callable = RankBatchSampler
     augment: Callable = augmented_item
     encode_prefix: Callable = encode_prefix
