@@ -11,7 +11,7 @@ from pathlib import Path
 from asrtune.commands import COMMANDS
 from asrtune.decodings import DECODINGS
 
-BIAS_WEIGHT = 2.0  # asrtune.evaluation.biasing.DEFAULT_BIAS_WEIGHT, without importing torch to build the parser
+BIAS_WEIGHT = 3.0  # asrtune.evaluation.biasing.DEFAULT_BIAS_WEIGHT, without importing torch to build the parser
 
 
 @COMMANDS.register("evaluate")
