@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from asrtune.explore.sources import save_evaluation
+
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -70,20 +72,9 @@ def synthetic(folder: Path, n: int, seed: int = 0) -> list[Path]:
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     saves = []
     for name, utterances in (("before", before), ("after", after)):
-        path = folder / f"{name}.json"
-        path.write_text(
-            json.dumps(
-                {
-                    "format": "asrtune-evaluation",
-                    "version": 1,
-                    "model": f"synthetic {name}",
-                    "data": str(manifest.resolve()),
-                    "scoring_language": "en",
-                    "utterances": utterances,
-                }
-            )
-        )
-        saves.append(path)
+        save_evaluation(folder / f"{name}.json", {"model": f"synthetic {name}", "scoring_language": "en"},
+                        utterances, data=manifest, terms=None)
+        saves.append(folder / f"{name}.json")
     return saves
 
 

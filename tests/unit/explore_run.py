@@ -81,7 +81,7 @@ def synthetic_set(root: Path, n: int = 1000) -> tuple[Path, Path, Path]:
     Before: every third hypothesis has one substitution. After: every seventh gets one more, the other
     even thirds are fixed, ``s5`` says ``motel`` for ``hotel``. Returns (manifest, before, after).
     """
-    from asrtune.explore.sources import SAVED_FORMAT
+    from asrtune.explore.sources import save_evaluation
 
     words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
     rows, before, after = [], [], []
@@ -107,19 +107,7 @@ def synthetic_set(root: Path, n: int = 1000) -> tuple[Path, Path, Path]:
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     saves = []
     for name, utterances in (("before", before), ("after", after)):
-        path = root / f"{name}.json"
-        path.write_text(
-            json.dumps(
-                {
-                    "format": SAVED_FORMAT,
-                    "version": 1,
-                    "model": f"model-{name}",
-                    "data": str(manifest.resolve()),
-                    "scoring_language": None,
-                    "term_list": None,
-                    "utterances": utterances,
-                }
-            )
-        )
-        saves.append(path)
+        save_evaluation(root / f"{name}.json", {"model": f"model-{name}", "scoring_language": None}, utterances,
+                        data=manifest, terms=None)
+        saves.append(root / f"{name}.json")
     return manifest, saves[0], saves[1]

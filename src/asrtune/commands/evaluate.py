@@ -11,7 +11,7 @@ from pathlib import Path
 from asrtune.commands import COMMANDS
 from asrtune.decodings import DECODINGS
 
-BIAS_WEIGHT = 2.0  # asrtune.evaluation.biasing.DEFAULT_BIAS_WEIGHT, without importing torch to build the parser
+BIAS_WEIGHT = 3.0  # asrtune.evaluation.biasing.DEFAULT_BIAS_WEIGHT, without importing torch to build the parser
 
 
 @COMMANDS.register("evaluate")
@@ -107,29 +107,12 @@ def run(args: argparse.Namespace) -> int:
         rows += timestamp_rows(record["timestamps"])
     print_table(["metric", "value"], rows, file=sys.stderr if args.json else sys.stdout)
     if args.save:
+        from asrtune.explore.sources import save_evaluation
+
         save_evaluation(args.save, record, predictions, data=args.data, terms=args.terms)
     if args.json:
         print(json.dumps(record, ensure_ascii=False))
     return 0
-
-
-def save_evaluation(path: Path, record: dict, predictions: list[dict], *, data: Path, terms: str | None) -> None:
-    """``--save``: the record, the manifest (absolute), and each utterance's id, reference, hypothesis and
-    whether it stopped at ``max_new_tokens`` (format :data:`asrtune.explore.sources.SAVED_FORMAT`).
-
-    Raises:
-        AsrtuneError: the file cannot be written.
-    """
-    from asrtune.errors import AsrtuneError
-    from asrtune.explore.sources import SAVED_FORMAT
-
-    saved = {"format": SAVED_FORMAT, "version": 1, **record, "data": str(Path(data).resolve()),
-             "term_list": terms, "utterances": predictions}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(saved, ensure_ascii=False, indent=1), encoding="utf-8")
-    except OSError as error:
-        raise AsrtuneError(f"cannot write {path}: {error.strerror or error}") from error
 
 
 def term_rows(found: dict) -> list[list[str]]:

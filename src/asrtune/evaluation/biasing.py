@@ -57,7 +57,7 @@ from asrtune.evaluation.terms import TermList, read_terms
 __all__ = ["TermTrie", "TermBiasProcessor", "term_variants", "build_trie", "sentence_end_ids", "bias_processor",
            "DEFAULT_BIAS_WEIGHT", "REPEAT_GUARD", "MIN_START_CHARS"]
 
-DEFAULT_BIAS_WEIGHT = 2.0
+DEFAULT_BIAS_WEIGHT = 3.0  # measured: benchmarks/biasing.py (README, "Vocabulary without audio")
 
 
 class TermTrie:

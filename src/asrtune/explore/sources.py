@@ -23,7 +23,7 @@ from asrtune.config import parse_yaml
 from asrtune.errors import AsrtuneError
 from asrtune.evaluation.terms import TermList, read_terms
 
-__all__ = ["SAVED_FORMAT", "SetSource", "read_sources", "resolve_manifest", "sweep_runs"]
+__all__ = ["SAVED_FORMAT", "SetSource", "read_sources", "resolve_manifest", "save_evaluation", "sweep_runs"]
 
 SAVED_FORMAT = "asrtune-evaluation"  # the "format" of `asrtune evaluate --save` files
 _SET_ORDER = ("eval", "test")  # then general sets, then non-speech, as the run reports them
@@ -331,6 +331,24 @@ def _saved_sets(
             )
         )
     return sets
+
+
+def save_evaluation(path: Path, record: dict, predictions: list[dict], *, data: Path | str,
+                    terms: str | None) -> None:
+    """Write a saved evaluation (``asrtune evaluate --save``, format :data:`SAVED_FORMAT`, which
+    :func:`read_sources` reads): the record, the manifest (absolute), and each utterance's id, reference,
+    hypothesis and whether it stopped at ``max_new_tokens``.
+
+    Raises:
+        AsrtuneError: the file cannot be written.
+    """
+    saved = {"format": SAVED_FORMAT, "version": 1, **record, "data": str(Path(data).resolve()),
+             "term_list": terms, "utterances": predictions}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(saved, ensure_ascii=False, indent=1), encoding="utf-8")
+    except OSError as error:
+        raise AsrtuneError(f"cannot write {path}: {error.strerror or error}") from error
 
 
 def read_sources(

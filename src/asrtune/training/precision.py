@@ -9,7 +9,7 @@ fp32 everywhere else:
   against ~210 in fp32 (torch 2.13, 20 timed repeats), and a training step about twice as fast.
 
 CPUs with AVX512-BF16 but no AMX (AMD Zen 4, Intel Cooper Lake) stay on fp32 under ``auto`` (the default
-keeps the numbers measured so far); ask for ``precision: bf16`` there: on the project's
+keeps the numbers measured so far); ask for ``loop.mixed_precision: bf16`` there: on the project's
 later 2-core AMD EPYC the same matmul ran at 155 GFLOP/s in bf16 against 71 in fp32 (10 repeats, machine
 shared).
 
