@@ -31,13 +31,14 @@ def test_test_and_general_sets_are_read_by_voices_training_never_hears():
     assert not general & set(demo.demo_splits(seed=0, replay=10)["train"])  # replayed sentences are others
 
 
-def test_verdicts_halved_domain_and_general_within_ten_percent():
+def test_verdicts_domain_target_and_general_within_ten_percent():
     sets = {"test": {"role": "test", "wer": 0.30, "base": {"wer": 0.64}},
             "voice": {"role": "general", "wer": 0.21, "base": {"wer": 0.20}},
             "real": {"role": "general", "wer": 0.25, "base": {"wer": 0.20}}}
-    assert demo.verdicts(sets) == {"domain_halved": True, "voice_within": True, "real_within": False}
+    assert demo.verdicts(sets) == {"domain_target_met": True, "voice_within": True, "real_within": False}
     sets["test"]["wer"] = 0.33
-    assert demo.verdicts(sets)["domain_halved"] is False
+    assert demo.verdicts(sets)["domain_target_met"] is False
+    assert demo.verdicts(sets, domain_target=0.7)["domain_target_met"] is True
 
 
 def test_real_english_subset_spreads_over_the_manifest(tmp_path):
@@ -46,9 +47,15 @@ def test_real_english_subset_spreads_over_the_manifest(tmp_path):
     assert [u.text for u in subset] == ["prompt 0", "prompt 3", "prompt 6"]
 
 
+def _counts(loops: int, too_long: int, refusals: int) -> dict:
+    return {"loops": loops, "too_long": too_long, "refusals": refusals, "rate": 0.0}
+
+
 def _set(role: str, n: int, wer: float, base: float) -> dict:
     return {"role": role, "n": n, "wer": wer, "wer_ci95": [wer - 0.01, wer + 0.01], "cer": wer / 2,
-            "base": {"wer": base, "wer_ci95": [base - 0.01, base + 0.01], "cer": base / 2},
+            "hallucination": _counts(0, 1, 0),
+            "base": {"wer": base, "wer_ci95": [base - 0.01, base + 0.01], "cer": base / 2,
+                     "hallucination": _counts(2, 3, 4)},
             "relative_wer_change": wer / base - 1, "delta_wer_ci95": [wer - base - 0.01, wer - base + 0.01]}
 
 
@@ -76,9 +83,12 @@ def test_the_demo_trains_under_its_relative_budget_and_reports_a_forgetful_model
     assert [g.name for g in config.data.general] == ["everyday_heldout_voice"]
     voices = {u.voice for u in read_manifest(config.data.test)}
     assert voices == set(demo.TEST_VOICES)
-    assert results["verdicts"] == {"domain_halved": True, "everyday_heldout_voice_within": False}
+    assert results["verdicts"] == {"domain_target_met": True, "everyday_heldout_voice_within": False}
     out = capsys.readouterr().out
-    assert "domain WER at least halved: yes" in out and "everyday, held-out voice within +10%: NO" in out
+    assert "domain WER at most 0.5x the base model's: yes" in out and "everyday, held-out voice within +10%: NO" in out
+    assert "loops / run-ons / refusals, before -> after" in out and "2 / 3 / 4 -> 0 / 1 / 0" in out
+    assert results["sets"]["test"]["hallucination"] == {"loops": 0, "too_long": 1, "refusals": 0,
+                                                        "base": {"loops": 2, "too_long": 3, "refusals": 4}}
     assert "NO checkpoint stayed within the forgetting budget (general WER at most 10% above" in out
     assert "real English: not measured (not requested" in out
     saved = (tmp_path / "demo" / "results.json").read_text()
@@ -99,7 +109,7 @@ def test_the_demo_names_an_interpolated_model_as_such(tmp_path, monkeypatch, cap
     monkeypatch.setattr(demo, "train", fake_train)
     results = demo.run_demo(tmp_path / "demo", real_en=None, settings=demo.DemoSettings(steps=2))
     assert results["best_interpolation"] == 0.5
-    assert results["verdicts"] == {"domain_halved": True, "everyday_heldout_voice_within": True}
+    assert results["verdicts"] == {"domain_target_met": True, "everyday_heldout_voice_within": True}
     out = capsys.readouterr().out
     assert "kept model: the base model + 0.5 x (step 30 - base): a weight interpolation" in out
 
@@ -139,9 +149,10 @@ def test_the_demo_scores_its_medical_terms_before_and_after(tmp_path, monkeypatc
     assert "most missed after training: metformin (1/1)" in out
 
 
-def test_the_llm_demo_trains_its_own_settings_with_the_budget_off_and_says_so(tmp_path, monkeypatch, capsys):
-    """run_demo for bundled:llm-asr-tiny with the training replaced: model, strategy, no budget, honest output."""
-    import math
+def test_the_llm_demo_adapts_the_aligned_model_under_the_budget_and_reports_its_target(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """run_demo for bundled:llm-asr-tiny with the training replaced: its model, strategy, budget and 0.7x target."""
+    from dataclasses import replace
 
     from conftest import espeak_or_skip
 
@@ -150,31 +161,27 @@ def test_the_llm_demo_trains_its_own_settings_with_the_budget_off_and_says_so(tm
 
     def fake_train(config, run_dir):
         seen["config"] = config
-        sets = {"test": _set("test", 60, 0.60, 1.00), "everyday_heldout_voice": _set("general", 40, 0.70, 1.00)}
-        return {"evaluation": {"sets": sets}, "best_within_budget": True, "best_general_wer_rise": -0.3,
+        sets = {"test": _set("test", 60, 0.60, 0.90), "everyday_heldout_voice": _set("general", 40, 0.52, 0.50)}
+        return {"evaluation": {"sets": sets}, "best_within_budget": True, "best_general_wer_rise": 0.04,
                 "trainable_params": 10, "total_params": 100, "train_seconds": 1.0, "steps": 5, "best_step": 5}
 
     monkeypatch.setattr(demo, "train", fake_train)
     settings = demo.demo_settings(demo.LLM_DEMO_MODEL)
-    assert settings.model == "bundled:llm-asr-tiny" and settings.budget_off_reason
+    assert settings.model == "bundled:llm-asr-tiny" and settings.domain_target == 0.7
     assert demo.demo_settings() == demo.DEMO_SETTINGS and demo.DEMO_SETTINGS.model == demo.DEMO_MODEL
-    assert not demo.DEMO_SETTINGS.budget_off_reason and demo.DEMO_SETTINGS.projector_learning_rate is None
-    from dataclasses import replace
-
+    assert demo.DEMO_SETTINGS.domain_target == 0.5 and demo.DEMO_SETTINGS.projector_learning_rate is None
     results = demo.run_demo(tmp_path / "demo", real_en=None, settings=replace(settings, steps=5))
     config = seen["config"]
     assert config.model == demo.LLM_DEMO_MODEL and config.strategy == settings.strategy
     assert config.optim.learning_rate == settings.learning_rate
-    assert config.optim.projector_learning_rate == settings.projector_learning_rate
-    assert math.isinf(config.loop.forgetting_budget)  # every checkpoint within: validation WER alone chooses
+    assert config.loop.forgetting_budget == 0.10 and config.loop.forgetting_measure == "relative"
     assert config.loop.interpolation == ()
-    assert [g.name for g in config.data.general] == ["everyday_heldout_voice"]  # still scored before / after
-    assert results["forgetting_budget"] is None and results["settings"]["model"] == demo.LLM_DEMO_MODEL
+    assert [g.name for g in config.data.general] == ["everyday_heldout_voice"]
+    assert results["verdicts"] == {"domain_target_met": True, "everyday_heldout_voice_within": True}
     out = capsys.readouterr().out
-    assert "asrtune demo: bundled:llm-asr-tiny" in out and "forgetting budget off for bundled:llm-asr-tiny" in out
-    assert "forgetting: not judged for bundled:llm-asr-tiny" in out and "within +10%" not in out
-    assert "kept checkpoint: step 5 (lowest validation WER; no forgetting budget)" in out
-    assert "everyday, held-out voice" in out  # the general set's row is in the table
+    assert "asrtune demo: bundled:llm-asr-tiny" in out and "forgetting budget 0.1 (relative)" in out
+    assert "domain WER at most 0.7x the base model's: yes" in out
+    assert "everyday, held-out voice within +10%: yes" in out
 
 
 def test_the_demo_command_picks_each_models_settings(tmp_path, monkeypatch):
@@ -189,5 +196,5 @@ def test_the_demo_command_picks_each_models_settings(tmp_path, monkeypatch):
     (whisper_dir, whisper), (llm_dir, llm), (_, budgeted) = calls
     assert whisper == demo.DEMO_SETTINGS and str(whisper_dir) == "runs/demo"
     assert str(llm_dir) == "runs/demo-llm" and llm.model == demo.LLM_DEMO_MODEL and llm.steps == 7
-    assert llm.strategy == demo.LLM_DEMO_SETTINGS.strategy and llm.budget_off_reason
-    assert budgeted.forgetting_budget == 0.5 and not budgeted.budget_off_reason
+    assert llm.strategy == demo.LLM_DEMO_SETTINGS.strategy and llm.forgetting_budget == 0.10
+    assert budgeted.forgetting_budget == 0.5 and budgeted.model == demo.LLM_DEMO_MODEL

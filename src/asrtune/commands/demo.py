@@ -52,8 +52,6 @@ def run(args: argparse.Namespace) -> int:
     given = {"strategy": args.strategy, "learning_rate": args.learning_rate, "steps": args.steps,
              "forgetting_budget": args.forgetting_budget, "forgetting_measure": args.forgetting_measure,
              "replay": args.replay, "eval_every": args.eval_every, "interpolation": args.interpolation}
-    if args.forgetting_budget is not None:
-        given["budget_off_reason"] = ""  # a budget given turns it on, for any model
     settings = replace(demo_settings(args.model), **{k: v for k, v in given.items() if v is not None})
     real_en = None if str(args.real_en).lower() == "none" else Path(args.real_en)
     output_dir = args.output_dir or Path("runs/demo" if args.model == DEMO_MODEL else "runs/demo-llm")
