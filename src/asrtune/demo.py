@@ -363,8 +363,8 @@ def _print_verdicts(results: dict) -> None:
         print("real English: not measured (" + results["real_english"] + ")")
     budget = _budget_text(results["forgetting_budget"], results["settings"]["forgetting_measure"])
     if results["best_step"] == 0:
-        print(f"no trained checkpoint stayed within the forgetting budget ({budget}): the kept model is the "
-              "untouched base model")
+        print(f"no trained checkpoint both beat the base model's validation WER and stayed within the forgetting "
+              f"budget ({budget}): the kept model is the untouched base model")
     elif not results["best_within_budget"]:
         print(f"NO checkpoint stayed within the forgetting budget ({budget}): the kept one is the one that "
               "forgot least, and it forgets - not a success")
