@@ -9,7 +9,7 @@ in two stages, each an ordinary ``asrtune`` run (so each resumes after kill -9: 
    top layers (``projector:tower_layers=N``; the frozen bottom is encoded once and cached).
 2. ``joint``: the ordinary cross-entropy through the LLM plus CTC (``loop.ctc_weight``), LoRA on the LLM's
    q and v, starting from stage 1 with its projector rescaled so the projected frames have the norm of the LLM's
-   embedding rows (``ctc-matched``). CTC's dot-product logits reward large frames (after stage 1 they are ~4x
+   embedding rows (``ctc-matched``). CTC's dot-product logits reward large frames (after stage 1 they are ~5x
    the embedding rows' norm), which the LLM never saw as input; greedy CTC decoding is unchanged by a positive
    scale, the LLM's input is not.
 
