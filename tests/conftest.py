@@ -30,6 +30,16 @@ import torch  # noqa: E402
 # 2-core machine OpenMP's barriers cost milliseconds per op (measured: 1000x slower small matmuls).
 torch.set_num_threads(1)
 
+
+@pytest.fixture
+def all_cores():
+    """For the few tests that train a real model: its matmuls are large enough for every core to pay."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(before)
+
+
 SAMPLE_RATE = 16_000
 TINY_TEXTS = [
     "hello world",

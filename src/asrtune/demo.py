@@ -85,7 +85,7 @@ DEMO_STRATEGY = DEMO_SETTINGS.strategy
 # LLM's learning rate. No WiSE-FT mixes: each is a full decode of every set through the LLM on a CPU.
 LLM_DEMO_MODEL = "bundled:llm-asr-tiny"
 LLM_DEMO_SETTINGS = DemoSettings(
-    model=LLM_DEMO_MODEL, strategy="projector+lora:r=8,alpha=32", learning_rate=1e-4, steps=90, eval_every=30,
+    model=LLM_DEMO_MODEL, strategy="projector+lora:r=8,alpha=32", learning_rate=1e-3, steps=90, eval_every=30,
     eval_limit=16, interpolation=(), domain_target=0.7)
 MODEL_SETTINGS = {DEMO_MODEL: DEMO_SETTINGS, LLM_DEMO_MODEL: LLM_DEMO_SETTINGS}
 

@@ -28,7 +28,7 @@ TEXTS = ["The weather is nice today.", "Please close the window.", "My brother p
          "We walked along the river."]
 
 
-def test_the_exported_run_transcribes_in_plain_transformers_as_in_asrtune(tmp_path):
+def test_the_exported_run_transcribes_in_plain_transformers_as_in_asrtune(tmp_path, all_cores):
     espeak_or_skip()
     if aligned_record() is None:
         pytest.fail("this asrtune ships no aligned weights for bundled:llm-asr-tiny")
