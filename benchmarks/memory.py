@@ -131,6 +131,9 @@ def main() -> int:
     parser.add_argument("--only-extra", action="store_true")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-memory"))
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--baseline", action="store_true",
+                        help="measure the training process's own memory: a child that imports asrtune's training "
+                             "code and loads nothing")
     parser.add_argument("--replan", type=Path, nargs="+", help="re-predict the rows of earlier --json runs")
     parser.add_argument("--fit", action="store_true", help="with --replan: the activation scale and process "
                                                            "bytes that fit the measured CPU rows best")
@@ -142,6 +145,11 @@ def main() -> int:
     args = parser.parse_args()
     if args.child:
         return _child(args)
+    if args.baseline:
+        code = "import json; import asrtune.training.recipe; print(json.dumps({}))"
+        _, pss = measure([sys.executable, "-c", code])
+        print(f"the training process's own memory (imports, no model): {pss / 2**30:.2f} GiB PSS")
+        return 0
 
     from asrtune.cli import quiet_libraries
 
@@ -190,25 +198,78 @@ def _predicted(row: dict) -> dict:
             "trainable_params": plan.trainable_params, "plan": plan.as_dict()}
 
 
-def _fit(rows: list[dict]) -> None:
-    """Least squares of measured = gradients + optimizer + logits + scale x activations + copies x weights +
-    process, over the CPU rows (relative errors weighted alike): the constants ``asrtune.training.plan``
-    calibrates (``ACTIVATION_SCALE``, ``WEIGHT_COPIES['cpu']``, ``PROCESS_BYTES['cpu']``)."""
+def _terms(rows: list[dict]):
+    """Per CPU row: the plan's fixed bytes (gradients, optimizer, logits), its kept activations and backward
+    workspace before scaling, its weights, and the measured peak."""
     import numpy as np
 
     from asrtune.training import plan as planning
 
-    cpu = [r for r in rows if r.get("device", "cpu") == "cpu"]
+    def raw(row: dict, key: str, scale: float) -> float:
+        return row["plan"][key] / scale if scale else 0.0
+
     fixed = np.array([sum(r["plan"][k] for k in ("gradients_bytes", "optimizer_bytes", "logits_bytes"))
-                      for r in cpu], dtype=float)
-    activations = np.array([r["plan"]["activations_bytes"] / planning.ACTIVATION_SCALE for r in cpu])
-    weights = np.array([r["plan"]["weights_bytes"] for r in cpu], dtype=float)
-    measured = np.array([r["measured_bytes"] for r in cpu], dtype=float)
+                      for r in rows], dtype=float)
+    kept = np.array([raw(r, "activations_kept_bytes", planning.ACTIVATION_SCALE) for r in rows])
+    workspace = np.array([raw(r, "activations_workspace_bytes",
+                              planning.ACTIVATION_SCALE * planning.BACKWARD_BLOCKS) for r in rows])
+    weights = np.array([r["plan"]["weights_bytes"] for r in rows], dtype=float)
+    measured = np.array([r["measured_bytes"] for r in rows], dtype=float)
+    return fixed, kept, workspace, weights, measured
+
+
+def _constants(rows: list[dict]):
+    """Least squares of measured - process = fixed + scale x (kept + blocks x workspace) + copies x weights,
+    relative errors weighted alike, with the process's own bytes as measured (``--baseline``, in
+    ``PROCESS_BYTES['cpu']``): (activation scale, backward blocks, weight copies, process bytes)."""
+    import numpy as np
+
+    from asrtune.training import plan as planning
+
+    process = planning.PROCESS_BYTES["cpu"]
+    fixed, kept, workspace, weights, measured = _terms(rows)
     scale = 1 / measured
-    design = np.stack([activations, weights, np.ones_like(weights)], axis=1) * scale[:, None]
-    (activation_scale, copies, process), *_ = np.linalg.lstsq(design, (measured - fixed) * scale, rcond=None)
-    print(f"fit over {len(cpu)} CPU rows: ACTIVATION_SCALE = {activation_scale:.2f}, WEIGHT_COPIES['cpu'] = "
-          f"{copies:.1f}, PROCESS_BYTES['cpu'] = {process / 2**30:.2f} GiB")
+    design = np.stack([kept, workspace, weights], axis=1) * scale[:, None]
+    (activation_scale, workspace_scale, copies), *_ = np.linalg.lstsq(design, (measured - fixed - process) * scale,
+                                                                      rcond=None)
+    return activation_scale, workspace_scale / activation_scale, copies, process
+
+
+def _predict(rows: list[dict], constants):
+    activation_scale, blocks, copies, process = constants
+    fixed, kept, workspace, weights, _ = _terms(rows)
+    return fixed + activation_scale * (kept + blocks * workspace) + copies * weights + process
+
+
+def _fit(rows: list[dict]) -> None:
+    """The constants ``asrtune.training.plan`` calibrates (``ACTIVATION_SCALE``, ``BACKWARD_BLOCKS``,
+    ``WEIGHT_COPIES['cpu']``, ``PROCESS_BYTES['cpu']``) fitted over every CPU row, and how well constants fitted
+    without a model's rows predict that model's rows (leave one model out: the out-of-sample error)."""
+    cpu = [r for r in rows if r.get("device", "cpu") == "cpu"]
+    constants = _constants(cpu)
+
+    def text(values) -> str:
+        scale, blocks, copies, process = values
+        return (f"ACTIVATION_SCALE = {scale:.2f}, BACKWARD_BLOCKS = {blocks:.2f}, WEIGHT_COPIES['cpu'] = "
+                f"{copies:.2f}, PROCESS_BYTES['cpu'] = {process / 2**30:.2f} GiB")
+
+    in_sample = [abs(p / r["measured_bytes"] - 1) for p, r in zip(_predict(cpu, constants), cpu, strict=True)]
+    print(f"fit over {len(cpu)} CPU rows: {text(constants)}; in-sample median absolute error "
+          f"{statistics.median(in_sample):.1%}")
+    models = sorted({r["model"] for r in cpu})
+    if len(models) < 2:
+        return
+    errors = []
+    for model in models:
+        held_out = [r for r in cpu if r["model"] == model]
+        fitted = _constants([r for r in cpu if r["model"] != model])
+        model_errors = [abs(p / r["measured_bytes"] - 1)
+                        for p, r in zip(_predict(held_out, fitted), held_out, strict=True)]
+        errors += model_errors
+        print(f"  {model}: {len(held_out)} rows predicted with constants fitted on the other models' rows "
+              f"({text(fitted)}): median absolute error {statistics.median(model_errors):.1%}, largest "
+              f"{max(model_errors):.1%}")
+    print(f"leave one model out: median absolute error {statistics.median(errors):.1%} over {len(errors)} rows")
 
 
 def _saved_rows(path: Path) -> list[dict]:
