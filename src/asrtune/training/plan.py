@@ -47,7 +47,7 @@ GIB = 1024**3
 PUBLISHED = PUBLISHED_SHAPES
 # Calibrated on this project's measured CPU runs (benchmarks/memory.py, 36 rows: tiny.en and base x full,
 # freeze:n=3, lora, decoder x batch 4, 8 x checkpointing off, on, plus tiny.en lora:r=8 and llm-asr-tiny
-# projector+lora; `--replan ... --fit`): the CPU training process holds 0.33 GiB of its own (the interpreter
+# projector+lora; kept in benchmarks/data/memory/, refitted by `--replan FILES --fit`): the CPU training process holds 0.33 GiB of its own (the interpreter
 # and libraries, measured alone: `benchmarks/memory.py --baseline`), the equivalent of 2.6 copies of the
 # weights at its peak (the model, the pristine copy that decodes the "before" transcripts, what loading leaves
 # allocated), activations at 1.13 of the formula, and backward's working set of 1.45 blocks' activations
