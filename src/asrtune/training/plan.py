@@ -47,13 +47,14 @@ GIB = 1024**3
 PUBLISHED = PUBLISHED_SHAPES
 # Calibrated on this project's measured CPU runs (benchmarks/memory.py, 36 rows: tiny.en and base x full,
 # freeze:n=3, lora, decoder x batch 4, 8 x checkpointing off, on, plus tiny.en lora:r=8 and llm-asr-tiny
-# projector+lora; kept in benchmarks/data/memory/, refitted by `--replan FILES --fit`): the CPU training process holds 0.33 GiB of its own (the interpreter
-# and libraries, measured alone: `benchmarks/memory.py --baseline`), the equivalent of 2.6 copies of the
-# weights at its peak (the model, the pristine copy that decodes the "before" transcripts, what loading leaves
-# allocated), activations at 1.13 of the formula, and backward's working set of 1.45 blocks' activations
-# (the gradients of the block being differentiated, on top of what is kept). Constants fitted without a
-# model's rows predict that model's rows with a median error of 8.3% (leave one model out; 6.5% in sample). On a GPU (not
-# measured here): one copy of the weights, and 1 GiB of CUDA context and allocator slack.
+# projector+lora; kept in benchmarks/data/memory/, refitted by `--replan FILES --fit`): the CPU training
+# process holds 0.33 GiB of its own (the interpreter and libraries, measured alone: `benchmarks/memory.py
+# --baseline`), the equivalent of 2.6 copies of the weights at its peak (the model, the pristine copy that
+# decodes the "before" transcripts, what loading leaves allocated), activations at 1.13 of the formula, and
+# backward's working set of 1.45 blocks' activations (the gradients of the block being differentiated, on
+# top of what is kept). Constants fitted without a model's rows predict that model's rows with a median
+# error of 8.3% (leave one model out; 6.5% in sample). On a GPU (not measured here): one copy of the
+# weights, and 1 GiB of CUDA context and allocator slack.
 PROCESS_BYTES = {"cpu": int(0.33 * GIB), "cuda": int(1.0 * GIB)}
 WEIGHT_COPIES = {"cpu": 2.61, "cuda": 1.0}
 ACTIVATION_SCALE = 1.13
