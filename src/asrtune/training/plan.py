@@ -16,8 +16,9 @@ memory is the sum of
   2022's ``34 sbh`` bytes in half precision, with a fused attention kernel that keeps no ``a s^2`` scores),
   ``12h + 2f`` for a Whisper decoder block plus its cross-attention keys and values over the encoder's
   positions, ``6h + 3 kv + 4f`` for a gated LLM block; with gradient checkpointing each block keeps its
-  input only and one block is recomputed at a time; plus the logits of the target positions (the
-  families' losses project only those), their log-softmax and gradient;
+  input only and one block is recomputed at a time; plus backward's working set (the gradients of one
+  block's activations, ``BACKWARD_BLOCKS`` of them) and the logits of the target positions (the families'
+  losses project only those), their log-softmax and gradient;
 - what the training process itself holds (the CPU process's interpreter, libraries, tokenizer, loader and
   the other copies of the weights it keeps at its peak; a GPU's context and allocator slack), constants
   calibrated on measured runs by ``benchmarks/memory.py --fit``.
