@@ -19,6 +19,8 @@ Sides, per strategy (``--sides``, default all that apply):
   table shows what the frozen-prefix cache and the loop add on top of the precision (only run where
   asrtune's auto picks bf16);
 - ``asrtune-fp32``: asrtune with ``loop.mixed_precision=no``: the exact levers alone;
+- ``asrtune-bf16``: asrtune with ``loop.mixed_precision=bf16`` (on a CPU whose ``auto`` stays fp32: what bf16
+  autocast gives there);
 - ``asrtune-short`` (``--short-input``): asrtune with ``loop.short_input`` (the encoder fed each
   batch's longest utterance instead of 30 s; not exact, see README for its measured WER cost).
 
@@ -113,6 +115,8 @@ SIDES = {
     "baseline-bf16": lambda a, train, evaluation, out: run_baseline(a.strategy, a.steps, train, out, bf16=True),
     "asrtune-fp32": lambda a, train, evaluation, out: run_asrtune(a.strategy, a.steps, train, evaluation,
                                                                   out / "run", mixed_precision="no"),
+    "asrtune-bf16": lambda a, train, evaluation, out: run_asrtune(a.strategy, a.steps, train, evaluation,
+                                                                  out / "run", mixed_precision="bf16"),
     "asrtune-short": lambda a, train, evaluation, out: run_asrtune(a.strategy, a.steps, train, evaluation,
                                                                    out / "run", short_input=True),
 }
