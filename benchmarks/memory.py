@@ -14,7 +14,10 @@ so rows that differ only by checkpointing show that it changes memory, not the t
 ``projector+lora:r=8,alpha=32``, batch 8, checkpointing off and on. On a GPU the measure is
 ``torch.cuda.max_memory_allocated`` instead. ``--replan FILE...`` reads the ``--json`` lines of earlier
 runs and predicts their measured rows again with the current ``asrtune plan`` (how the plan's constants are
-calibrated without training again). Numbers only; nothing here asserts.
+calibrated without training again; this project's rows are in ``benchmarks/data/memory/``), and with ``--fit``
+fits the constants and reports how well constants fitted without a model's rows predict that model (leave one
+model out). ``--baseline`` measures the training process's own memory (imports only), the one constant that
+is measured rather than fitted. Numbers only; nothing here asserts.
 """
 
 from __future__ import annotations
@@ -135,8 +138,9 @@ def main() -> int:
                         help="measure the training process's own memory: a child that imports asrtune's training "
                              "code and loads nothing")
     parser.add_argument("--replan", type=Path, nargs="+", help="re-predict the rows of earlier --json runs")
-    parser.add_argument("--fit", action="store_true", help="with --replan: the activation scale and process "
-                                                           "bytes that fit the measured CPU rows best")
+    parser.add_argument("--fit", action="store_true", help="with --replan: the plan's constants that fit the "
+                                                           "measured CPU rows best, and their leave-one-model-out "
+                                                           "error")
     for name in ("model", "strategy", "train", "eval"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
