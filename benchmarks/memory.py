@@ -59,19 +59,20 @@ def _child(args: argparse.Namespace) -> int:
     from asrtune.training.recipe import train
 
     quiet_libraries()
-    out = Path(tempfile.mkdtemp(prefix="bench-memory-")) / "run"
-    config = RunConfig(model=args.model, strategy=args.strategy, seed=0,
-                       data=DataConfig(train=args.train, eval=args.eval),
-                       optim=OptimConfig(learning_rate=1e-5),
-                       loop=LoopConfig(max_steps=args.steps, batch_size=args.batch_size,
-                                       eval_every=args.steps + 1, eval_at_start=False, mixed_precision="no",
-                                       num_workers=0, log_every=1,
-                                       gradient_checkpointing=args.checkpointing))
-    train(config, out, progress=False, final_evaluation=False)
-    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
-              if '"loss"' in line]
-    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
-    print(json.dumps({"losses": losses, "cuda_peak": peak}))
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as work:  # the run's checkpoints go with it
+        out = Path(work) / "run"
+        config = RunConfig(model=args.model, strategy=args.strategy, seed=0,
+                           data=DataConfig(train=args.train, eval=args.eval),
+                           optim=OptimConfig(learning_rate=1e-5),
+                           loop=LoopConfig(max_steps=args.steps, batch_size=args.batch_size,
+                                           eval_every=args.steps + 1, eval_at_start=False, mixed_precision="no",
+                                           num_workers=0, log_every=1,
+                                           gradient_checkpointing=args.checkpointing))
+        train(config, out, progress=False, final_evaluation=False)
+        losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+                  if '"loss"' in line]
+        peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+        print(json.dumps({"losses": losses, "cuda_peak": peak}))
     return 0
 
 

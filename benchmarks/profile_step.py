@@ -56,7 +56,8 @@ def run_asrtune(args: argparse.Namespace, train: Path, evaluation: Path) -> None
                 prof.step()
             return result
 
-    Profiled(config, Path(tempfile.mkdtemp()) / "run", progress=False, final_evaluation=False).train()
+    with tempfile.TemporaryDirectory(prefix="profile-step-") as work:  # the run's checkpoints go with it
+        Profiled(config, Path(work) / "run", progress=False, final_evaluation=False).train()
     prof.stop()
     _report(f"asrtune {args.strategy}", prof, seconds, args.rows)
 
@@ -90,8 +91,9 @@ def run_trainer(args: argparse.Namespace, train: Path) -> None:
         batch = collate(items)
         return {"input_features": batch["input_features"], "labels": batch["labels"]}
 
+    work = tempfile.TemporaryDirectory(prefix="profile-step-")  # save_strategy "no": nothing big lands there
     arguments = Seq2SeqTrainingArguments(
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=8, max_steps=args.warmup + args.steps,
+        output_dir=work.name, per_device_train_batch_size=8, max_steps=args.warmup + args.steps,
         learning_rate=1e-5, warmup_steps=0.1, optim="adamw_torch_fused", max_grad_norm=1.0,
         bf16=args.mixed_precision == "bf16", save_strategy="no", eval_strategy="no", logging_strategy="no",
         report_to=[], dataloader_num_workers=0, remove_unused_columns=False, seed=0, disable_tqdm=True,

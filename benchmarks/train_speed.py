@@ -123,8 +123,8 @@ SIDES = {
 
 
 def _child(args: argparse.Namespace) -> int:
-    out = Path(tempfile.mkdtemp(prefix=f"bench-{args.side}-"))
-    print(json.dumps(SIDES[args.side](args, Path(args.train), Path(args.eval), out)))
+    with tempfile.TemporaryDirectory(prefix=f"bench-{args.side}-") as out:  # the run's checkpoints go with it
+        print(json.dumps(SIDES[args.side](args, Path(args.train), Path(args.eval), Path(out))))
     return 0
 
 
