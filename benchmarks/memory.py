@@ -210,14 +210,11 @@ def _terms(rows: list[dict]):
 
     from asrtune.training import plan as planning
 
-    def raw(row: dict, key: str, scale: float) -> float:
-        return row["plan"][key] / scale if scale else 0.0
-
     fixed = np.array([sum(r["plan"][k] for k in ("gradients_bytes", "optimizer_bytes", "logits_bytes"))
                       for r in rows], dtype=float)
-    kept = np.array([raw(r, "activations_kept_bytes", planning.ACTIVATION_SCALE) for r in rows])
-    workspace = np.array([raw(r, "activations_workspace_bytes",
-                              planning.ACTIVATION_SCALE * planning.BACKWARD_BLOCKS) for r in rows])
+    kept = np.array([r["plan"]["activations_kept_bytes"] / planning.ACTIVATION_SCALE for r in rows])
+    workspace = np.array([r["plan"]["activations_workspace_bytes"] / (planning.ACTIVATION_SCALE
+                                                                      * planning.BACKWARD_BLOCKS) for r in rows])
     weights = np.array([r["plan"]["weights_bytes"] for r in rows], dtype=float)
     measured = np.array([r["measured_bytes"] for r in rows], dtype=float)
     return fixed, kept, workspace, weights, measured
