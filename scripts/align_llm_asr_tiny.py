@@ -49,6 +49,7 @@ from asrtune.data.debian import fetch_debs, unpack_debs
 from asrtune.data.manifest import read_manifest, write_manifest
 from asrtune.data.synth import SynthSettings, synthesise_lines
 from asrtune.demo import GENERAL_VOICES, TEST_VOICES, corpus_lines, demo_splits, real_english_subset
+from asrtune.evaluation.hallucination import hallucination_stats
 from asrtune.models.llm_asr_tiny import ALIGNED_RECORD, ALIGNED_WEIGHTS, aligned_state
 from asrtune.paths import file_sha256
 from asrtune.training.recipe import train
@@ -252,8 +253,12 @@ def main() -> None:
     ALIGNED_RECORD.write_text(json.dumps(record, indent=2) + "\n")  # what bundled:llm-asr-tiny needs to load
     scores = {}
     for name, manifest in held_out_sets(work).items():  # the shipped model, as users load it
-        scores[name] = {"llm": evaluate(SHIPPED, manifest, progress=False)["wer"],
-                        "ctc": evaluate(SHIPPED, manifest, progress=False, ctc=True)["wer"]}
+        llm = evaluate(SHIPPED, manifest, progress=False)
+        found = hallucination_stats([p["reference"] for p in llm["predictions"]],
+                                    [p["hypothesis"] for p in llm["predictions"]], "en")
+        scores[name] = {"llm": llm["wer"], "ctc": evaluate(SHIPPED, manifest, progress=False, ctc=True)["wer"],
+                        "rows": llm["n"], "loops": found.loops, "refusals": found.refusals,
+                        "stopped_by_repetition_guard": llm["loops"]}
     cpu = resource.getrusage(resource.RUSAGE_SELF).ru_utime + resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
     record.update({
         "bytes": ALIGNED_WEIGHTS.stat().st_size,
