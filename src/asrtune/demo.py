@@ -74,6 +74,7 @@ class DemoSettings:
     model: str = DEMO_MODEL
     projector_learning_rate: float | None = None  # LLM families: the projector's own peak LR (None: learning_rate)
     domain_target: float = 0.5  # the medical test WER the demo aims at, as a share of the base model's
+    ctc_weight: float = 0.0  # LLM families: + this x the CTC loss of the projected audio (loop.ctc_weight)
 
 
 DEMO_SETTINGS = DemoSettings()
@@ -177,7 +178,8 @@ def demo_config(settings: DemoSettings, manifests: dict[str, Path], general: tup
         loop=LoopConfig(max_steps=settings.steps, batch_size=8, eval_every=settings.eval_every,
                         eval_batch_size=16,
                         forgetting_budget=settings.forgetting_budget,
-                        forgetting_measure=settings.forgetting_measure, interpolation=settings.interpolation),
+                        forgetting_measure=settings.forgetting_measure, interpolation=settings.interpolation,
+                        ctc_weight=settings.ctc_weight),
     )
 
 

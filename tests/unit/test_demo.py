@@ -175,7 +175,7 @@ def test_the_llm_demo_adapts_the_aligned_model_under_the_budget_and_reports_its_
     assert config.model == demo.LLM_DEMO_MODEL and config.strategy == settings.strategy
     assert config.optim.learning_rate == settings.learning_rate
     assert config.loop.forgetting_budget == 0.10 and config.loop.forgetting_measure == "relative"
-    assert config.loop.interpolation == ()
+    assert config.loop.interpolation == () and config.loop.ctc_weight == settings.ctc_weight
     assert [g.name for g in config.data.general] == ["everyday_heldout_voice"]
     assert results["verdicts"] == {"domain_target_met": True, "everyday_heldout_voice_within": True}
     out = capsys.readouterr().out
@@ -192,9 +192,11 @@ def test_the_demo_command_picks_each_models_settings(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["demo", "--real-en", "none"]) == 0
     assert main(["demo", "--model", "bundled:llm-asr-tiny", "--real-en", "none", "--steps", "7"]) == 0
-    assert main(["demo", "--model", "bundled:llm-asr-tiny", "--real-en", "none", "--forgetting-budget", "0.5"]) == 0
+    assert main(["demo", "--model", "bundled:llm-asr-tiny", "--real-en", "none", "--forgetting-budget", "0.5",
+                 "--ctc-weight", "0.25"]) == 0
     (whisper_dir, whisper), (llm_dir, llm), (_, budgeted) = calls
     assert whisper == demo.DEMO_SETTINGS and str(whisper_dir) == "runs/demo"
     assert str(llm_dir) == "runs/demo-llm" and llm.model == demo.LLM_DEMO_MODEL and llm.steps == 7
     assert llm.strategy == demo.LLM_DEMO_SETTINGS.strategy and llm.forgetting_budget == 0.10
     assert budgeted.forgetting_budget == 0.5 and budgeted.model == demo.LLM_DEMO_MODEL
+    assert budgeted.ctc_weight == 0.25 and whisper.ctc_weight == 0.0

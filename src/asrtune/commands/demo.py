@@ -28,6 +28,9 @@ def add(subparsers: argparse._SubParsersAction) -> None:
                         help="the budget in WER points (absolute) or as a share of the base model's WER (relative)")
     parser.add_argument("--replay", type=int, default=None,
                         help="everyday sentences (training voices) mixed into training")
+    parser.add_argument("--ctc-weight", type=float, default=None,
+                        help="LLM-based demo: add this times the CTC loss of the projected audio to the "
+                             "cross-entropy (loop.ctc_weight; keeps the projector tied to what is said)")
     parser.add_argument("--eval-every", type=int, default=None, help="steps between evaluations")
     parser.add_argument("--interpolation", type=_weights, default=None,
                         help="comma-separated weights a in (0, 1): also score base + a x (trained - base) "
@@ -51,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
     given = {"strategy": args.strategy, "learning_rate": args.learning_rate, "steps": args.steps,
              "forgetting_budget": args.forgetting_budget, "forgetting_measure": args.forgetting_measure,
-             "replay": args.replay, "eval_every": args.eval_every, "interpolation": args.interpolation}
+             "replay": args.replay, "eval_every": args.eval_every, "interpolation": args.interpolation,
+             "ctc_weight": args.ctc_weight}
     settings = replace(demo_settings(args.model), **{k: v for k, v in given.items() if v is not None})
     real_en = None if str(args.real_en).lower() == "none" else Path(args.real_en)
     output_dir = args.output_dir or Path("runs/demo" if args.model == DEMO_MODEL else "runs/demo-llm")
