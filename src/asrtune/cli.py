@@ -52,6 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("asrtune: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """A command run by torchrun or ``accelerate launch`` leaves its process group before the process exits."""
+    if "torch" in sys.modules:  # a command that never imported torch joined no group
+        from asrtune.training.distributed import leave_process_group
+
+        leave_process_group()
 
 
 if __name__ == "__main__":

@@ -191,3 +191,27 @@ def test_the_command_line_starts_without_importing_torch():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_command_leaves_the_process_group_it_joined(tmp_path, monkeypatch, fails):
+    """torchrun's processes must destroy their group before exit (else gloo can abort the finished run)."""
+    import torch.distributed as dist
+
+    from asrtune import demo
+    from asrtune.errors import AsrtuneError
+
+    def run_demo(output_dir, real_en, settings):
+        assert dist.is_initialized()  # the command runs inside the group
+        if fails:
+            raise AsrtuneError("bad input")
+
+    monkeypatch.setattr(demo, "run_demo", run_demo)
+    monkeypatch.chdir(tmp_path)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert main(["demo", "--real-en", "none"]) == (2 if fails else 0)
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -22,9 +22,21 @@ from accelerate.utils import broadcast_object_list, gather_object
 
 from asrtune.errors import AsrtuneError
 
-__all__ = ["Processes", "check_launch"]
+__all__ = ["Processes", "check_launch", "leave_process_group"]
 
 T = TypeVar("T")
+
+
+def leave_process_group() -> None:
+    """Destroy the default process group if this process joined one; once communication is over.
+
+    PyTorch's shutdown rule (torch.distributed docs, "Shutdown"): each trainer process calls
+    ``destroy_process_group`` near the end of its main. One that exits without it can abort at exit (SIGABRT,
+    "terminate called without an active exception") when gloo's worker threads still hold work as the
+    interpreter tears down (pytorch/pytorch#179291), failing a run that had finished and saved everything.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class Processes:
